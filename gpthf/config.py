@@ -1,0 +1,149 @@
+"""The config schema and the one function that loads configs.
+
+The YAML tree in `cramming_cfg/` is composed by hydra and merged onto the dataclasses below, so a typo
+in a file or an override is an error (naming the valid keys), never a silently ignored value. Groups:
+`arch` (the model), `data` (corpus, tokenizer, packing: everything the data cache depends on),
+`train` (the optimisation), `impl` (how fast, never what: backends, device, compile).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from gpthf.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "cramming_cfg"
+
+
+@dataclass
+class ArchConfig:
+    model: str = MISSING  # "gpthf" or "gpt": a key of the model registry
+    d_model: int = 256
+    n_heads: int = 4
+    n_enc: int | None = None  # gpthf: word-level encoder blocks
+    n_body: int | None = None  # gpthf: sentence-level body blocks
+    n_layers: int | None = None  # gpt: causal blocks (= n_enc + n_body of its GPTHF twin)
+    mlp_hidden: int = 683  # SwiGLU hidden width (~8/3 d_model)
+    dropout: float = 0.0
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+
+
+@dataclass
+class DataConfig:
+    name: str = "kjv"
+    source: str = "kjv"  # a key of gpthf.data.sources.SOURCES
+    path: str | None = None  # local: file or folder; hub: dataset name
+    text_field: str = "text"  # .jsonl / .parquet / hub column holding the text
+    encoding: str = "utf-8"
+    language: str = "english"  # Punkt model
+    validation_fraction: float = 0.05
+    test_fraction: float = 0.05
+    split_seed: int = 0
+    vocab_size: int = 4096
+    seq_len: int = 256
+    max_sentence_len: int = 64
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+
+
+@dataclass
+class ImplConfig:
+    attention: str = "sdpa"
+    device: str = "auto"
+
+
+@dataclass
+class PretrainConfig:
+    arch: ArchConfig = field(default_factory=ArchConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    impl: ImplConfig = field(default_factory=ImplConfig)
+    name: str = "gpthf"
+    budget: str = "10m"  # wall-clock: "24h", "90m", "30s", or plain hours ("0.05")
+    cache_dir: str = "data_cache"  # where prepared data sets live
+
+
+_BUDGET = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([hms]?)\s*$")
+_SECONDS_PER_UNIT = {"h": 3600.0, "": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def parse_budget_seconds(budget: str | float) -> float:
+    """'24h', '90m', '30s' or a bare number of hours, as seconds; must be positive."""
+    match = _BUDGET.match(str(budget))
+    if not match:
+        raise ConfigError(
+            f"budget={budget!r} is not a duration; use e.g. budget=24h, budget=90m or budget=0.05 (hours)"
+        )
+    seconds = float(match.group(1)) * _SECONDS_PER_UNIT[match.group(2)]
+    if seconds <= 0:
+        raise ConfigError(f"budget={budget!r} must be positive")
+    return seconds
+
+
+CONFIG_GROUPS = ("arch", "data", "train", "impl")
+
+
+def _valid_keys(schema: type) -> list[str]:
+    return [f.name for f in fields(schema)]
+
+
+def _diagnose_override(override: str) -> str | None:
+    """Name the unknown key or group option in one override, with what is valid there."""
+    key, _, value = override.partition("=")
+    key = key.lstrip("+~")
+    if key in CONFIG_GROUPS:
+        options = sorted(p.stem for p in (CONFIG_DIR / key).glob("*.yaml"))
+        return None if value in options else f"unknown {key} {value!r}; choose one of: {', '.join(options)}"
+    schema: type = PretrainConfig
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        valid = _valid_keys(schema)
+        if part not in valid:
+            where = ".".join(parts[:depth]) or "the top level"
+            return f"unknown key {key!r} in override {override!r}; valid keys of {where}: {', '.join(valid)}"
+        factory = {f.name: f for f in fields(schema)}[part].default_factory
+        if not is_dataclass(factory):
+            return None
+        schema = factory
+    return None
+
+
+def load_config(overrides: Sequence[str] = (), config_name: str = "cfg_pretrain") -> DictConfig:
+    """Compose `cramming_cfg/<config_name>.yaml` with hydra-style overrides and validate it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.global_hydra import GlobalHydra
+
+    if not CONFIG_DIR.is_dir():
+        raise ConfigError(
+            f"config folder {CONFIG_DIR} is missing; install gpthf from a clone with `pip install -e .`"
+        )
+    for override in overrides:
+        problem = _diagnose_override(override)
+        if problem:
+            raise ConfigError(problem)
+    ConfigStore.instance().store(name="schema", node=PretrainConfig)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=list(overrides))
+    except Exception as err:  # hydra/omegaconf raise many types; all are a bad config for the user
+        reasons = [str(err)] + ([str(err.__cause__).splitlines()[0]] if err.__cause__ else [])
+        raise ConfigError("invalid config: " + ": ".join(" ".join(r.split()) for r in reasons)) from None
+    finally:
+        GlobalHydra.instance().clear()
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"config values missing: {', '.join(missing)}")
+    parse_budget_seconds(cfg.budget)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
