@@ -23,12 +23,12 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "cramming_cfg"
 @dataclass
 class ArchConfig:
     model: str = MISSING  # "gpthf" or "gpt": a key of the model registry
-    d_model: int = 256
-    n_heads: int = 4
+    d_model: int = MISSING
+    n_heads: int = MISSING
     n_enc: int | None = None  # gpthf: word-level encoder blocks
     n_body: int | None = None  # gpthf: sentence-level body blocks
     n_layers: int | None = None  # gpt: causal blocks (= n_enc + n_body of its GPTHF twin)
-    mlp_hidden: int = 683  # SwiGLU hidden width (~8/3 d_model)
+    mlp_hidden: int = MISSING  # SwiGLU hidden width
     dropout: float = 0.0
     rope_base: float = 10000.0
     norm_eps: float = 1e-5

@@ -1,0 +1,157 @@
+"""Attention backends behind one interface, chosen by `impl.attention` (speed only, never results).
+
+Each backend does the two token-level patterns the models need on (B, H, T, hd) tensors:
+- `causal(q, k, v, dropout_p)`: the GPT's full causal attention;
+- `within_sentences(sentence_ids)`: prepares, once per forward, the encoder's pattern (causal inside a
+  sentence, blind across sentences) and returns `attend(q, k, v, dropout_p)` for every encoder layer.
+The body's pattern is the same for all backends (`gpthf.attention.body`).
+
+`sdpa` runs everywhere. `flex` (FlexAttention) and `flash` (flash-attn) are CUDA-only; asking for them
+where they cannot run is an error naming the alternatives, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from gpthf.attention.sentences import block_causal_mask, sentence_starts
+from gpthf.errors import ConfigError
+
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+class SdpaBackend:
+    """`F.scaled_dot_product_attention`; the encoder gets a boolean block-diagonal causal mask."""
+
+    def causal(self, q, k, v, dropout_p: float = 0.0):
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+
+    def within_sentences(self, sentence_ids: torch.Tensor) -> Attend:
+        mask = block_causal_mask(sentence_ids)  # (B, 1, T, T)
+        return lambda q, k, v, dropout_p=0.0: F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout_p
+        )
+
+
+def _no_dropout(name: str, dropout_p: float) -> None:
+    if dropout_p > 0:
+        raise ConfigError(
+            f"impl.attention={name} has no attention dropout; set arch.dropout=0 or impl.attention=sdpa"
+        )
+
+
+class FlexBackend:
+    """FlexAttention with a block mask built from sentence_ids (CUDA: it has no backward on CPU)."""
+
+    def __init__(self) -> None:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        self._create_block_mask = create_block_mask
+        self._flex = torch.compile(flex_attention, dynamic=False)
+        self._causal_masks: dict[tuple, object] = {}
+
+    def _attend(self, block_mask) -> Attend:
+        def attend(q, k, v, dropout_p=0.0):
+            _no_dropout("flex", dropout_p)
+            return self._flex(q, k, v, block_mask=block_mask)
+
+        return attend
+
+    def causal(self, q, k, v, dropout_p: float = 0.0):
+        key = (q.shape[-2], q.device)
+        if key not in self._causal_masks:
+            self._causal_masks[key] = self._create_block_mask(
+                lambda b, h, qi, ki: ki <= qi, None, None, q.shape[-2], q.shape[-2], device=q.device
+            )
+        return self._attend(self._causal_masks[key])(q, k, v, dropout_p)
+
+    def within_sentences(self, sentence_ids: torch.Tensor) -> Attend:
+        def same_sentence_causal(b, h, qi, ki):
+            return (sentence_ids[b, qi] == sentence_ids[b, ki]) & (ki <= qi)
+
+        batch, length = sentence_ids.shape
+        block_mask = self._create_block_mask(
+            same_sentence_causal, batch, None, length, length, device=sentence_ids.device
+        )
+        return self._attend(block_mask)
+
+
+class FlashBackend:
+    """flash-attn; the encoder runs `flash_attn_varlen_func` with every sentence as its own causal
+    sequence (`cu_seqlens` from sentence boundaries), so it needs no mask at all. bf16/fp16 only."""
+
+    def __init__(self) -> None:
+        from flash_attn import flash_attn_func, flash_attn_varlen_func
+
+        self._dense = flash_attn_func
+        self._varlen = flash_attn_varlen_func
+
+    @staticmethod
+    def _check_dtype(q: torch.Tensor) -> None:
+        if q.dtype not in (torch.float16, torch.bfloat16):
+            raise ConfigError(
+                f"impl.attention=flash needs bf16/fp16 activations (got {q.dtype}); enable AMP or use impl.attention=sdpa"
+            )
+
+    def causal(self, q, k, v, dropout_p: float = 0.0):
+        self._check_dtype(q)
+        out = self._dense(
+            *(t.transpose(1, 2) for t in (q, k, v)), dropout_p=dropout_p, causal=True
+        )  # (B, T, H, hd)
+        return out.transpose(1, 2)
+
+    def within_sentences(self, sentence_ids: torch.Tensor) -> Attend:
+        batch, length = sentence_ids.shape
+        starts = (
+            sentence_starts(sentence_ids).reshape(-1).nonzero().squeeze(1)
+        )  # row starts are sentence starts
+        total = torch.tensor([batch * length], device=starts.device)
+        cu_seqlens = torch.cat([starts, total]).to(torch.int32)
+        max_len = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+
+        def attend(q, k, v, dropout_p=0.0):
+            self._check_dtype(q)
+            heads, head_dim = q.shape[1], q.shape[3]
+            flat = [
+                t.transpose(1, 2).reshape(batch * length, heads, head_dim) for t in (q, k, v)
+            ]  # (B*T, H, hd)
+            out = self._varlen(
+                *flat, cu_seqlens, cu_seqlens, max_len, max_len, dropout_p=dropout_p, causal=True
+            )
+            return out.reshape(batch, length, heads, head_dim).transpose(1, 2)
+
+        return attend
+
+
+ATTENTION_BACKENDS: dict[str, type] = {"sdpa": SdpaBackend, "flex": FlexBackend, "flash": FlashBackend}
+
+
+def backend_unavailable_reason(name: str) -> str | None:
+    """Why backend `name` cannot run here, or None when it can."""
+    if name not in ATTENTION_BACKENDS:
+        return f"unknown impl.attention={name!r}; choose one of: {', '.join(ATTENTION_BACKENDS)}"
+    if name == "sdpa":
+        return None
+    if not torch.cuda.is_available():
+        return f"impl.attention={name} needs a CUDA GPU (none here); use impl.attention=sdpa"
+    if name == "flex":
+        try:
+            from torch.nn.attention import flex_attention  # noqa: F401
+        except ImportError:
+            return f"impl.attention=flex needs torch>=2.5 with FlexAttention (found {torch.__version__}); use sdpa"
+    if name == "flash":
+        try:
+            import flash_attn  # noqa: F401
+        except ImportError:
+            return 'impl.attention=flash needs flash-attn: pip install ".[gpu]"; or use impl.attention=sdpa or flex'
+    return None
+
+
+def get_backend(name: str):
+    reason = backend_unavailable_reason(name)
+    if reason:
+        raise ConfigError(reason)
+    return ATTENTION_BACKENDS[name]()

@@ -1,0 +1,36 @@
+"""The sentence-level body's attention: a token of sentence k sees the ends of sentences 0..k-1 and itself.
+
+Its keys are only the S sentence-end states plus the query's own key, so instead of a T×T mask we
+gather the ends, score every query against them (T×S), score the self term on the diagonal (T×1),
+and normalise both together. Cost O(T·S). Every backend uses this same function: it is a few
+matmuls that no fused kernel would do better at S ≪ T.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def attend_to_sentence_ends(
+    q: torch.Tensor,  # (B, H, T, hd), RoPE at the token's sentence index
+    k: torch.Tensor,  # (B, H, T, hd)
+    v: torch.Tensor,  # (B, H, T, hd)
+    sentence_ids: torch.Tensor,  # (B, T)
+    end_positions: torch.Tensor,  # (B, S) from `sentence_end_positions`
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    batch, heads, _, head_dim = q.shape
+    n_slots = end_positions.shape[1]
+    gather_index = end_positions[:, None, :, None].expand(batch, heads, n_slots, head_dim)
+    k_ends, v_ends = k.gather(2, gather_index), v.gather(2, gather_index)  # (B, H, S, hd)
+    scale = head_dim**-0.5
+    scores_ends = (q @ k_ends.transpose(-1, -2)) * scale  # (B, H, T, S)
+    slots = torch.arange(n_slots, device=q.device)
+    finished = slots[None, None, :] < sentence_ids[:, :, None]  # (B, T, S): only sentences before mine
+    scores_ends = scores_ends.masked_fill(~finished[:, None], float("-inf"))
+    score_self = (q * k).sum(-1, keepdim=True) * scale  # (B, H, T, 1)
+    probs = torch.cat([scores_ends, score_self], dim=-1).float().softmax(dim=-1).to(q.dtype)  # (B, H, T, S+1)
+    if dropout_p > 0:
+        probs = F.dropout(probs, p=dropout_p)
+    return probs[..., :n_slots] @ v_ends + probs[..., n_slots:] * v  # (B, H, T, hd)

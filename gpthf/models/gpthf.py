@@ -1,0 +1,60 @@
+"""GPTHF: a word-level encoder per sentence, then a sentence-level body over sentence embeddings.
+
+- `wlt_encoder` (n_enc blocks): causal inside a sentence, blind across sentences; RoPE position =
+  position inside the sentence, so a sentence's encoding does not depend on where it stands.
+- sentence embedding = the encoder output at the sentence's last token (its <eos>).
+- `slt_body` (n_body blocks): a token of sentence k attends to the body states at the ends of
+  sentences 0..k-1 and to itself, nothing else; RoPE position = sentence index, at training and at
+  generation alike.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from gpthf.attention import attend_to_sentence_ends
+from gpthf.attention.sentences import positions_in_sentence, sentence_end_positions
+from gpthf.config import ArchConfig
+from gpthf.errors import ConfigError
+from gpthf.models.base import LanguageModel
+from gpthf.models.layers import AttentionPattern, Block, rope_angles
+
+
+class GPTHF(LanguageModel):
+    def __init__(self, arch: ArchConfig, vocab_size: int, attention: str = "sdpa"):
+        if not (arch.n_enc and arch.n_body and arch.n_enc >= 1 and arch.n_body >= 1):
+            raise ConfigError(
+                f"arch.model=gpthf needs arch.n_enc >= 1 and arch.n_body >= 1, got {arch.n_enc}, {arch.n_body}"
+            )
+        self.n_blocks = arch.n_enc + arch.n_body
+        super().__init__(arch, vocab_size, attention)
+        self.wlt_encoder = nn.ModuleList(Block(arch) for _ in range(arch.n_enc))
+        self.slt_body = nn.ModuleList(Block(arch) for _ in range(arch.n_body))
+        self.init_weights()
+
+    def encoder_pattern(self, sentence_ids: torch.Tensor) -> AttentionPattern:
+        cos, sin = rope_angles(positions_in_sentence(sentence_ids), self.head_dim, self.arch.rope_base)
+        return AttentionPattern(cos, sin, self.attention.within_sentences(sentence_ids))
+
+    def body_pattern(self, sentence_ids: torch.Tensor) -> AttentionPattern:
+        cos, sin = rope_angles(sentence_ids, self.head_dim, self.arch.rope_base)
+        ends = sentence_end_positions(sentence_ids)
+
+        def attend(q, k, v, dropout_p=0.0):
+            return attend_to_sentence_ends(q, k, v, sentence_ids, ends, dropout_p)
+
+        return AttentionPattern(cos, sin, attend)
+
+    def forward(self, input_ids: torch.Tensor, sentence_ids: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, V) for packed rows with their `sentence_ids` (B, T)."""
+        if sentence_ids is None:
+            raise ValueError("GPTHF needs sentence_ids (B, T) alongside input_ids")
+        x = self.embed(input_ids)  # (B, T, d)
+        pattern = self.encoder_pattern(sentence_ids)
+        for block in self.wlt_encoder:
+            x = block(x, pattern)
+        pattern = self.body_pattern(sentence_ids)
+        for block in self.slt_body:
+            x = block(x, pattern)
+        return self.logits(x)

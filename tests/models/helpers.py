@@ -1,0 +1,41 @@
+"""Tiny random models and sentence-structured batches for model tests."""
+
+from __future__ import annotations
+
+import torch
+
+from gpthf.config import ArchConfig
+from gpthf.data.special_tokens import EOS_ID, SPECIAL_TOKENS
+from gpthf.models import GPT, GPTHF
+
+VOCAB = 97
+
+
+def tiny_arch(model: str, **overrides) -> ArchConfig:
+    layers = {"n_enc": 2, "n_body": 2} if model == "gpthf" else {"n_layers": 4}
+    return ArchConfig(
+        **{"model": model, "d_model": 32, "n_heads": 4, "mlp_hidden": 64, **layers, **overrides}
+    )
+
+
+def tiny_model(model: str, seed: int = 0, **overrides) -> GPT | GPTHF:
+    torch.manual_seed(seed)
+    cls = GPTHF if model == "gpthf" else GPT
+    return cls(tiny_arch(model, **overrides), VOCAB).eval()
+
+
+def random_batch(
+    batch: int, length: int, seed: int = 0, max_sentence_len: int = 7
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of random sentences, each closed by <eos>, with their sentence_ids."""
+    gen = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(len(SPECIAL_TOKENS), VOCAB, (batch, length), generator=gen)
+    sentence_ids = torch.zeros(batch, length, dtype=torch.long)
+    for row in range(batch):
+        t, sid = 0, 0
+        while t < length:
+            n = int(torch.randint(1, max_sentence_len + 1, (1,), generator=gen))
+            sentence_ids[row, t : t + n] = sid
+            input_ids[row, min(t + n, length) - 1] = EOS_ID
+            t, sid = t + n, sid + 1
+    return input_ids, sentence_ids
