@@ -52,13 +52,32 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
+    batch_size: int = MISSING  # sequences per optimizer step, summed over all ranks
+    micro_batch_size: int = MISSING  # sequences per forward pass on one device
+    lr: float = MISSING  # peak learning rate
+    weight_decay: float = 0.1  # AdamW decay on matrices only (never norms or biases)
+    beta1: float = 0.9
+    beta2: float = 0.98
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    schedule: str = "cosine"  # a key of gpthf.training.schedule.SCHEDULES
+    warmup_fraction: float = 0.05  # share of the budget spent warming up
+    cooldown_fraction: float = 0.2  # trapezoid only: share of the budget spent decaying to zero
+    max_tokens: int | None = None  # stop (and end the schedule) after this many real tokens
     seed: int = 0
+    log_every_steps: int = 10
+    checkpoint_every_minutes: float = 10.0
+    keep_checkpoints: int = 2  # periodic checkpoints kept besides the final one
+    eval_rows: int | None = None  # validation rows for the final evaluation; None = all
 
 
 @dataclass
 class ImplConfig:
     attention: str = "sdpa"
-    device: str = "auto"
+    device: str = "auto"  # auto = cuda when available, else cpu
+    distributed: str = "none"  # none | ddp (under torchrun) | deepspeed
+    zero_stage: int = 1  # deepspeed only
+    compile: str = "auto"  # auto (CUDA yes, CPU no) | true | false
+    amp: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
 
 
 @dataclass
@@ -70,6 +89,8 @@ class PretrainConfig:
     name: str = "gpthf"
     budget: str = "10m"  # wall-clock: "24h", "90m", "30s", or plain hours ("0.05")
     cache_dir: str = "data_cache"  # where prepared data sets live
+    output_dir: str = "outputs"  # runs go to <output_dir>/<name>/<timestamp>/
+    resume: bool = False  # continue the newest run of <name> from its last complete checkpoint
 
 
 _BUDGET = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([hms]?)\s*$")

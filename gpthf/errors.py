@@ -17,3 +17,7 @@ class ConfigError(GpthfError):
 
 class DataError(GpthfError):
     """A corpus, tokenizer or data cache that cannot be used."""
+
+
+class CheckpointError(GpthfError):
+    """A checkpoint that is missing, incomplete, corrupt or of another kind than asked for."""

@@ -15,10 +15,16 @@ from gpthf.errors import ConfigError
 from gpthf.models.layers import RMSNorm
 
 
-def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of predicting token t+1 at position t, over targets that are not <pad>."""
+def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of predicting token t+1 at position t, over targets that are not <pad>.
+
+    `reduction="sum"` lets the trainer normalise by the whole step's target count across
+    micro-batches and ranks, so accumulation does not change the loss.
+    """
     targets = input_ids[:, 1:]
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=PAD_ID)
+    return F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=PAD_ID, reduction=reduction
+    )
 
 
 class LanguageModel(nn.Module):

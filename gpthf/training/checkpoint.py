@@ -1,0 +1,172 @@
+"""Checkpoints: a folder that is either complete or absent.
+
+    <run>/checkpoints/step-00001200/   model.safetensors  weights (loadable without hydra or gpthf's trainer)
+                                       config.json        arch, vocab size, data config, step, tokens
+                                       tokenizer.json     the tokenizer the model was trained with
+                                       train_state.pt     optimizer, data position, RNG, elapsed budget
+    <run>/checkpoints/final/           the same, written when the budget is spent
+
+Every file is written and fsynced inside a hidden temporary folder that is renamed into place at the
+end, so a kill at any moment leaves either the new checkpoint whole or only the previous ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+
+from gpthf import __version__
+from gpthf.errors import CheckpointError
+
+CHECKPOINT_FORMAT = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+STATE_FILE = "train_state.pt"
+FINAL = "final"
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
+
+
+def staging_folder(target: Path) -> Path:
+    """Where `target` is assembled before its rename; the same name on every rank of a run."""
+    return target.parent / f".{target.name}.tmp"
+
+
+def write_atomically(target: Path, write: Callable[[Path], None], staged: bool = False) -> Path:
+    """Run `write(staging)`, then rename the staging folder to `target` (replacing an older one).
+
+    `staged=True`: the staging folder already exists and holds files other ranks wrote into it.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = staging_folder(target)
+    try:
+        if not staged:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+        write(tmp)
+        _fsync_tree(tmp)
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{os.getpid()}"
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(target)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(
+            f"could not write checkpoint {target} ({err.strerror or err}); earlier checkpoints are intact"
+        ) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def save_checkpoint(
+    target: Path,
+    model: torch.nn.Module,
+    meta: dict,
+    tokenizer_file: Path,
+    train_state: dict | None = None,
+    staged: bool = False,
+) -> Path:
+    """Write a complete checkpoint folder at `target`. `meta` must hold `arch` and `vocab_size`."""
+
+    def write(folder: Path) -> None:
+        save_model(model, str(folder / WEIGHTS_FILE))
+        (folder / CONFIG_FILE).write_text(
+            json.dumps({"format": CHECKPOINT_FORMAT, "gpthf_version": __version__, **meta}, indent=2)
+        )
+        shutil.copyfile(tokenizer_file, folder / "tokenizer.json")
+        if train_state is not None:
+            torch.save(train_state, folder / STATE_FILE)
+
+    return write_atomically(Path(target), write, staged)
+
+
+def _step_folders(checkpoints: Path) -> list[Path]:
+    return sorted(p for p in checkpoints.glob("step-*") if p.is_dir() and (p / CONFIG_FILE).is_file())
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run: `final` if written, else the highest step."""
+    checkpoints = Path(run_dir) / "checkpoints"
+    if (checkpoints / FINAL / CONFIG_FILE).is_file():
+        return checkpoints / FINAL
+    steps = _step_folders(checkpoints)
+    return steps[-1] if steps else None
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    for old in _step_folders(Path(run_dir) / "checkpoints")[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or a run folder (its newest checkpoint); a clear error otherwise."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if (path / CONFIG_FILE).is_file():
+        return path
+    found = latest_checkpoint(path)
+    if found is None:
+        raise CheckpointError(
+            f"{path} holds no complete checkpoint (expected {CONFIG_FILE} and {WEIGHTS_FILE})"
+        )
+    return found
+
+
+def read_meta(checkpoint: Path) -> dict:
+    try:
+        meta = json.loads((checkpoint / CONFIG_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"checkpoint {checkpoint} has an unreadable {CONFIG_FILE} ({err})") from None
+    if meta.get("format") != CHECKPOINT_FORMAT or "arch" not in meta or "vocab_size" not in meta:
+        raise CheckpointError(
+            f"{checkpoint / CONFIG_FILE} is not a gpthf checkpoint config (format {CHECKPOINT_FORMAT})"
+        )
+    return meta
+
+
+def load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
+    try:
+        missing, unexpected = load_model(model, str(checkpoint / WEIGHTS_FILE), strict=False)
+    except Exception as err:  # safetensors raises its own error types for truncated or corrupt files
+        raise CheckpointError(
+            f"checkpoint weights {checkpoint / WEIGHTS_FILE} are unreadable ({err})"
+        ) from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {checkpoint} does not fit this model (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
+
+
+def load_train_state(checkpoint: Path) -> dict:
+    try:
+        return torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
+    except Exception as err:  # pickle/zip errors of a damaged file
+        raise CheckpointError(f"training state {checkpoint / STATE_FILE} is unreadable ({err})") from None
+
+
+def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu", attention: str = "sdpa"):
+    """(model in eval mode, checkpoint meta, checkpoint folder) for generation and evaluation."""
+    from gpthf.models import build_model
+
+    checkpoint = resolve_checkpoint(path)
+    meta = read_meta(checkpoint)
+    model = build_model(meta["arch"], meta["vocab_size"], attention)
+    load_weights(model, checkpoint)
+    return model.to(device).eval(), meta, checkpoint

@@ -1,0 +1,414 @@
+"""The training loop: both model kinds, every distributed mode, one wall-clock budget.
+
+Progress = max(elapsed / budget, tokens / train.max_tokens). The learning rate is a function of it,
+training stops when it reaches 1, then the model is evaluated on the validation split and the final
+checkpoint is written. Data preparation happens before the clock starts; compilation is charged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+
+from gpthf.config import parse_budget_seconds
+from gpthf.data.dataset import PreparedData, prepare_data
+from gpthf.data.special_tokens import PAD_ID
+from gpthf.data.tokenizer import TOKENIZER_FILE
+from gpthf.errors import CheckpointError, ConfigError
+from gpthf.models import LanguageModel, build_model, next_token_loss
+from gpthf.training.batches import TrainBatches
+from gpthf.training.checkpoint import (
+    FINAL,
+    latest_checkpoint,
+    load_train_state,
+    load_weights,
+    prune_checkpoints,
+    save_checkpoint,
+    staging_folder,
+)
+from gpthf.training.distributed import Engine, Runtime, build_engine, setup_runtime, teardown_runtime
+from gpthf.training.metrics import BudgetBar, MetricsLog, plot_losses
+from gpthf.training.optim import build_optimizer
+from gpthf.training.schedule import check_schedule, lr_at
+
+log = logging.getLogger(__name__)
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class Progress:
+    """Where a run stands; saved in every checkpoint."""
+
+    step: int = 0
+    tokens: int = 0  # real (non-pad) tokens trained on, all ranks
+    elapsed_s: float = 0.0  # budget spent, across resumes
+
+
+def _switch(value, on_cuda: bool, name: str) -> bool:
+    text = str(value).lower()
+    if text == "auto":
+        return on_cuda
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={value!r}: use auto, true or false")
+
+
+def amp_dtype(impl_cfg, device: torch.device) -> torch.dtype | None:
+    choice = str(impl_cfg.amp).lower()
+    if choice == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if choice in ("bf16", "fp32"):
+        return torch.bfloat16 if choice == "bf16" else None
+    raise ConfigError(f"impl.amp={impl_cfg.amp!r}: use auto, bf16 or fp32")
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _broadcast(runtime: Runtime, value):
+    """Rank 0's `value` on every rank."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _find_run_to_resume(cfg) -> tuple[Path, Path]:
+    runs = sorted((Path(cfg.output_dir) / cfg.name).glob("*/"))
+    for run_dir in reversed(runs):
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None:
+            continue
+        if checkpoint.name == FINAL:
+            raise ConfigError(
+                f"the newest run of {cfg.name}, {run_dir}, has already finished; drop resume=true to start a new one"
+            )
+        saved = OmegaConf.load(run_dir / CONFIG_FILE)
+        for group in ("arch", "data"):
+            if OmegaConf.to_container(saved[group]) != OmegaConf.to_container(cfg[group], resolve=True):
+                raise ConfigError(
+                    f"resume=true: {group} differs from the run being resumed ({run_dir}); use its config"
+                )
+        return run_dir, checkpoint
+    raise ConfigError(
+        f"resume=true but no run of {cfg.name} under {cfg.output_dir} has a complete checkpoint"
+    )
+
+
+def _new_run_dir(cfg) -> Path:
+    base = Path(cfg.output_dir) / cfg.name / datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir, n = base, 1
+    while run_dir.exists():
+        run_dir, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return run_dir
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, split, runtime: Runtime, micro_batch_size: int, dtype, max_rows: int | None = None
+) -> tuple[float, int]:
+    """(summed next-token loss in nats, number of predicted tokens) over a split, shared across ranks."""
+    input_ids = np.asarray(split.with_format("numpy")["input_ids"], dtype=np.int64)
+    sentence_ids = np.asarray(split.with_format("numpy")["sentence_ids"], dtype=np.int64)
+    rows = np.arange(len(input_ids) if max_rows is None else min(max_rows, len(input_ids)))
+    mine = rows[runtime.rank :: runtime.world_size]
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(mine), micro_batch_size):
+        index = mine[start : start + micro_batch_size]
+        ids = torch.from_numpy(input_ids[index]).to(runtime.device)
+        sids = torch.from_numpy(sentence_ids[index]).to(runtime.device)
+        with autocast(runtime.device, dtype):
+            logits = model(ids, sids)
+        total += float(next_token_loss(logits, ids, reduction="sum"))
+        count += int((ids[:, 1:] != PAD_ID).sum())
+    model.train(was_training)
+    total, count = runtime.sum([total, float(count)])
+    return total, int(count)
+
+
+def bits_per_byte(nats_per_token: float, split_stats: dict) -> float:
+    """Loss per token in bits, times the split's tokens per UTF-8 byte: comparable across tokenizers."""
+    return nats_per_token / math.log(2) * split_stats["tokens"] / split_stats["bytes"]
+
+
+class Trainer:
+    def __init__(self, cfg, runtime: Runtime, clock: Callable[[], float] = time.monotonic):
+        self.cfg, self.runtime, self.clock = cfg, runtime, clock
+        self.budget_s = parse_budget_seconds(cfg.budget)
+        check_schedule(cfg.train)
+        self.stop_requested = False
+
+        # Data first and off the clock: rank 0 builds the cache while the other ranks wait.
+        if runtime.is_main:
+            self.data = prepare_data(cfg, progress=True)
+        runtime.barrier()
+        if not runtime.is_main:
+            self.data = prepare_data(cfg, progress=False)
+        self.stats = self.data.stats
+
+        resume = _find_run_to_resume(cfg) if cfg.resume and runtime.is_main else None
+        self.run_dir, resume_from = _broadcast(
+            runtime, (resume or (_new_run_dir(cfg), None)) if runtime.is_main else None
+        )
+        if runtime.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if resume_from is None:
+                OmegaConf.save(cfg, self.run_dir / CONFIG_FILE, resolve=True)
+
+        seed_everything(cfg.train.seed)
+        self.model: LanguageModel = build_model(cfg.arch, self.stats["vocab_size"], cfg.impl.attention).to(
+            runtime.device
+        )
+        self.dtype = amp_dtype(cfg.impl, runtime.device)
+        self.batches = TrainBatches(
+            self.data.split("train"), cfg.train, runtime.rank, runtime.world_size, runtime.device
+        )
+        self.progress = Progress()
+        train_state = None
+        if resume_from is not None:
+            load_weights(self.model, resume_from)
+            train_state = load_train_state(resume_from)
+            self.progress = Progress(**train_state["progress"])
+            self.batches.order.load_state_dict(train_state["data_order"])
+        optimizer = build_optimizer(self.model, cfg.train)
+        self.engine: Engine = build_engine(
+            self.model,
+            optimizer,
+            runtime,
+            cfg.train,
+            cfg.impl,
+            self.batches.accumulation,
+            bf16=self.dtype == torch.bfloat16,
+        )
+        if train_state is not None:
+            self.engine.load_optimizer_state(train_state["optimizer"], resume_from)
+            _set_rng_state(train_state["rng"][min(runtime.rank, len(train_state["rng"]) - 1)])
+            log.info(
+                "resumed %s from %s (step %d, %.0f s of budget spent)",
+                self.run_dir,
+                resume_from,
+                self.progress.step,
+                self.progress.elapsed_s,
+            )
+        if _switch(cfg.impl.compile, runtime.device.type == "cuda", "impl.compile"):
+            self.engine.model = torch.compile(self.engine.model)
+        self.metrics = (
+            MetricsLog(self.run_dir, resume_step=self.progress.step if resume_from else None)
+            if runtime.is_main
+            else None
+        )
+
+    # -- progress -------------------------------------------------------------------------------
+    def fraction_done(self, elapsed_s: float) -> float:
+        by_time = elapsed_s / self.budget_s
+        by_tokens = self.progress.tokens / self.cfg.train.max_tokens if self.cfg.train.max_tokens else 0.0
+        return max(by_time, by_tokens)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def save(self, name: str) -> Path:
+        """Collective: every rank calls it; rank 0 writes (DeepSpeed ranks add their shards)."""
+        target = self.run_dir / "checkpoints" / name
+        staging = staging_folder(target)
+        if self.runtime.is_main:
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        self.runtime.barrier()
+        self.engine.save_sharded_state(staging)
+        rng = [_rng_state()]
+        if dist.is_initialized():
+            rng = [None] * self.runtime.world_size
+            dist.all_gather_object(rng, _rng_state())
+        with self.engine.full_weights():
+            if self.runtime.is_main:
+                state = {
+                    "progress": asdict(self.progress),
+                    "data_order": self.batches.order.state_dict(),
+                    "optimizer": self.engine.optimizer_state(),
+                    "rng": rng,
+                }
+                meta = {
+                    "arch": OmegaConf.to_container(self.cfg.arch, resolve=True),
+                    "vocab_size": self.stats["vocab_size"],
+                    "data": OmegaConf.to_container(self.cfg.data, resolve=True),
+                    "step": self.progress.step,
+                    "tokens": self.progress.tokens,
+                }
+                save_checkpoint(target, self.model, meta, self.data.path / TOKENIZER_FILE, state, staged=True)
+                prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
+        self.runtime.barrier()
+        return target
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _train_step(self, lr: float) -> tuple[float, int, float]:
+        """One optimizer step; returns (summed loss on this rank, step targets, gradient norm)."""
+        step = self.batches.next_step()
+        self.engine.begin_step(lr)
+        loss_sum = torch.zeros((), device=self.runtime.device)
+        for i, (ids, sids) in enumerate(step.micro_batches):
+            with self.engine.micro_batch(is_last=i == len(step.micro_batches) - 1):
+                with autocast(self.runtime.device, self.dtype):
+                    logits = self.engine.model(ids, sids)
+                micro_sum = next_token_loss(logits, ids, reduction="sum")
+                # Normalised by the whole step's targets; DDP/DeepSpeed average over ranks, so undo that.
+                self.engine.backward(micro_sum * (self.runtime.world_size / max(step.targets, 1)))
+            loss_sum += micro_sum.detach()
+        grad_norm = self.engine.finish_step()
+        self.progress.step += 1
+        self.progress.tokens += step.tokens
+        return float(loss_sum), step.targets, grad_norm
+
+    def _request_stop(self, signum, frame) -> None:
+        log.warning("signal %d: saving a checkpoint after this step, then stopping", signum)
+        self.stop_requested = True
+
+    def run(self, stop_after_steps: int | None = None) -> Path:
+        """Train until the budget is spent (or a stop is requested); returns the run folder.
+
+        `stop_after_steps` simulates a preemption after that many steps of this session: a checkpoint
+        is written and the run can be continued with resume=true.
+        """
+        cfg, runtime = self.cfg, self.runtime
+        previous = (
+            {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGUSR1)}
+            if runtime.is_main
+            else {}
+        )
+        bar = BudgetBar(runtime.is_main, self.fraction_done(self.progress.elapsed_s))
+        start = self.clock() - self.progress.elapsed_s
+        next_checkpoint_s = self.progress.elapsed_s + 60 * cfg.train.checkpoint_every_minutes
+        steps_this_session, window_tokens, window_start = 0, 0, self.clock()
+        interrupted = False
+        try:
+            while True:
+                self.progress.elapsed_s = self.clock() - start
+                done = self.fraction_done(self.progress.elapsed_s)
+                stop = self.stop_requested or (
+                    stop_after_steps is not None and steps_this_session >= stop_after_steps
+                )
+                done, stop = _broadcast(runtime, (done, stop))  # every rank takes the same decision
+                if done >= 1.0 or stop:
+                    interrupted = done < 1.0
+                    break
+                lr = lr_at(done, cfg.train)
+                loss_sum, targets, grad_norm = self._train_step(lr)
+                steps_this_session += 1
+                window_tokens += targets
+                if self.progress.step % cfg.train.log_every_steps == 0:
+                    loss_sum, targets_all = runtime.sum([loss_sum, float(targets)])
+                    now = self.clock()
+                    tokens_per_s = window_tokens * runtime.world_size / max(now - window_start, 1e-9)
+                    record = {
+                        "step": self.progress.step,
+                        "tokens": self.progress.tokens,
+                        "loss": loss_sum / max(targets_all / runtime.world_size, 1) / runtime.world_size,
+                        "lr": lr,
+                        "grad_norm": grad_norm,
+                        "tokens_per_s": tokens_per_s,
+                        "elapsed_s": now - start,
+                        "progress": done,
+                    }
+                    if self.metrics:
+                        self.metrics.write(record)
+                    bar.update(done, loss=record["loss"], lr=lr, tok_s=int(tokens_per_s))
+                    window_tokens, window_start = 0, now
+                if self.clock() - start >= next_checkpoint_s:
+                    self.save(f"step-{self.progress.step:08d}")
+                    next_checkpoint_s += 60 * cfg.train.checkpoint_every_minutes
+        finally:
+            bar.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if interrupted:
+            path = self.save(f"step-{self.progress.step:08d}")
+            if runtime.is_main:
+                log.warning(
+                    "stopped early at step %d; continue with resume=true (checkpoint %s)",
+                    self.progress.step,
+                    path,
+                )
+            return self.run_dir
+        self.finish()
+        return self.run_dir
+
+    def finish(self) -> None:
+        """Evaluate on the validation split, record it, write the final checkpoint and the plot."""
+        total, count = evaluate(
+            self.model,
+            self.data.split("validation"),
+            self.runtime,
+            self.cfg.train.micro_batch_size,
+            self.dtype,
+            self.cfg.train.eval_rows,
+        )
+        val_loss = total / max(count, 1)
+        record = {
+            "step": self.progress.step,
+            "tokens": self.progress.tokens,
+            "elapsed_s": self.progress.elapsed_s,
+            "lr": lr_at(self.fraction_done(self.progress.elapsed_s), self.cfg.train),
+            "val_loss": val_loss,
+            "val_bpb": bits_per_byte(val_loss, self.stats["splits"]["validation"]) if count else float("nan"),
+            "val_tokens": count,
+        }
+        final = self.save(FINAL)
+        if self.metrics:
+            self.metrics.write(record)
+            plot_losses(self.run_dir)
+            print(
+                f"finished {self.progress.step} steps, {self.progress.tokens:,} tokens in {self.progress.elapsed_s:.0f} s; "
+                f"validation loss {val_loss:.4f}, {record['val_bpb']:.4f} bits/byte; checkpoint {final}"
+            )
+
+
+def train(cfg, clock: Callable[[], float] = time.monotonic, stop_after_steps: int | None = None) -> Path:
+    """Run `cfg` on this process's share of the machines; returns the run folder."""
+    runtime = setup_runtime(cfg.impl)
+    try:
+        return Trainer(cfg, runtime, clock).run(stop_after_steps)
+    finally:
+        teardown_runtime(runtime)
+
+
+__all__ = ["CheckpointError", "PreparedData", "Trainer", "bits_per_byte", "evaluate", "train"]
