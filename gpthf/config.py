@@ -61,7 +61,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     schedule: str = "cosine"  # a key of gpthf.training.schedule.SCHEDULES
     warmup_fraction: float = 0.05  # share of the budget spent warming up
-    cooldown_fraction: float = 0.2  # trapezoid only: share of the budget spent decaying to zero
+    cooldown_fraction: float = 0.2  # trapezoid only: share of the post-warm-up budget spent decaying to zero
     max_tokens: int | None = None  # stop (and end the schedule) after this many real tokens
     seed: int = 0
     log_every_steps: int = 10

@@ -56,6 +56,19 @@ class PreparedData:
         return datasets.load_from_disk(str(self.path / name))
 
 
+def split_arrays(split) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, sentence_ids) of a packed split as (rows, seq_len) int64 arrays, straight from Arrow."""
+
+    def column(name: str) -> np.ndarray:
+        chunked = split.data.column(name)
+        if len(chunked) == 0:
+            return np.zeros((0, 0), dtype=np.int64)
+        fixed = chunked.combine_chunks()
+        return fixed.flatten().to_numpy().astype(np.int64).reshape(len(fixed), fixed.type.list_size)
+
+    return column("input_ids"), column("sentence_ids")
+
+
 def validate_data_config(data_cfg: Any) -> None:
     if data_cfg.vocab_size < BYTE_ALPHABET + len(SPECIAL_TOKENS):
         raise DataError(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from gpthf.data.dataset import split_arrays
 from gpthf.data.special_tokens import PAD_ID
 from gpthf.errors import ConfigError
 
@@ -70,8 +71,7 @@ class TrainBatches:
     """Yields, per optimizer step, this rank's micro-batches as (input_ids, sentence_ids) on `device`."""
 
     def __init__(self, split, train_cfg, rank: int, world_size: int, device: torch.device):
-        self.input_ids = np.asarray(split.with_format("numpy")["input_ids"], dtype=np.int64)
-        self.sentence_ids = np.asarray(split.with_format("numpy")["sentence_ids"], dtype=np.int64)
+        self.input_ids, self.sentence_ids = split_arrays(split)
         if len(self.input_ids) < train_cfg.batch_size:
             raise ConfigError(
                 f"the training split has {len(self.input_ids)} rows, fewer than train.batch_size={train_cfg.batch_size}"

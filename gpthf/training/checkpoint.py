@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_file
 
 from gpthf import __version__
 from gpthf.errors import CheckpointError
@@ -74,6 +74,11 @@ def write_atomically(target: Path, write: Callable[[Path], None], staged: bool =
     return target
 
 
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Each parameter once (the tied head is the embedding), as plain contiguous CPU tensors."""
+    return {name: param.detach().cpu().contiguous() for name, param in model.named_parameters()}
+
+
 def save_checkpoint(
     target: Path,
     model: torch.nn.Module,
@@ -85,7 +90,7 @@ def save_checkpoint(
     """Write a complete checkpoint folder at `target`. `meta` must hold `arch` and `vocab_size`."""
 
     def write(folder: Path) -> None:
-        save_model(model, str(folder / WEIGHTS_FILE))
+        save_file(_weights(model), str(folder / WEIGHTS_FILE))
         (folder / CONFIG_FILE).write_text(
             json.dumps({"format": CHECKPOINT_FORMAT, "gpthf_version": __version__, **meta}, indent=2)
         )
@@ -143,15 +148,22 @@ def read_meta(checkpoint: Path) -> dict:
 
 def load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
     try:
-        missing, unexpected = load_model(model, str(checkpoint / WEIGHTS_FILE), strict=False)
+        weights = load_file(str(checkpoint / WEIGHTS_FILE))
     except Exception as err:  # safetensors raises its own error types for truncated or corrupt files
         raise CheckpointError(
             f"checkpoint weights {checkpoint / WEIGHTS_FILE} are unreadable ({err})"
         ) from None
-    if missing or unexpected:
+    expected = dict(model.named_parameters())
+    missing, unexpected = set(expected) - set(weights), set(weights) - set(expected)
+    other_shape = sorted(k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape)
+    if missing or unexpected or other_shape:
         raise CheckpointError(
-            f"checkpoint {checkpoint} does not fit this model (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+            f"checkpoint {checkpoint} does not fit this model (missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]}, other shapes {other_shape[:3]})"
         )
+    with torch.no_grad():
+        for name, param in expected.items():
+            param.copy_(weights[name])
 
 
 def load_train_state(checkpoint: Path) -> dict:

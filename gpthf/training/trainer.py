@@ -24,7 +24,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from gpthf.config import parse_budget_seconds
-from gpthf.data.dataset import PreparedData, prepare_data
+from gpthf.data.dataset import PreparedData, prepare_data, split_arrays
 from gpthf.data.special_tokens import PAD_ID
 from gpthf.data.tokenizer import TOKENIZER_FILE
 from gpthf.errors import CheckpointError, ConfigError
@@ -146,8 +146,7 @@ def evaluate(
     model: torch.nn.Module, split, runtime: Runtime, micro_batch_size: int, dtype, max_rows: int | None = None
 ) -> tuple[float, int]:
     """(summed next-token loss in nats, number of predicted tokens) over a split, shared across ranks."""
-    input_ids = np.asarray(split.with_format("numpy")["input_ids"], dtype=np.int64)
-    sentence_ids = np.asarray(split.with_format("numpy")["sentence_ids"], dtype=np.int64)
+    input_ids, sentence_ids = split_arrays(split)
     rows = np.arange(len(input_ids) if max_rows is None else min(max_rows, len(input_ids)))
     mine = rows[runtime.rank :: runtime.world_size]
     was_training = model.training
@@ -372,8 +371,21 @@ class Trainer:
         self.finish()
         return self.run_dir
 
+    def ranks_agree(self) -> bool:
+        """Whether every rank holds the same weights (data parallelism must keep them identical)."""
+        if not dist.is_initialized():
+            return True
+        with self.engine.full_weights():
+            checksum = float(sum(p.detach().double().sum() for p in self.model.parameters()))
+        checksums = [None] * self.runtime.world_size
+        dist.all_gather_object(checksums, checksum)
+        return all(math.isclose(c, checksums[0], rel_tol=1e-9) for c in checksums)
+
     def finish(self) -> None:
         """Evaluate on the validation split, record it, write the final checkpoint and the plot."""
+        agree = self.ranks_agree()
+        if not agree:
+            log.error("ranks hold different weights after training: the distributed setup is broken")
         total, count = evaluate(
             self.model,
             self.data.split("validation"),
@@ -391,6 +403,8 @@ class Trainer:
             "val_loss": val_loss,
             "val_bpb": bits_per_byte(val_loss, self.stats["splits"]["validation"]) if count else float("nan"),
             "val_tokens": count,
+            "world_size": self.runtime.world_size,
+            "ranks_agree": agree,
         }
         final = self.save(FINAL)
         if self.metrics:
