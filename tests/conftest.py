@@ -8,6 +8,8 @@ import pytest
 
 from gpthf.config import load_config
 
+SMALL_DATA = ["data.seq_len=64", "data.max_sentence_len=32", "data.vocab_size=512"]
+
 STORY = """Mr. Brown lives in London. He keeps bees, e.g. the common honey bee.
 They make honey in summer.
 
@@ -43,3 +45,46 @@ def tales_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def tales_cfg(tmp_path: Path, tales_dir: Path):
     return load_config(tiny_overrides(tmp_path / "cache", tales_dir))
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory) -> Path:
+    """The embedded corpus prepared once (small rows and vocabulary) for all tests that train."""
+    from gpthf.data.dataset import prepare_data
+
+    cache = tmp_path_factory.mktemp("data_cache")
+    prepare_data(load_config([f"cache_dir={cache}", *SMALL_DATA]), progress=False)
+    return cache
+
+
+def run_overrides(data_cache: Path, out: Path, *extra: str, arch: str = "gpthf-test") -> list[str]:
+    """A training config that steps in milliseconds on CPU."""
+    return [
+        f"arch={arch}",
+        "train=test",
+        "train.eval_rows=16",
+        *SMALL_DATA,
+        f"cache_dir={data_cache}",
+        f"output_dir={out}",
+        *extra,
+    ]
+
+
+def frozen_clock() -> float:
+    """No time passes: the schedule is driven by train.max_tokens alone, so runs are bit-reproducible."""
+    return 0.0
+
+
+@pytest.fixture(scope="session")
+def trained_runs(data_cache, tmp_path_factory) -> dict[str, Path]:
+    """A finished tiny run of each model kind (a few thousand tokens), for generation and eval tests."""
+    from gpthf.training.trainer import train
+
+    out = tmp_path_factory.mktemp("runs")
+    return {
+        arch: train(
+            load_config(run_overrides(data_cache, out, "train.max_tokens=3000", arch=f"{arch}-test")),
+            clock=frozen_clock,
+        )
+        for arch in ("gpthf", "gpt")
+    }

@@ -14,3 +14,6 @@ UNK = "<unk>"  # reserved; the byte-level BPE never needs it, but checkpoints ke
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, EOS, EOD, UNK)
 
 PAD_ID, EOS_ID, EOD_ID, UNK_ID = range(len(SPECIAL_TOKENS))
+
+# Tokens after which a new sentence starts (the <eod> unit is a one-token sentence of its own).
+SENTENCE_CLOSERS: tuple[int, ...] = (EOS_ID, EOD_ID)

@@ -77,6 +77,7 @@ class TrainBatches:
                 f"the training split has {len(self.input_ids)} rows, fewer than train.batch_size={train_cfg.batch_size}"
             )
         self.order = RowOrder(len(self.input_ids), train_cfg.seed)
+        self.max_sentences = int(self.sentence_ids.max()) + 1  # most sentences in a row: GPTHF's body context
         self.batch_size, self.micro = train_cfg.batch_size, train_cfg.micro_batch_size
         self.rank, self.world_size, self.device = rank, world_size, device
         self.accumulation = micro_batches_per_step(train_cfg, world_size)

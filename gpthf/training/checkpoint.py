@@ -120,18 +120,17 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder, or a run folder (its newest checkpoint); a clear error otherwise."""
+    """A checkpoint folder, a run folder (its newest checkpoint) or a folder of runs (the newest run's)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if (path / CONFIG_FILE).is_file():
         return path
-    found = latest_checkpoint(path)
-    if found is None:
-        raise CheckpointError(
-            f"{path} holds no complete checkpoint (expected {CONFIG_FILE} and {WEIGHTS_FILE})"
-        )
-    return found
+    for run_dir in [path] + sorted((p for p in path.iterdir() if p.is_dir()), reverse=True):
+        found = latest_checkpoint(run_dir)
+        if found is not None:
+            return found
+    raise CheckpointError(f"{path} holds no complete checkpoint (expected {CONFIG_FILE} and {WEIGHTS_FILE})")
 
 
 def read_meta(checkpoint: Path) -> dict:

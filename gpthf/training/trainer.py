@@ -273,6 +273,7 @@ class Trainer:
                     "data": OmegaConf.to_container(self.cfg.data, resolve=True),
                     "step": self.progress.step,
                     "tokens": self.progress.tokens,
+                    "context": {"tokens": self.cfg.data.seq_len, "sentences": self.batches.max_sentences},
                 }
                 save_checkpoint(target, self.model, meta, self.data.path / TOKENIZER_FILE, state, staged=True)
                 prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)

@@ -39,3 +39,40 @@ def random_batch(
             input_ids[row, min(t + n, length) - 1] = EOS_ID
             t, sid = t + n, sid + 1
     return input_ids, sentence_ids
+
+
+def synthetic_rows(batch: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of learnable 'sentences': a random first token, then t -> t + 7 (mod vocab), then <eos>.
+
+    Sentence lengths depend on the first token, so a model trained on them ends sentences by itself.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    first = len(SPECIAL_TOKENS)
+    input_ids = torch.zeros(batch, length, dtype=torch.long)
+    sentence_ids = torch.zeros(batch, length, dtype=torch.long)
+    for row in range(batch):
+        t, sid = 0, 0
+        while t < length:
+            token = int(torch.randint(first, VOCAB, (1,), generator=gen))
+            n = 2 + token % 6
+            for i in range(n):
+                if t + i < length:
+                    input_ids[row, t + i] = first + (token - first + 7 * i) % (VOCAB - first)
+                    sentence_ids[row, t + i] = sid
+            if t + n < length:
+                input_ids[row, t + n] = EOS_ID
+                sentence_ids[row, t + n] = sid
+            t, sid = t + n + 1, sid + 1
+    return input_ids, sentence_ids
+
+
+def trained_tiny_model(model: str, steps: int = 150) -> GPT | GPTHF:
+    """A tiny model fitted to `synthetic_rows`, so greedy decoding is varied and ends sentences."""
+    net = tiny_model(model, seed=2).train()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    for step in range(steps):
+        input_ids, sentence_ids = synthetic_rows(8, 64, seed=step)
+        optimizer.zero_grad()
+        net.loss(input_ids, sentence_ids).backward()
+        optimizer.step()
+    return net.eval()

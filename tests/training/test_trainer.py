@@ -15,33 +15,12 @@ from pathlib import Path
 import pytest
 
 from gpthf.config import load_config
-from gpthf.data.dataset import prepare_data
 from gpthf.training.checkpoint import latest_checkpoint, load_model_from_checkpoint
 from gpthf.training.metrics import read_metrics
 from gpthf.training.trainer import train
+from tests.conftest import frozen_clock, run_overrides
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL_DATA = ["data.seq_len=64", "data.max_sentence_len=32", "data.vocab_size=512"]
-
-
-@pytest.fixture(scope="session")
-def data_cache(tmp_path_factory) -> Path:
-    """The embedded corpus prepared once for all training tests."""
-    cache = tmp_path_factory.mktemp("data_cache")
-    prepare_data(load_config([f"cache_dir={cache}", *SMALL_DATA]), progress=False)
-    return cache
-
-
-def overrides(data_cache: Path, out: Path, *extra: str, arch: str = "gpthf-test") -> list[str]:
-    return [
-        f"arch={arch}",
-        "train=test",
-        "train.eval_rows=16",
-        *SMALL_DATA,
-        f"cache_dir={data_cache}",
-        f"output_dir={out}",
-        *extra,
-    ]
 
 
 def cli(*args: str, timeout: float = 240, **kwargs) -> subprocess.CompletedProcess:
@@ -54,7 +33,7 @@ def final_record(run_dir: Path) -> dict:
 
 
 def test_budget_stops_on_time_with_lr_at_zero(data_cache, tmp_path):
-    run_dir = train(load_config(overrides(data_cache, tmp_path, "budget=10s")))
+    run_dir = train(load_config(run_overrides(data_cache, tmp_path, "budget=10s")))
     final = final_record(run_dir)
     assert 9.0 <= final["elapsed_s"] <= 11.0
     assert final["lr"] == 0.0
@@ -65,25 +44,20 @@ def test_budget_stops_on_time_with_lr_at_zero(data_cache, tmp_path):
     assert losses[-1] < losses[0], "it learns"
 
 
-def frozen_clock() -> float:
-    """No time passes: the schedule is driven by train.max_tokens alone, so runs are bit-reproducible."""
-    return 0.0
-
-
 @pytest.mark.parametrize("arch", ["gpthf-test", "gpt-test"])
 def test_resume_continues_exactly(data_cache, tmp_path, arch):
     steps = ["budget=1h", "train.max_tokens=4000"]
     straight = train(
-        load_config(overrides(data_cache, tmp_path / "a", *steps, arch=arch)), clock=frozen_clock
+        load_config(run_overrides(data_cache, tmp_path / "a", *steps, arch=arch)), clock=frozen_clock
     )
     first = train(
-        load_config(overrides(data_cache, tmp_path / "b", *steps, arch=arch)),
+        load_config(run_overrides(data_cache, tmp_path / "b", *steps, arch=arch)),
         clock=frozen_clock,
         stop_after_steps=7,
     )
     assert latest_checkpoint(first).name == "step-00000007"
     resumed = train(
-        load_config(overrides(data_cache, tmp_path / "b", *steps, "resume=true", arch=arch)),
+        load_config(run_overrides(data_cache, tmp_path / "b", *steps, "resume=true", arch=arch)),
         clock=frozen_clock,
     )
     assert resumed == first
@@ -98,14 +72,14 @@ def test_resume_refuses_a_finished_or_missing_run(data_cache, tmp_path):
     from gpthf.errors import ConfigError
 
     with pytest.raises(ConfigError, match="no run"):
-        train(load_config(overrides(data_cache, tmp_path, "resume=true")))
-    train(load_config(overrides(data_cache, tmp_path, "train.max_tokens=500")), clock=frozen_clock)
+        train(load_config(run_overrides(data_cache, tmp_path, "resume=true")))
+    train(load_config(run_overrides(data_cache, tmp_path, "train.max_tokens=500")), clock=frozen_clock)
     with pytest.raises(ConfigError, match="already finished"):
-        train(load_config(overrides(data_cache, tmp_path, "resume=true")))
+        train(load_config(run_overrides(data_cache, tmp_path, "resume=true")))
 
 
 def test_kill_9_during_training_loses_only_work_since_the_last_checkpoint(data_cache, tmp_path):
-    args = overrides(data_cache, tmp_path, "budget=120s", "train.checkpoint_every_minutes=0.005")
+    args = run_overrides(data_cache, tmp_path, "budget=120s", "train.checkpoint_every_minutes=0.005")
     proc = subprocess.Popen(
         [sys.executable, "pretrain.py", *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -126,7 +100,9 @@ def test_kill_9_during_training_loses_only_work_since_the_last_checkpoint(data_c
     model, meta, _ = load_model_from_checkpoint(checkpoint)
     assert meta["step"] > 0
     # Continue the same run; a short budget finishes it at once.
-    done = cli(sys.executable, "pretrain.py", *overrides(data_cache, tmp_path, "resume=true", "budget=1s"))
+    done = cli(
+        sys.executable, "pretrain.py", *run_overrides(data_cache, tmp_path, "resume=true", "budget=1s")
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert latest_checkpoint(run_dir).name == "final"
     assert final_record(run_dir)["step"] >= meta["step"]
@@ -135,7 +111,7 @@ def test_kill_9_during_training_loses_only_work_since_the_last_checkpoint(data_c
 def test_torchrun_ddp_two_processes_agree(data_cache, tmp_path):
     run = cli(
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "pretrain.py",
-        *overrides(data_cache, tmp_path, "impl=ddp", "budget=6s"),
+        *run_overrides(data_cache, tmp_path, "impl=ddp", "budget=6s"),
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     (run_dir,) = (tmp_path / "gpthf-kjv").glob("*/")
@@ -152,7 +128,7 @@ def test_deepspeed_zero1_single_process_run_finishes(data_cache, tmp_path):
     run = cli(
         sys.executable,
         "pretrain.py",
-        *overrides(data_cache, tmp_path, "impl=deepspeed", "impl.zero_stage=1", "budget=6s"),
+        *run_overrides(data_cache, tmp_path, "impl=deepspeed", "impl.zero_stage=1", "budget=6s"),
     )
     assert run.returncode == 0, run.stderr[-3000:]
     (run_dir,) = (tmp_path / "gpthf-kjv").glob("*/")
@@ -172,7 +148,9 @@ def test_bad_override_exits_with_one_line(bad, message):
 
 
 def test_metrics_records_are_complete(data_cache, tmp_path):
-    run_dir = train(load_config(overrides(data_cache, tmp_path, "train.max_tokens=1000")), clock=frozen_clock)
+    run_dir = train(
+        load_config(run_overrides(data_cache, tmp_path, "train.max_tokens=1000")), clock=frozen_clock
+    )
     records = read_metrics(run_dir)
     step_records = [r for r in records if "loss" in r]
     assert {"step", "tokens", "loss", "lr", "tokens_per_s", "elapsed_s"} <= set(step_records[0])

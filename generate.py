@@ -1,0 +1,117 @@
+"""`python generate.py --ckpt PATH --prompt "..." [options]`: continue text with a GPTHF or GPT checkpoint.
+
+--ckpt takes a checkpoint folder or a run folder (its newest checkpoint). A prompt that ends with
+sentence punctuation starts a new sentence; otherwise its last sentence is continued.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from gpthf.cli import run_cli
+from gpthf.errors import GpthfError
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="generate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--ckpt", required=True, help="checkpoint folder, or a run folder (its newest checkpoint)"
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="text to continue")
+    source.add_argument(
+        "--batch-file", type=Path, help="one prompt per line (blank lines skipped), generated as one batch"
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=100)
+    parser.add_argument("--max-sentences", type=int, default=None, help="stop after this many new sentences")
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    parser.add_argument("--top-k", type=int, default=50)
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--strategy", choices=["cached", "full"], default="cached")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--no-stream", action="store_true", help="print only when done")
+    args = parser.parse_args(argv)
+    # Checked before torch is imported, so a typo costs no model load.
+    if args.max_new_tokens < 0:
+        raise GpthfError(f"--max-new-tokens={args.max_new_tokens} must be >= 0 (max_new_tokens)")
+    if args.temperature < 0:
+        raise GpthfError(f"--temperature={args.temperature} must be >= 0 (0 = greedy)")
+    return args
+
+
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    if args.prompt is not None:
+        if not args.prompt.strip():
+            raise GpthfError("the prompt is empty; give some text to continue")
+        return [args.prompt]
+    try:
+        lines = args.batch_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise GpthfError(f"cannot read --batch-file {args.batch_file}: {err}") from None
+    prompts = [line for line in lines if line.strip()]
+    if not prompts:
+        raise GpthfError(f"--batch-file {args.batch_file} has no prompts (only blank lines)")
+    return prompts
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    prompts = read_prompts(args)
+    from gpthf.data.splitter import build_splitter
+    from gpthf.data.tokenizer import load_tokenizer
+    from gpthf.generation import (
+        ContextLimit,
+        GenerationSettings,
+        SamplingSettings,
+        decode_continuation,
+        encode_prompt,
+        generate,
+    )
+    from gpthf.training.checkpoint import load_model_from_checkpoint
+    from gpthf.training.distributed import resolve_device
+
+    model, meta, checkpoint = load_model_from_checkpoint(args.ckpt, resolve_device(args.device, 0))
+    tokenizer = load_tokenizer(checkpoint)
+    splitter = build_splitter(meta["data"]["language"])
+    max_sentence_len = meta["data"]["max_sentence_len"]
+    encoded = [encode_prompt(p, tokenizer, splitter, max_sentence_len) for p in prompts]
+    settings = GenerationSettings(
+        max_new_tokens=args.max_new_tokens,
+        max_sentences=args.max_sentences,
+        sampling=SamplingSettings(args.temperature, args.top_k, args.top_p),
+        seed=args.seed,
+        max_sentence_len=max_sentence_len,
+        limit=ContextLimit(**meta.get("context", {})),
+    )
+    stream = len(prompts) == 1 and not args.no_stream
+    generated: list[int] = []
+    printed = ""
+
+    def show(row: int, token: int) -> None:
+        nonlocal printed
+        generated.append(token)
+        text = decode_continuation(tokenizer, generated)
+        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            sys.stdout.write(text[len(printed) :])
+            sys.stdout.flush()
+            printed = text
+
+    if stream:
+        sys.stdout.write(prompts[0])
+    result = generate(model, encoded, settings, strategy=args.strategy, on_token=show if stream else None)
+    if stream:
+        sys.stdout.write("\n")
+    else:
+        for i, (prompt, tokens) in enumerate(zip(prompts, result.tokens)):
+            prefix = f"[{i}] " if len(prompts) > 1 else ""
+            print(f"{prefix}{prompt}{decode_continuation(tokenizer, tokens)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

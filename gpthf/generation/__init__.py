@@ -1,0 +1,26 @@
+"""Generation: a functional loop over explicit strategy state (see `strategies` for full vs cached)."""
+
+from gpthf.generation.generate import (
+    ContextLimit,
+    GenerationError,
+    GenerationResult,
+    GenerationSettings,
+    generate,
+)
+from gpthf.generation.prompts import decode_continuation, encode_prompt
+from gpthf.generation.sampling import SamplingSettings, sample
+from gpthf.generation.strategies import STRATEGIES, get_strategy
+
+__all__ = [
+    "STRATEGIES",
+    "ContextLimit",
+    "GenerationError",
+    "GenerationResult",
+    "GenerationSettings",
+    "SamplingSettings",
+    "decode_continuation",
+    "encode_prompt",
+    "generate",
+    "get_strategy",
+    "sample",
+]

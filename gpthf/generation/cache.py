@@ -1,0 +1,56 @@
+"""Preallocated, growable per-layer key/value buffers with a length per batch row.
+
+Rows advance independently: row b's next entry goes to index `lengths[b]`. A write past a row's
+length is invisible until the length moves over it, so every row can be written at once and only
+the lengths decide what counts. Capacity doubles when needed: an amortised O(1) copy, never a
+per-step concatenation of the whole cache.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    def __init__(self, n_layers: int, batch: int, heads: int, head_dim: int, capacity: int, device, dtype):
+        shape = (batch, heads, max(capacity, 1), head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
+
+    @property
+    def capacity(self) -> int:
+        return self.k[0].shape[2]
+
+    def reserve(self, needed: int) -> None:
+        """Make room for index `needed - 1`."""
+        if needed <= self.capacity:
+            return
+        new_capacity = max(needed, 2 * self.capacity)
+        for buffers in (self.k, self.v):
+            for i, old in enumerate(buffers):
+                grown = old.new_zeros(old.shape[0], old.shape[1], new_capacity, old.shape[3])
+                grown[:, :, : old.shape[2]] = old
+                buffers[i] = grown
+
+    def write_prefix(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store (B, H, T, hd) at indices 0..T-1 of every row."""
+        self.reserve(k.shape[2])
+        self.k[layer][:, :, : k.shape[2]] = k
+        self.v[layer][:, :, : v.shape[2]] = v
+
+    def write_at_lengths(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store one entry (B, H, 1, hd) per row at index lengths[b]."""
+        index = self.lengths[:, None, None, None].expand(k.shape[0], k.shape[1], 1, k.shape[3])
+        self.k[layer].scatter_(2, index, k)
+        self.v[layer].scatter_(2, index, v)
+
+    def window(self, layer: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `size` entries of every row: (B, H, size, hd) views."""
+        return self.k[layer][:, :, :size], self.v[layer][:, :, :size]
+
+    def nbytes(self) -> int:
+        """Bytes of the filled part (the longest row), all layers, keys and values."""
+        used = int(self.lengths.max()) if self.lengths.numel() else 0
+        per_entry = self.k[0].shape[0] * self.k[0].shape[1] * self.k[0].shape[3] * self.k[0].element_size()
+        return 2 * len(self.k) * used * per_entry

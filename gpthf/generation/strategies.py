@@ -1,0 +1,249 @@
+"""How each model turns context into next-token logits: `prefill` once, then `decode` per token.
+
+- `full` (both models): recompute the whole context every step. Slow; kept as the oracle that the
+  cached strategies must match token for token.
+- `cached` GPT: a per-layer KV cache over all tokens.
+- `cached` GPTHF: the body's K/V of finished sentences only (one entry per sentence per body layer)
+  plus the encoder's K/V of the sentence in progress (reset after its <eos>). A finished sentence
+  never passes through the network again.
+
+A strategy keeps everything it needs in the state object it returns; nothing is stored on the model.
+Every row of a batch advances on its own: `active` (B,) says which rows take the token they are given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from gpthf.attention.body import attend_ends_and_self
+from gpthf.attention.sentences import sentence_end_positions
+from gpthf.data.special_tokens import SENTENCE_CLOSERS
+from gpthf.errors import ConfigError
+from gpthf.generation.cache import KVCache
+from gpthf.models import GPT, GPTHF, LanguageModel
+from gpthf.models.layers import AttentionPattern, rope_angles
+
+CACHE_HEADROOM = 64  # entries allocated beyond the prompt before the first growth
+
+
+def closes_sentence(tokens: torch.Tensor) -> torch.Tensor:
+    return torch.isin(tokens, torch.tensor(SENTENCE_CLOSERS, device=tokens.device))
+
+
+def sentence_ids_for(tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """sentence_ids (B, T) of right-padded rows, as packing makes them; padding gets an id of its own."""
+    real = torch.arange(tokens.shape[1], device=tokens.device)[None, :] < lengths[:, None]
+    closes = (closes_sentence(tokens) & real).long()
+    return closes.cumsum(1) - closes + (~real).long()
+
+
+def _last_real(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """x[b, lengths[b] - 1] for every row: (B, ...) from (B, T, ...)."""
+    return x[torch.arange(x.shape[0], device=x.device), lengths - 1]
+
+
+def _capturing(pattern: AttentionPattern, keys: list, values: list) -> AttentionPattern:
+    """The same pattern, also handing each layer's k and v to the lists (layer order)."""
+
+    def attend(q, k, v, dropout_p=0.0):
+        keys.append(k)
+        values.append(v)
+        return pattern.attend(q, k, v, dropout_p)
+
+    return replace(pattern, attend=attend)
+
+
+def _cached_pattern(cache: KVCache, layer: int, cos, sin, visible: torch.Tensor) -> AttentionPattern:
+    """Decode one token: store its k/v at each row's length, attend over the visible window."""
+
+    def attend(q, k, v, dropout_p=0.0):
+        cache.write_at_lengths(layer, k, v)
+        keys, values = cache.window(layer, visible.shape[-1])
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)
+
+    return AttentionPattern(cos, sin, attend)
+
+
+@dataclass
+class FullState:
+    tokens: torch.Tensor  # (B, capacity)
+    lengths: torch.Tensor  # (B,)
+
+    def nbytes(self) -> int:
+        return int(self.lengths.max()) * self.tokens.shape[0] * self.tokens.element_size()
+
+
+class FullStrategy:
+    """Recompute everything each step with the training forward."""
+
+    def _logits(self, model: LanguageModel, state: FullState) -> torch.Tensor:
+        tokens = state.tokens[:, : int(state.lengths.max())]
+        return _last_real(model(tokens, sentence_ids_for(tokens, state.lengths)), state.lengths)
+
+    def prefill(self, model: LanguageModel, tokens: torch.Tensor, lengths: torch.Tensor):
+        capacity = tokens.shape[1] + CACHE_HEADROOM
+        buffer = tokens.new_zeros(tokens.shape[0], capacity)
+        buffer[:, : tokens.shape[1]] = tokens
+        state = FullState(buffer, lengths.clone())
+        return self._logits(model, state), state
+
+    def decode(
+        self, model: LanguageModel, state: FullState, token: torch.Tensor, active: torch.Tensor
+    ) -> torch.Tensor:
+        if int(state.lengths.max()) + 1 > state.tokens.shape[1]:
+            grown = state.tokens.new_zeros(state.tokens.shape[0], 2 * state.tokens.shape[1])
+            grown[:, : state.tokens.shape[1]] = state.tokens
+            state.tokens = grown
+        state.tokens.scatter_(1, state.lengths[:, None], token[:, None])
+        state.lengths += active.long()
+        return self._logits(model, state)
+
+
+@dataclass
+class GPTCacheState:
+    kv: KVCache
+
+    def nbytes(self) -> int:
+        return self.kv.nbytes()
+
+
+class GPTCachedStrategy:
+    def prefill(self, model: GPT, tokens: torch.Tensor, lengths: torch.Tensor):
+        batch, length = tokens.shape
+        x = model.embed(tokens)  # (B, T, d)
+        kv = KVCache(
+            len(model.blocks),
+            batch,
+            model.arch.n_heads,
+            model.head_dim,
+            length + CACHE_HEADROOM,
+            x.device,
+            x.dtype,
+        )
+        pattern = model.causal_pattern(torch.arange(length, device=tokens.device).expand(batch, length))
+        keys, values = [], []
+        pattern = _capturing(pattern, keys, values)
+        for block in model.blocks:
+            x = block(x, pattern)
+        for layer, (k, v) in enumerate(zip(keys, values)):
+            kv.write_prefix(layer, k, v)
+        kv.lengths = lengths.clone()
+        return model.logits(_last_real(x, lengths)), GPTCacheState(kv)
+
+    def decode(
+        self, model: GPT, state: GPTCacheState, token: torch.Tensor, active: torch.Tensor
+    ) -> torch.Tensor:
+        kv = state.kv
+        size = int(kv.lengths.max()) + 1
+        kv.reserve(size)
+        visible = (torch.arange(size, device=token.device)[None, :] <= kv.lengths[:, None])[
+            :, None, None, :
+        ]  # (B, 1, 1, size)
+        cos, sin = rope_angles(kv.lengths[:, None], model.head_dim, model.arch.rope_base)
+        x = model.embed(token[:, None])  # (B, 1, d)
+        for layer, block in enumerate(model.blocks):
+            x = block(x, _cached_pattern(kv, layer, cos, sin, visible))
+        kv.lengths += active.long()
+        return model.logits(x[:, 0])
+
+
+@dataclass
+class GPTHFCacheState:
+    encoder: KVCache  # per encoder layer: the sentence in progress; lengths = its tokens so far
+    body: KVCache  # per body layer: one entry per finished sentence; lengths = finished sentences
+
+    def nbytes(self) -> int:
+        return self.encoder.nbytes() + self.body.nbytes()
+
+
+class GPTHFCachedStrategy:
+    def prefill(self, model: GPTHF, tokens: torch.Tensor, lengths: torch.Tensor):
+        batch, length = tokens.shape
+        heads, head_dim = model.arch.n_heads, model.head_dim
+        sentence_ids = sentence_ids_for(tokens, lengths)
+        enc_k, enc_v, body_k, body_v = [], [], [], []
+        x = model.embed(tokens)  # (B, T, d)
+        pattern = _capturing(model.encoder_pattern(sentence_ids), enc_k, enc_v)
+        for block in model.wlt_encoder:
+            x = block(x, pattern)
+        pattern = _capturing(model.body_pattern(sentence_ids), body_k, body_v)
+        for block in model.slt_body:
+            x = block(x, pattern)
+        logits = model.logits(_last_real(x, lengths))
+
+        index = torch.arange(length, device=tokens.device)
+        real = index[None, :] < lengths[:, None]
+        closes = closes_sentence(tokens) & real
+        finished = closes.sum(1)  # (B,) finished sentences per row
+        start = torch.where(closes, index, -1).amax(1) + 1  # (B,) first token of the sentence in progress
+        in_progress = lengths - start
+
+        ends = sentence_end_positions(sentence_ids)  # (B, S): valid for j < finished[b]
+        body = KVCache(
+            model.arch.n_body, batch, heads, head_dim, ends.shape[1] + CACHE_HEADROOM, x.device, x.dtype
+        )
+        gather = ends[:, None, :, None].expand(batch, heads, ends.shape[1], head_dim)
+        for layer in range(model.arch.n_body):
+            body.write_prefix(layer, body_k[layer].gather(2, gather), body_v[layer].gather(2, gather))
+        body.lengths = finished
+
+        span = max(int(in_progress.max()), 1)
+        encoder = KVCache(model.arch.n_enc, batch, heads, head_dim, span + CACHE_HEADROOM, x.device, x.dtype)
+        positions = (start[:, None] + torch.arange(span, device=tokens.device)[None, :]).clamp(max=length - 1)
+        gather = positions[:, None, :, None].expand(batch, heads, span, head_dim)
+        for layer in range(model.arch.n_enc):
+            encoder.write_prefix(layer, enc_k[layer].gather(2, gather), enc_v[layer].gather(2, gather))
+        encoder.lengths = in_progress
+        return logits, GPTHFCacheState(encoder, body)
+
+    def decode(
+        self, model: GPTHF, state: GPTHFCacheState, token: torch.Tensor, active: torch.Tensor
+    ) -> torch.Tensor:
+        encoder, body = state.encoder, state.body
+        device = token.device
+        x = model.embed(token[:, None])  # (B, 1, d)
+
+        size = int(encoder.lengths.max()) + 1
+        encoder.reserve(size)
+        visible = (torch.arange(size, device=device)[None, :] <= encoder.lengths[:, None])[:, None, None, :]
+        cos, sin = rope_angles(
+            encoder.lengths[:, None], model.head_dim, model.arch.rope_base
+        )  # position in sentence
+        for layer, block in enumerate(model.wlt_encoder):
+            x = block(x, _cached_pattern(encoder, layer, cos, sin, visible))
+
+        slots = max(int(body.lengths.max()), 1)
+        body.reserve(int(body.lengths.max()) + 1)
+        visible_ends = (torch.arange(slots, device=device)[None, :] < body.lengths[:, None])[
+            :, None, :
+        ]  # (B, 1, S)
+        cos, sin = rope_angles(body.lengths[:, None], model.head_dim, model.arch.rope_base)  # sentence index
+
+        for layer, block in enumerate(model.slt_body):
+
+            def attend(q, k, v, dropout_p=0.0, layer=layer):
+                body.write_at_lengths(layer, k, v)  # counts only if this token closes its sentence
+                k_ends, v_ends = body.window(layer, slots)
+                return attend_ends_and_self(q, k, v, k_ends, v_ends, visible_ends)
+
+            x = block(x, AttentionPattern(cos, sin, attend))
+        logits = model.logits(x[:, 0])
+
+        closing = closes_sentence(token) & active
+        body.lengths += closing.long()
+        encoder.lengths = torch.where(closing, 0, encoder.lengths + active.long())
+        return logits
+
+
+STRATEGIES = ("cached", "full")
+
+
+def get_strategy(model: LanguageModel, name: str):
+    if name == "full":
+        return FullStrategy()
+    if name == "cached":
+        return GPTHFCachedStrategy() if isinstance(model, GPTHF) else GPTCachedStrategy()
+    raise ConfigError(f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")

@@ -1,0 +1,1 @@
+"""Budgeted pretraining: schedule, optimizer, batches, checkpoints, distributed engines, metrics, the loop."""

@@ -1,0 +1,116 @@
+"""`generate.py` end to end on real (tiny) checkpoints, and prompt handling."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpthf.data.special_tokens import EOS_ID
+from gpthf.data.splitter import build_splitter
+from gpthf.data.tokenizer import load_tokenizer
+from gpthf.errors import GpthfError
+from gpthf.generation import ContextLimit, GenerationError, GenerationSettings, encode_prompt, generate
+from gpthf.training.checkpoint import load_model_from_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_generate(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "generate.py", *args], cwd=REPO, capture_output=True, text=True, timeout=120, env=env
+    )
+
+
+@pytest.mark.parametrize("arch", ["gpthf", "gpt"])
+def test_generate_cli_continues_the_prompt(trained_runs, arch):
+    run = run_generate(
+        "--ckpt", str(trained_runs[arch]), "--prompt", "And God said", "--max-new-tokens", "12", "--seed", "3"
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("And God said") and len(run.stdout.strip()) > len("And God said")
+    again = run_generate(
+        "--ckpt", str(trained_runs[arch]), "--prompt", "And God said", "--max-new-tokens", "12", "--seed", "3"
+    )
+    assert again.stdout == run.stdout, "seeded sampling is reproducible"
+
+
+def test_generate_cli_batch_file_skips_blank_lines(trained_runs, tmp_path):
+    batch = tmp_path / "prompts.txt"
+    batch.write_text("In the beginning\n\n   \nAnd Moses said.\n")
+    run = run_generate(
+        "--ckpt",
+        str(trained_runs["gpthf"]),
+        "--batch-file",
+        str(batch),
+        "--max-new-tokens",
+        "5",
+        "--strategy",
+        "full",
+    )
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.strip().splitlines()
+    assert (
+        len(lines) == 2
+        and lines[0].startswith("[0] In the beginning")
+        and lines[1].startswith("[1] And Moses said.")
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--ckpt", "/nonexistent/run", "--prompt", "x"], "does not exist"),
+        (["--prompt", "   "], "prompt is empty"),
+        (["--prompt", "Hi", "--temperature", "-1"], "temperature"),
+        (["--prompt", "Hi", "--max-new-tokens", "-3"], "max_new_tokens"),
+    ],
+)
+def test_generate_cli_errors_are_one_line(trained_runs, args, message):
+    if "--ckpt" not in args:
+        args = ["--ckpt", str(trained_runs["gpthf"]), *args]
+    run = run_generate(*args)
+    assert run.returncode == 2
+    assert message in run.stderr and len(run.stderr.strip().splitlines()) == 1
+
+
+def test_corrupt_checkpoint_is_a_one_line_error(trained_runs, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(trained_runs["gpt"] / "checkpoints" / "final", broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:50])
+    run = run_generate("--ckpt", str(broken), "--prompt", "Hi")
+    assert run.returncode == 2 and "unreadable" in run.stderr
+
+
+def test_prompt_encoding_matches_training(trained_runs):
+    _, meta, checkpoint = load_model_from_checkpoint(trained_runs["gpthf"])
+    tokenizer, splitter = load_tokenizer(checkpoint), build_splitter()
+    finished = encode_prompt("And God said. Let there be light.", tokenizer, splitter, 32)
+    open_ended = encode_prompt("And God said. Let there be", tokenizer, splitter, 32)
+    assert finished.count(EOS_ID) == 2 and finished[-1] == EOS_ID
+    assert open_ended.count(EOS_ID) == 1 and open_ended[-1] != EOS_ID
+    long = encode_prompt("word " * 200 + "end.", tokenizer, splitter, 32)
+    assert long.count(EOS_ID) > 5, "a long sentence is chunked like packing chunks it"
+    with pytest.raises(GpthfError, match="empty"):
+        encode_prompt(" \n ", tokenizer, splitter, 32)
+
+
+def test_context_limits_are_enforced(trained_runs):
+    gpt, meta, _ = load_model_from_checkpoint(trained_runs["gpt"])
+    limit = ContextLimit(**meta["context"])
+    assert limit.tokens == 64 and limit.sentences > 1
+    with pytest.raises(GenerationError, match="64-token rows"):
+        generate(gpt, [[10] * 64], GenerationSettings(limit=limit))
+    result = generate(gpt, [[10] * 60], GenerationSettings(max_new_tokens=20, limit=limit))
+    assert result.finish_reasons == ["context"] and len(result.tokens[0]) == 4
+    gpthf, meta, _ = load_model_from_checkpoint(trained_runs["gpthf"])
+    limit = ContextLimit(**meta["context"])
+    with pytest.raises(GenerationError, match="sentences"):
+        generate(gpthf, [[10, EOS_ID] * limit.sentences], GenerationSettings(limit=limit))

@@ -1,0 +1,103 @@
+"""The heart of generation: cached decoding is the same function as recomputing everything."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gpthf.attention.sentences import sentence_end_positions  # noqa: F401  (documents what the cache mirrors)
+from gpthf.data.special_tokens import EOS_ID
+from gpthf.generation import GenerationSettings, SamplingSettings, generate
+from gpthf.generation.strategies import sentence_ids_for
+from tests.models.helpers import synthetic_rows, trained_tiny_model
+
+GREEDY = SamplingSettings(temperature=0)
+
+
+@pytest.fixture(scope="module", params=["gpthf", "gpt"])
+def model(request):
+    return trained_tiny_model(request.param)
+
+
+def ragged_prompts() -> list[list[int]]:
+    ids, _ = synthetic_rows(4, 48, seed=999)
+    prompts = [ids[0, :48].tolist(), ids[1, :17].tolist(), ids[2, :5].tolist(), ids[3, :30].tolist()]
+    prompts[3] = prompts[3][: prompts[3].index(EOS_ID) + 1]  # one prompt ends exactly on a finished sentence
+    return prompts
+
+
+def assert_same_generation(model, prompts, settings):
+    full = generate(model, prompts, settings, strategy="full")
+    cached = generate(model, prompts, settings, strategy="cached")
+    assert cached.tokens == full.tokens
+    assert cached.finish_reasons == full.finish_reasons
+    assert len(full.step_logits) == len(cached.step_logits) > 0
+    for step, (a, b) in enumerate(zip(full.step_logits, cached.step_logits)):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=0, msg=f"logits differ at step {step}")
+    return full
+
+
+def test_greedy_cached_equals_full_over_many_sentences(model):
+    prompt = ragged_prompts()[0]
+    result = assert_same_generation(
+        model, [prompt], GenerationSettings(max_new_tokens=220, sampling=GREEDY, record_logits=True)
+    )
+    generated = result.tokens[0]
+    assert len(generated) == 220
+    assert generated.count(EOS_ID) >= 10, "the test must cross many sentence boundaries"
+    assert len(set(generated)) >= 3, "and produce more than one repeated token"
+
+
+def test_batched_ragged_prompts_match_full(model):
+    settings = GenerationSettings(max_new_tokens=120, sampling=GREEDY, record_logits=True, max_sentence_len=6)
+    result = assert_same_generation(model, ragged_prompts(), settings)
+    assert all(len(t) == 120 for t in result.tokens)
+
+
+def test_batched_rows_equal_their_single_row_runs(model):
+    settings = GenerationSettings(max_new_tokens=60, sampling=GREEDY)
+    prompts = ragged_prompts()
+    batched = generate(model, prompts, settings).tokens
+    assert batched == [generate(model, [p], settings).tokens[0] for p in prompts]
+
+
+def test_seeded_sampling_is_reproducible_and_the_seed_matters(model):
+    prompts = ragged_prompts()
+    settings = GenerationSettings(
+        max_new_tokens=50, sampling=SamplingSettings(temperature=1.0, top_k=20, top_p=0.9), seed=7
+    )
+    assert generate(model, prompts, settings).tokens == generate(model, prompts, settings).tokens
+    other = GenerationSettings(max_new_tokens=50, sampling=settings.sampling, seed=8)
+    assert generate(model, prompts, settings).tokens != generate(model, prompts, other).tokens
+
+
+def test_full_logits_equal_the_training_forward(model):
+    ids, _ = synthetic_rows(1, 40, seed=5)
+    prompt = ids[0].tolist()
+    settings = GenerationSettings(max_new_tokens=15, sampling=GREEDY, record_logits=True)
+    result = generate(model, [prompt], settings, strategy="full")
+    sequence = torch.tensor([prompt + result.tokens[0]])
+    with torch.no_grad():
+        forward = model(sequence, sentence_ids_for(sequence, torch.tensor([sequence.shape[1]])))
+    for step, logits in enumerate(result.step_logits):
+        torch.testing.assert_close(logits[0], forward[0, len(prompt) - 1 + step], atol=1e-5, rtol=0)
+
+
+def test_stop_conditions(model):
+    prompts = ragged_prompts()
+    result = generate(
+        model, prompts, GenerationSettings(max_new_tokens=200, sampling=GREEDY, max_sentences=2)
+    )
+    assert all(reason == "max_sentences" for reason in result.finish_reasons)
+    assert all(tokens.count(EOS_ID) == 2 and tokens[-1] == EOS_ID for tokens in result.tokens)
+    empty = generate(model, prompts, GenerationSettings(max_new_tokens=0))
+    assert empty.tokens == [[], [], [], []]
+
+
+def test_gpthf_state_is_far_smaller_than_the_gpt_cache():
+    gpthf, gpt = trained_tiny_model("gpthf", steps=1), trained_tiny_model("gpt", steps=1)
+    prompts = [synthetic_rows(1, 400, seed=3)[0][0].tolist()]
+    settings = GenerationSettings(max_new_tokens=1)
+    gpthf_bytes = generate(gpthf, prompts, settings).state_bytes
+    gpt_bytes = generate(gpt, prompts, settings).state_bytes
+    assert gpthf_bytes * 5 < gpt_bytes
