@@ -1,0 +1,291 @@
+"""`python eval/compare.py [--arch small] [--quick] [--ckpt PATH ...]`: GPTHF against the equal-size GPT.
+
+In one run, on one machine and thread count: analytical FLOPs per generated and per training token;
+decode tokens/s and ms/token of GPTHF and GPT with the `cached` and `full` strategies at several
+context lengths and batch sizes (prompts from real corpus text, prefill timed separately); bytes of
+generation state; peak RSS; Hugging Face `LlamaForCausalLM.generate` of the same shape as the outside
+peer (if `transformers` is installed); training tokens/s of both. Writes `compare.json` and
+`compare.png` to --out, prints a ratio table and, last, one JSON line with the headline ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from gpthf.cli import run_cli
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="compare.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--arch", default="small", help="size of the random-weight twins: gpthf-<arch> and gpt-<arch>"
+    )
+    parser.add_argument(
+        "--ckpt",
+        action="append",
+        default=[],
+        help="trained checkpoint(s) to use instead (one GPTHF, one GPT)",
+    )
+    parser.add_argument("--contexts", type=int, nargs="+", default=[256, 1024, 2048, 4096])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument(
+        "--new-tokens", type=int, default=16, help="timed decode steps of the cached strategies"
+    )
+    parser.add_argument(
+        "--full-new-tokens", type=int, default=2, help="timed decode steps of the full strategy"
+    )
+    parser.add_argument(
+        "--max-full-tokens", type=int, default=16384, help="skip `full` above context × batch"
+    )
+    parser.add_argument("--train-batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--no-hf", action="store_true", help="skip the Hugging Face peer")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny shape and a small grid: well under 2 minutes"
+    )
+    parser.add_argument("--out", type=Path, default=Path("outputs/compare"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.arch, args.contexts, args.batches = "tiny", [128, 512], [1, 2]
+        args.new_tokens, args.full_new_tokens, args.train_batch = 4, 1, 2
+    return args
+
+
+def load_models(args, vocab_size: int) -> dict:
+    from gpthf.config import load_config
+    from gpthf.errors import ConfigError
+    from gpthf.models import build_model
+    from gpthf.training.checkpoint import load_model_from_checkpoint
+
+    models = {}
+    for path in args.ckpt:
+        model, meta, _ = load_model_from_checkpoint(path)
+        models[meta["arch"]["model"]] = model
+    for kind in ("gpthf", "gpt"):
+        if kind not in models:
+            torch.manual_seed(0)
+            models[kind] = build_model(load_config([f"arch={kind}-{args.arch}"]).arch, vocab_size).eval()
+    if models["gpthf"].num_parameters() != models["gpt"].num_parameters():
+        raise ConfigError("the GPTHF and GPT being compared must have equal parameter counts")
+    return models
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batch = max(r["batch"] for r in results["decode"])
+    fig, (speed, memory) = plt.subplots(1, 2, figsize=(11, 4))
+    for (model, strategy), style in {
+        ("gpthf", "cached"): "C0-o",
+        ("gpthf", "full"): "C0:o",
+        ("gpt", "cached"): "C1-s",
+        ("gpt", "full"): "C1:s",
+        ("hf-llama", "generate"): "C2--^",
+    }.items():
+        rows = sorted(
+            (r["context"], r)
+            for r in results["decode"]
+            if r["model"] == model and r["strategy"] == strategy and r["batch"] == batch
+        )
+        if rows:
+            speed.plot(
+                [c for c, _ in rows], [r["tokens_per_s"] for _, r in rows], style, label=f"{model} {strategy}"
+            )
+            if strategy != "full":
+                memory.plot(
+                    [c for c, _ in rows],
+                    [r["state_bytes"] / 2**20 for _, r in rows],
+                    style,
+                    label=f"{model} {strategy}",
+                )
+    speed.set(
+        xlabel="context tokens",
+        ylabel="generated tokens/s",
+        yscale="log",
+        title=f"decode speed, batch {batch}",
+    )
+    memory.set(
+        xlabel="context tokens", ylabel="generation state (MiB)", yscale="log", title="generation state"
+    )
+    for ax in (speed, memory):
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"GPTHF vs equal-size GPT ({results['arch']}, {results['threads']} CPU threads)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from gpthf.config import load_config
+    from gpthf.data.dataset import prepare_data, split_arrays
+    from gpthf.measure import flops
+    from gpthf.measure.speed import (
+        batch_of_contexts,
+        corpus_stream,
+        hf_llama_twin,
+        time_decode,
+        time_hf_generate,
+        time_training,
+    )
+
+    started = time.time()
+    data = prepare_data(load_config([]))
+    stats = data.stats
+    train_ids, train_sids = split_arrays(data.split("train"))
+    tokens_per_sentence = stats["splits"]["train"]["tokens_per_sentence_mean"]
+    models = load_models(args, stats["vocab_size"])
+    stream = corpus_stream(train_ids, max(args.contexts) + args.new_tokens + 97 * max(args.batches) + 1)
+    hf = None
+    if not args.no_hf:
+        if importlib.util.find_spec("transformers") is None:
+            print(
+                'transformers is not installed: skipping the Hugging Face peer (pip install ".[compare]")',
+                file=sys.stderr,
+            )
+        else:
+            torch.manual_seed(0)
+            hf = hf_llama_twin(models["gpt"])
+
+    decode = []
+    for context in args.contexts:
+        for batch in args.batches:
+            tokens = batch_of_contexts(stream, context, args.new_tokens, batch)
+            for kind in ("gpthf", "gpt"):
+                decode.append(time_decode(models[kind], kind, "cached", tokens, context).as_dict())
+                if context * batch <= args.max_full_tokens:
+                    full_tokens = tokens[:, : context + args.full_new_tokens + 1]
+                    decode.append(
+                        time_decode(models[kind], kind, "full", full_tokens, context, warmup=1).as_dict()
+                    )
+            if hf is not None:
+                decode.append(time_hf_generate(hf, tokens, context).as_dict())
+            print(
+                f"  measured context {context}, batch {batch} ({time.time() - started:.0f} s)",
+                file=sys.stderr,
+            )
+
+    def find(model: str, strategy: str, context: int, batch: int) -> dict | None:
+        return next(
+            (
+                r
+                for r in decode
+                if (r["model"], r["strategy"], r["context"], r["batch"]) == (model, strategy, context, batch)
+            ),
+            None,
+        )
+
+    ratios = []
+    for context in args.contexts:
+        for batch in args.batches:
+            ours, gpt, gpt_full, hf_row = (
+                find("gpthf", "cached", context, batch),
+                find("gpt", "cached", context, batch),
+                find("gpt", "full", context, batch),
+                find("hf-llama", "generate", context, batch),
+            )
+            ratios.append(
+                {
+                    "context": context,
+                    "batch": batch,
+                    "gpthf_cached_over_gpt_cached": ratio(ours["tokens_per_s"], gpt["tokens_per_s"]),
+                    "gpthf_cached_over_gpt_full": ratio(
+                        ours["tokens_per_s"], gpt_full and gpt_full["tokens_per_s"]
+                    ),
+                    "gpt_cached_over_hf": ratio(gpt["tokens_per_s"], hf_row and hf_row["tokens_per_s"]),
+                    "gpthf_state_over_gpt_state": ratio(ours["state_bytes"], gpt["state_bytes"]),
+                    "flops_gpthf_over_gpt": ratio(
+                        flops.decode_flops(
+                            models["gpthf"].arch, stats["vocab_size"], context, tokens_per_sentence
+                        ),
+                        flops.decode_flops(
+                            models["gpt"].arch, stats["vocab_size"], context, tokens_per_sentence
+                        ),
+                    ),
+                }
+            )
+
+    seq_len = train_ids.shape[1]
+    rows = torch.from_numpy(train_ids[: args.train_batch])
+    sids = torch.from_numpy(train_sids[: args.train_batch])
+    training = {
+        kind: time_training(models[kind], rows, sids, steps=1 if args.quick else 3)
+        for kind in ("gpthf", "gpt")
+    }
+    vocab = stats["vocab_size"]
+    results = {
+        "arch": args.arch,
+        "parameters": models["gpt"].num_parameters(),
+        "threads": args.threads,
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "tokens_per_sentence": tokens_per_sentence,
+        "decode": decode,
+        "ratios": ratios,
+        "flops": {
+            "per_generated_token": {
+                str(c): {
+                    k: flops.decode_flops(models[k].arch, vocab, c, tokens_per_sentence)
+                    for k in ("gpthf", "gpt")
+                }
+                for c in args.contexts
+            },
+            "per_training_token": {
+                k: flops.training_flops_per_token(models[k].arch, vocab, seq_len, tokens_per_sentence)
+                for k in ("gpthf", "gpt")
+            },
+        },
+        "training_tokens_per_s": training,
+        "training_gpthf_over_gpt": training["gpthf"] / training["gpt"],
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in decode),
+        "seconds": time.time() - started,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "compare.json").write_text(json.dumps(results, indent=2))
+    plot(results, args.out / "compare.png")
+
+    def fmt(value: float | None, digits: int = 2) -> str:
+        return f"{value:.{digits}f}" if value is not None else "-"
+
+    print(
+        f"{'context':>8} {'batch':>6} {'HF/GPT':>8} {'HF/GPTfull':>11} {'GPT/HFllama':>12} {'state':>8} {'flops':>7}   (GPTHF cached ÷ ...)"
+    )
+    for r in ratios:
+        print(
+            f"{r['context']:>8} {r['batch']:>6} {fmt(r['gpthf_cached_over_gpt_cached']):>8} {fmt(r['gpthf_cached_over_gpt_full']):>11} "
+            f"{fmt(r['gpt_cached_over_hf']):>12} {fmt(r['gpthf_state_over_gpt_state'], 4):>8} {fmt(r['flops_gpthf_over_gpt']):>7}"
+        )
+    print(
+        f"training tokens/s: gpthf {training['gpthf']:.0f}, gpt {training['gpt']:.0f} (ratio {results['training_gpthf_over_gpt']:.2f}); written to {args.out}"
+    )
+    headline = max(ratios, key=lambda r: (r["batch"], r["context"]))
+    print(
+        json.dumps(
+            {"arch": args.arch, **headline, "training_gpthf_over_gpt": results["training_gpthf_over_gpt"]}
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

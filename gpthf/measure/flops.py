@@ -1,0 +1,77 @@
+"""Analytical FLOPs (2 per multiply-add, matrix products only, as `FlopCounterMode` counts them).
+
+Per token and block: the projections cost 2·(4d² + 3·d·h) (q, k, v, out; SwiGLU gate, up, down) and
+attention over n keys costs 4·d·n (scores and weighted values, all heads). The head costs 2·d·V.
+What differs between the models is n:
+- GPT: every earlier token of the context (and itself);
+- GPTHF encoder: the earlier tokens of the same sentence (and itself);
+- GPTHF body: the ends of the earlier sentences (and itself).
+"""
+
+from __future__ import annotations
+
+from gpthf.config import ArchConfig
+
+
+def block_projection_flops(arch: ArchConfig) -> int:
+    return 2 * (4 * arch.d_model**2 + 3 * arch.d_model * arch.mlp_hidden)
+
+
+def attention_flops(arch: ArchConfig, n_keys: float) -> float:
+    return 4 * arch.d_model * n_keys
+
+
+def head_flops(arch: ArchConfig, vocab_size: int) -> int:
+    return 2 * arch.d_model * vocab_size
+
+
+def gpt_token_flops(arch: ArchConfig, vocab_size: int, n_keys: float) -> float:
+    """One token's forward through the GPT, attending `n_keys` keys in every layer."""
+    return arch.n_layers * (block_projection_flops(arch) + attention_flops(arch, n_keys)) + head_flops(
+        arch, vocab_size
+    )
+
+
+def gpthf_token_flops(arch: ArchConfig, vocab_size: int, encoder_keys: float, body_keys: float) -> float:
+    """One token's forward through GPTHF: `encoder_keys` in its sentence, `body_keys` sentence ends + itself."""
+    encoder = arch.n_enc * (block_projection_flops(arch) + attention_flops(arch, encoder_keys))
+    body = arch.n_body * (block_projection_flops(arch) + attention_flops(arch, body_keys))
+    return encoder + body + head_flops(arch, vocab_size)
+
+
+def decode_flops(arch: ArchConfig, vocab_size: int, context_tokens: int, tokens_per_sentence: float) -> float:
+    """FLOPs to generate one token after `context_tokens` tokens, with the cache (the new token included).
+
+    For GPTHF the new token sits, on average, halfway through a sentence after
+    context/tokens_per_sentence finished ones.
+    """
+    if arch.model == "gpt":
+        return gpt_token_flops(arch, vocab_size, context_tokens + 1)
+    finished = context_tokens // tokens_per_sentence
+    return gpthf_token_flops(arch, vocab_size, tokens_per_sentence / 2 + 1, finished + 1)
+
+
+def full_recompute_flops(
+    arch: ArchConfig, vocab_size: int, context_tokens: int, tokens_per_sentence: float
+) -> float:
+    """FLOPs of the `full` strategy per generated token: a whole forward over the context."""
+    return training_forward_flops(arch, vocab_size, context_tokens + 1, tokens_per_sentence) * (
+        context_tokens + 1
+    )
+
+
+def training_forward_flops(
+    arch: ArchConfig, vocab_size: int, seq_len: int, tokens_per_sentence: float
+) -> float:
+    """Forward FLOPs per token of a packed row, counting only the keys a token may attend."""
+    if arch.model == "gpt":
+        return gpt_token_flops(arch, vocab_size, (seq_len + 1) / 2)
+    sentences_per_row = max(seq_len / tokens_per_sentence, 1)
+    return gpthf_token_flops(arch, vocab_size, (tokens_per_sentence + 1) / 2, (sentences_per_row - 1) / 2 + 1)
+
+
+def training_flops_per_token(
+    arch: ArchConfig, vocab_size: int, seq_len: int, tokens_per_sentence: float
+) -> float:
+    """Forward + backward (backward ≈ 2× forward)."""
+    return 3 * training_forward_flops(arch, vocab_size, seq_len, tokens_per_sentence)

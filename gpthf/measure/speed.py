@@ -1,0 +1,171 @@
+"""Timing decode, prefill and training steps of our models (and of Hugging Face's Llama as the peer).
+
+Decoding is teacher-forced on real corpus text: the tokens fed are the corpus continuation, so
+GPTHF's sentence structure (and hence its cache) is what real text gives, whatever random weights
+would have sampled. Each figure is measured after a warm-up, on the threads the caller set.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from gpthf.data.special_tokens import PAD_ID
+from gpthf.generation.strategies import get_strategy
+from gpthf.models import LanguageModel, next_token_loss
+
+
+@dataclass
+class DecodeTiming:
+    model: str  # gpthf | gpt | hf-llama
+    strategy: str  # cached | full | generate
+    context: int  # tokens before the first generated one
+    batch: int
+    new_tokens: int
+    prefill_s: float
+    ms_per_token: float  # per decode step (all rows of the batch)
+    tokens_per_s: float  # generated tokens per second, all rows
+    state_bytes: int
+    peak_rss_mb: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def corpus_stream(rows, length: int) -> list[int]:
+    """`length` tokens of real text: packed rows joined with their padding dropped (repeated if short)."""
+    tokens = [t for t in rows.reshape(-1).tolist() if t != PAD_ID]
+    while len(tokens) < length:
+        tokens = tokens + tokens
+    return tokens[:length]
+
+
+def batch_of_contexts(stream: list[int], context: int, new_tokens: int, batch: int) -> torch.Tensor:
+    """(batch, context + new_tokens): row b starts `b * 97` tokens into the stream, so rows differ."""
+    need = context + new_tokens
+    rows = [stream[(b * 97) % max(len(stream) - need, 1) :][:need] for b in range(batch)]
+    return torch.tensor(rows, dtype=torch.long)
+
+
+@torch.inference_mode()
+def time_decode(
+    model: LanguageModel, name: str, strategy: str, tokens: torch.Tensor, context: int, warmup: int = 2
+) -> DecodeTiming:
+    """Prefill `context` tokens per row, then decode the remaining columns of `tokens` one by one."""
+    batch, total = tokens.shape
+    new_tokens = total - context
+    runner = get_strategy(model, strategy)
+    lengths = torch.full((batch,), context, dtype=torch.long)
+    active = torch.ones(batch, dtype=torch.bool)
+
+    start = time.perf_counter()
+    logits, state = runner.prefill(model, tokens[:, :context], lengths)
+    prefill_s = time.perf_counter() - start
+    for step in range(min(warmup, new_tokens - 1)):  # warm-up steps, excluded from the timing
+        logits = runner.decode(model, state, tokens[:, context + step], active)
+    timed = range(min(warmup, new_tokens - 1), new_tokens)
+    start = time.perf_counter()
+    for step in timed:
+        logits = runner.decode(model, state, tokens[:, context + step], active)
+        logits.argmax(-1)  # what greedy sampling would do with them
+    elapsed = time.perf_counter() - start
+    steps = max(len(timed), 1)
+    return DecodeTiming(
+        name,
+        strategy,
+        context,
+        batch,
+        steps,
+        prefill_s,
+        1000 * elapsed / steps,
+        batch * steps / elapsed,
+        state.nbytes(),
+        peak_rss_mb(),
+    )
+
+
+def hf_llama_twin(model: LanguageModel):
+    """Hugging Face's LlamaForCausalLM with our GPT's width, depth, heads, MLP and vocabulary; random weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    arch = model.arch
+    config = LlamaConfig(
+        vocab_size=model.vocab_size,
+        hidden_size=arch.d_model,
+        intermediate_size=arch.mlp_hidden,
+        num_hidden_layers=arch.n_layers if arch.n_layers else arch.n_enc + arch.n_body,
+        num_attention_heads=arch.n_heads,
+        num_key_value_heads=arch.n_heads,
+        max_position_embeddings=1 << 16,
+        rope_theta=arch.rope_base,
+        rms_norm_eps=arch.norm_eps,
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@torch.inference_mode()
+def time_hf_generate(hf_model, tokens: torch.Tensor, context: int) -> DecodeTiming:
+    """`generate` with its KV cache: decode time = time(N new tokens) - time(1 new token)."""
+    batch, total = tokens.shape
+    new_tokens = total - context
+    prompt = tokens[:, :context]
+    kwargs = {"do_sample": False, "use_cache": True, "pad_token_id": PAD_ID}
+
+    def run(n: int, repeats: int = 3) -> float:
+        """Best of `repeats`: the difference of two timings is noisy, minima are stable."""
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            hf_model.generate(prompt, max_new_tokens=n, min_new_tokens=n, **kwargs)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    run(2, repeats=1)  # warm-up
+    one = run(1)
+    many = run(new_tokens + 1)
+    per_step = max(many - one, 1e-9) / new_tokens
+    layers, heads = hf_model.config.num_hidden_layers, hf_model.config.num_attention_heads
+    head_dim = hf_model.config.hidden_size // heads
+    state = 2 * layers * batch * heads * (context + new_tokens) * head_dim * 4  # their fp32 KV cache
+    return DecodeTiming(
+        "hf-llama",
+        "generate",
+        context,
+        batch,
+        new_tokens,
+        one,
+        1000 * per_step,
+        batch / per_step,
+        state,
+        peak_rss_mb(),
+    )
+
+
+def time_training(
+    model: LanguageModel, rows: torch.Tensor, sentence_ids: torch.Tensor, steps: int = 3
+) -> float:
+    """Training tokens/s (forward, backward, AdamW step) on `rows`, after one warm-up step."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        next_token_loss(model(rows, sentence_ids), rows).backward()
+        optimizer.step()
+
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    elapsed = time.perf_counter() - start
+    model.eval()
+    return rows.numel() * steps / elapsed
