@@ -282,7 +282,7 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------
     def _train_step(self, lr: float) -> tuple[float, int, float]:
-        """One optimizer step; returns (summed loss on this rank, step targets, gradient norm)."""
+        """One optimizer step; returns (summed loss on this rank, targets of all ranks, gradient norm)."""
         step = self.batches.next_step()
         self.engine.begin_step(lr)
         loss_sum = torch.zeros((), device=self.runtime.device)
@@ -319,6 +319,7 @@ class Trainer:
         start = self.clock() - self.progress.elapsed_s
         next_checkpoint_s = self.progress.elapsed_s + 60 * cfg.train.checkpoint_every_minutes
         steps_this_session, window_tokens, window_start = 0, 0, self.clock()
+        postfix: dict = {}
         interrupted = False
         try:
             while True:
@@ -332,17 +333,18 @@ class Trainer:
                     interrupted = done < 1.0
                     break
                 lr = lr_at(done, cfg.train)
+                tokens_before = self.progress.tokens
                 loss_sum, targets, grad_norm = self._train_step(lr)
                 steps_this_session += 1
-                window_tokens += targets
+                window_tokens += self.progress.tokens - tokens_before  # already summed over ranks
                 if self.progress.step % cfg.train.log_every_steps == 0:
-                    loss_sum, targets_all = runtime.sum([loss_sum, float(targets)])
+                    (loss_sum,) = runtime.sum([loss_sum])  # `targets` already counts every rank's rows
                     now = self.clock()
-                    tokens_per_s = window_tokens * runtime.world_size / max(now - window_start, 1e-9)
+                    tokens_per_s = window_tokens / max(now - window_start, 1e-9)
                     record = {
                         "step": self.progress.step,
                         "tokens": self.progress.tokens,
-                        "loss": loss_sum / max(targets_all / runtime.world_size, 1) / runtime.world_size,
+                        "loss": loss_sum / max(targets, 1),
                         "lr": lr,
                         "grad_norm": grad_norm,
                         "tokens_per_s": tokens_per_s,
@@ -351,8 +353,9 @@ class Trainer:
                     }
                     if self.metrics:
                         self.metrics.write(record)
-                    bar.update(done, loss=record["loss"], lr=lr, tok_s=int(tokens_per_s))
+                    postfix = {"loss": record["loss"], "lr": lr, "tok_s": int(tokens_per_s)}
                     window_tokens, window_start = 0, now
+                bar.update(done, **postfix)
                 if self.clock() - start >= next_checkpoint_s:
                     self.save(f"step-{self.progress.step:08d}")
                     next_checkpoint_s += 60 * cfg.train.checkpoint_every_minutes

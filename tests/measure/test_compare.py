@@ -26,3 +26,23 @@ def test_compare_quick_smoke(tmp_path, data_cache):
     )
     assert results["training_tokens_per_s"]["gpthf"] > 0 and results["training_tokens_per_s"]["gpt"] > 0
     assert (tmp_path / "compare.png").stat().st_size > 10_000
+
+
+def test_hf_peer_has_our_gpt_shape_and_times_decoding():
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("transformers") is None:
+        pytest.skip('transformers is not installed (pip install ".[compare]")')
+    from gpthf.measure.speed import batch_of_contexts, hf_llama_twin, time_decode, time_hf_generate
+    from tests.models.helpers import tiny_model
+
+    gpt = tiny_model("gpt")
+    hf = hf_llama_twin(gpt)
+    assert sum(p.numel() for p in hf.parameters()) == gpt.num_parameters()
+    tokens = batch_of_contexts(list(range(4, 90)) * 3, context=40, new_tokens=4, batch=2)
+    theirs = time_hf_generate(hf, tokens, context=40)
+    ours = time_decode(gpt, "gpt", "cached", tokens, context=40)
+    assert theirs.tokens_per_s > 0 and ours.tokens_per_s > 0
+    assert theirs.state_bytes == ours.state_bytes, "same fp32 KV cache size for the same shape and length"

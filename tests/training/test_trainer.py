@@ -108,16 +108,25 @@ def test_kill_9_during_training_loses_only_work_since_the_last_checkpoint(data_c
     assert final_record(run_dir)["step"] >= meta["step"]
 
 
-def test_torchrun_ddp_two_processes_agree(data_cache, tmp_path):
-    run = cli(
+def test_torchrun_ddp_two_processes_agree_with_one_process(data_cache, tmp_path):
+    steps = ["budget=1h", "train.max_tokens=3000"]  # token-driven: both runs see the same rows and schedule
+    ddp = cli(
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "pretrain.py",
-        *run_overrides(data_cache, tmp_path, "impl=ddp", "budget=6s"),
+        *run_overrides(data_cache, tmp_path / "ddp", "impl=ddp", *steps),
     )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    (run_dir,) = (tmp_path / "gpthf-kjv").glob("*/")
-    final = final_record(run_dir)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    single = cli(sys.executable, "pretrain.py", *run_overrides(data_cache, tmp_path / "single", *steps))
+    assert single.returncode == 0, single.stderr[-3000:]
+    (ddp_run,) = (tmp_path / "ddp" / "gpthf-kjv").glob("*/")
+    (single_run,) = (tmp_path / "single" / "gpthf-kjv").glob("*/")
+    final = final_record(ddp_run)
     assert final["world_size"] == 2 and final["ranks_agree"] is True
-    assert load_model_from_checkpoint(run_dir)[1]["step"] == final["step"]
+    assert load_model_from_checkpoint(ddp_run)[1]["step"] == final["step"]
+    ddp_losses = [(r["step"], r["tokens"], r["loss"]) for r in read_metrics(ddp_run) if "loss" in r]
+    single_losses = [(r["step"], r["tokens"], r["loss"]) for r in read_metrics(single_run) if "loss" in r]
+    assert [r[:2] for r in ddp_losses] == [r[:2] for r in single_losses], "same steps over the same tokens"
+    for (_, _, a), (_, _, b) in zip(ddp_losses, single_losses):
+        assert a == pytest.approx(b, rel=2e-2), "gradients averaged over ranks equal the one-process gradient"
 
 
 @pytest.mark.skipif(
