@@ -114,40 +114,32 @@ def hf_llama_twin(model: LanguageModel):
 
 @torch.inference_mode()
 def time_hf_generate(hf_model, tokens: torch.Tensor, context: int) -> DecodeTiming:
-    """`generate` with its KV cache: decode time = time(N new tokens) - time(1 new token)."""
+    """`generate` with its KV cache, timed per token by a streamer: one run gives prefill and decode."""
+    from transformers.generation.streamers import BaseStreamer
+
+    class TokenClock(BaseStreamer):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def put(self, value) -> None:  # called with the prompt, then after every new token
+            self.times.append(time.perf_counter())
+
+        def end(self) -> None:
+            pass
+
     batch, total = tokens.shape
     new_tokens = total - context
-    prompt = tokens[:, :context]
     kwargs = {"do_sample": False, "use_cache": True, "pad_token_id": PAD_ID}
-
-    def run(n: int, repeats: int = 3) -> float:
-        """Best of `repeats`: the difference of two timings is noisy, minima are stable."""
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            hf_model.generate(prompt, max_new_tokens=n, min_new_tokens=n, **kwargs)
-            best = min(best, time.perf_counter() - start)
-        return best
-
-    run(2, repeats=1)  # warm-up
-    one = run(1)
-    many = run(new_tokens + 1)
-    per_step = max(many - one, 1e-9) / new_tokens
+    hf_model.generate(tokens[:, : min(context, 16)], max_new_tokens=3, min_new_tokens=3, **kwargs)  # warm-up
+    clock = TokenClock()
+    start = time.perf_counter()
+    hf_model.generate(tokens[:, :context], max_new_tokens=new_tokens + 1, min_new_tokens=new_tokens + 1, streamer=clock, **kwargs)
+    prefill_s = clock.times[1] - start
+    per_step = (clock.times[-1] - clock.times[1]) / new_tokens
     layers, heads = hf_model.config.num_hidden_layers, hf_model.config.num_attention_heads
     head_dim = hf_model.config.hidden_size // heads
     state = 2 * layers * batch * heads * (context + new_tokens) * head_dim * 4  # their fp32 KV cache
-    return DecodeTiming(
-        "hf-llama",
-        "generate",
-        context,
-        batch,
-        new_tokens,
-        one,
-        1000 * per_step,
-        batch / per_step,
-        state,
-        peak_rss_mb(),
-    )
+    return DecodeTiming("hf-llama", "generate", context, batch, new_tokens, prefill_s, 1000 * per_step, batch / per_step, state, peak_rss_mb())
 
 
 def time_training(
