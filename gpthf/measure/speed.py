@@ -133,13 +133,30 @@ def time_hf_generate(hf_model, tokens: torch.Tensor, context: int) -> DecodeTimi
     hf_model.generate(tokens[:, : min(context, 16)], max_new_tokens=3, min_new_tokens=3, **kwargs)  # warm-up
     clock = TokenClock()
     start = time.perf_counter()
-    hf_model.generate(tokens[:, :context], max_new_tokens=new_tokens + 1, min_new_tokens=new_tokens + 1, streamer=clock, **kwargs)
+    hf_model.generate(
+        tokens[:, :context],
+        max_new_tokens=new_tokens + 1,
+        min_new_tokens=new_tokens + 1,
+        streamer=clock,
+        **kwargs,
+    )
     prefill_s = clock.times[1] - start
     per_step = (clock.times[-1] - clock.times[1]) / new_tokens
     layers, heads = hf_model.config.num_hidden_layers, hf_model.config.num_attention_heads
     head_dim = hf_model.config.hidden_size // heads
     state = 2 * layers * batch * heads * (context + new_tokens) * head_dim * 4  # their fp32 KV cache
-    return DecodeTiming("hf-llama", "generate", context, batch, new_tokens, prefill_s, 1000 * per_step, batch / per_step, state, peak_rss_mb())
+    return DecodeTiming(
+        "hf-llama",
+        "generate",
+        context,
+        batch,
+        new_tokens,
+        prefill_s,
+        1000 * per_step,
+        batch / per_step,
+        state,
+        peak_rss_mb(),
+    )
 
 
 def time_training(

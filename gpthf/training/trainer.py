@@ -11,6 +11,7 @@ import contextlib
 import logging
 import math
 import random
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -24,10 +25,10 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from gpthf.config import parse_budget_seconds
-from gpthf.data.dataset import PreparedData, prepare_data, split_arrays
+from gpthf.data.dataset import prepare_data, split_arrays
 from gpthf.data.special_tokens import PAD_ID
 from gpthf.data.tokenizer import TOKENIZER_FILE
-from gpthf.errors import CheckpointError, ConfigError
+from gpthf.errors import ConfigError
 from gpthf.models import LanguageModel, build_model, next_token_loss
 from gpthf.training.batches import TrainBatches
 from gpthf.training.checkpoint import (
@@ -249,8 +250,6 @@ class Trainer:
         target = self.run_dir / "checkpoints" / name
         staging = staging_folder(target)
         if self.runtime.is_main:
-            import shutil
-
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
         self.runtime.barrier()
@@ -427,6 +426,3 @@ def train(cfg, clock: Callable[[], float] = time.monotonic, stop_after_steps: in
         return Trainer(cfg, runtime, clock).run(stop_after_steps)
     finally:
         teardown_runtime(runtime)
-
-
-__all__ = ["CheckpointError", "PreparedData", "Trainer", "bits_per_byte", "evaluate", "train"]
