@@ -129,7 +129,8 @@ def split_documents(
     return {s: [pieces[s]] if pieces[s] else [] for s in SPLITS}
 
 
-def _pack_split(tokenizer, documents: list[list[str]], data_cfg: Any, progress: bool, split: str):
+def pack_split(tokenizer, documents: list[list[str]], data_cfg: Any, progress: bool, split: str):
+    """Encode and pack one split's documents; returns the Arrow table and the split's statistics."""
     import datasets
 
     input_ids, sentence_ids, sentence_lengths, n_bytes = [], [], [], 0
@@ -167,17 +168,22 @@ def _pack_split(tokenizer, documents: list[list[str]], data_cfg: Any, progress: 
     return table, stats
 
 
-def build_dataset(data_cfg: Any, out_dir: Path, progress: bool = True) -> dict:
-    """Build the whole prepared data set into `out_dir` (which must be new); returns the stats."""
-    import datasets
-
-    validate_data_config(data_cfg)
+def sentences_by_split(data_cfg: Any, progress: bool = True) -> dict[str, list[list[str]]]:
+    """The corpus of `data_cfg` as sentences per document, per split (the tokenizer-free half of a build)."""
     docs = load_documents(data_cfg)
     splitter = build_splitter(data_cfg.language, training_text="\n\n".join(d.text for d in docs))
     sentences = [
         splitter.split(d.text) for d in tqdm(docs, desc="split sentences", disable=not progress, unit="doc")
     ]
-    by_split = split_documents(docs, sentences, data_cfg)
+    return split_documents(docs, sentences, data_cfg)
+
+
+def build_dataset(data_cfg: Any, out_dir: Path, progress: bool = True) -> dict:
+    """Build the whole prepared data set into `out_dir` (which must be new); returns the stats."""
+    import datasets
+
+    validate_data_config(data_cfg)
+    by_split = sentences_by_split(data_cfg, progress)
     train_sentences = [s for doc in by_split["train"] for s in doc]
     if not train_sentences:
         raise DataError(f"the training split of data.source={data_cfg.source} has no sentences")
@@ -187,7 +193,7 @@ def build_dataset(data_cfg: Any, out_dir: Path, progress: bool = True) -> dict:
     stats: dict = {"vocab_size": tokenizer.get_vocab_size(), "splits": {}}
     datasets.disable_progress_bars()  # our own bars already show the build; theirs would repeat per split
     for split in SPLITS:
-        table, stats["splits"][split] = _pack_split(tokenizer, by_split[split], data_cfg, progress, split)
+        table, stats["splits"][split] = pack_split(tokenizer, by_split[split], data_cfg, progress, split)
         table.save_to_disk(str(out_dir / split))
     resolved = (
         OmegaConf.to_container(data_cfg, resolve=True) if OmegaConf.is_config(data_cfg) else dict(data_cfg)

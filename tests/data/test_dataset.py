@@ -69,7 +69,7 @@ def test_cache_is_rebuilt_when_config_or_corpus_changes(tmp_path, tales_dir, tal
 
 def test_killed_build_leaves_no_cache_and_is_cleaned_up(tales_cfg, monkeypatch):
     calls = {"n": 0}
-    real_pack = dataset_module._pack_split
+    real_pack = dataset_module.pack_split
 
     def dying_pack(*args, **kwargs):
         calls["n"] += 1
@@ -77,7 +77,7 @@ def test_killed_build_leaves_no_cache_and_is_cleaned_up(tales_cfg, monkeypatch):
             raise KeyboardInterrupt  # stands in for a kill in the middle of writing the splits
         return real_pack(*args, **kwargs)
 
-    monkeypatch.setattr(dataset_module, "_pack_split", dying_pack)
+    monkeypatch.setattr(dataset_module, "pack_split", dying_pack)
     with pytest.raises(KeyboardInterrupt):
         prepare_data(tales_cfg, progress=False)
     cache = Path(tales_cfg.cache_dir)
@@ -87,7 +87,7 @@ def test_killed_build_leaves_no_cache_and_is_cleaned_up(tales_cfg, monkeypatch):
     # A partial folder from a dead process (pid 2**22 + 1 is beyond any live pid here) is removed next time.
     for partial in cache.iterdir():
         partial.rename(cache / f"{partial.name.split('.partial-')[0]}.partial-{2**22 + 1}-dead")
-    monkeypatch.setattr(dataset_module, "_pack_split", real_pack)
+    monkeypatch.setattr(dataset_module, "pack_split", real_pack)
     prepared = prepare_data(tales_cfg, progress=False)
     assert [p.name for p in cache.iterdir()] == [prepared.path.name]
 

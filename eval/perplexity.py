@@ -1,0 +1,51 @@
+"""`python eval/perplexity.py --ckpt PATH [--data default|FILE|DIR] [--split test]`
+
+Bits per byte, token perplexity and tokens/s of a GPTHF or GPT checkpoint on the held-out split of its
+own corpus or on any text, with the loss of the first token of a sentence reported apart from the
+rest. Prints a table, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from gpthf.cli import run_cli
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="perplexity.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--ckpt", required=True, help="checkpoint, run folder or folder of runs")
+    parser.add_argument(
+        "--data",
+        default="default",
+        help="default (the checkpoint's corpus) or a .txt/.jsonl/.parquet file or folder",
+    )
+    parser.add_argument(
+        "--split", default="test", choices=["train", "validation", "test"], help="with --data default"
+    )
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-rows", type=int, default=None)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    from gpthf.evaluation.perplexity import evaluate_checkpoint
+    from gpthf.training.distributed import resolve_device
+
+    result = evaluate_checkpoint(
+        args.ckpt, args.data, args.split, args.batch_size, args.max_rows, resolve_device(args.device, 0)
+    )
+    print(
+        f"{result['model']} on {result['data']} ({result['split']}): {result['bits_per_byte']:.4f} bits/byte, "
+        f"perplexity {result['perplexity']:.2f}, {result['tokens']:,} tokens at {result['tokens_per_s']:.0f} tokens/s"
+    )
+    for group, loss in result["loss_by_position"].items():
+        print(f"  {group:<18} {loss:.4f} nats/token over {result['tokens_by_position'][group]:,} tokens")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,1 @@
+"""Evaluating checkpoints: bits per byte and perplexity (more tasks: see the issues)."""

@@ -1,0 +1,138 @@
+"""Bits per byte and perplexity of a checkpoint on packed rows, with the loss split by where the
+predicted token stands in its sentence: the first token of a sentence is where GPTHF has only the
+compressed past to go on, so that is where sentence compression would cost quality.
+
+Bits per byte = summed next-token loss in bits / UTF-8 bytes of the text scored: comparable across
+tokenizers and models. Text is always re-packed with the checkpoint's own tokenizer.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from gpthf.attention.sentences import positions_in_sentence
+from gpthf.data.dataset import SPLITS, pack_split, sentences_by_split, split_arrays
+from gpthf.data.special_tokens import EOS_ID, PAD_ID
+from gpthf.errors import DataError
+
+GROUPS = ("first_in_sentence", "later_in_sentence", "sentence_end")
+
+
+@dataclass
+class PerplexityResult:
+    tokens: int  # predicted tokens
+    bytes: int  # UTF-8 bytes of the text those tokens encode
+    nats_per_token: float
+    bits_per_byte: float
+    perplexity: float
+    tokens_per_s: float
+    loss_by_position: dict[str, float]  # nats/token for each of GROUPS
+    tokens_by_position: dict[str, int]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def rows_for_text(
+    meta: dict, tokenizer, split: str = "test", path: str | None = None, progress: bool = False
+):
+    """(input_ids, sentence_ids, bytes) of a split of the checkpoint's corpus, or of every document
+    under `path` (a .txt/.jsonl/.parquet file or folder), packed like the training data."""
+    data_cfg = OmegaConf.create(meta["data"])
+    if path is not None:
+        data_cfg.merge_with(
+            {"source": "local", "path": str(path), "validation_fraction": 0.0, "test_fraction": 0.0}
+        )
+        split = "train"  # all of the file's text
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    documents = sentences_by_split(data_cfg, progress)[split]
+    if not documents:
+        raise DataError(f"the {split} split of {path or data_cfg.source} has no text")
+    table, stats = pack_split(tokenizer, documents, data_cfg, progress, split)
+    input_ids, sentence_ids = split_arrays(table)
+    return input_ids, sentence_ids, stats["bytes"]
+
+
+@torch.inference_mode()
+def score(
+    model,
+    input_ids: np.ndarray,
+    sentence_ids: np.ndarray,
+    n_bytes: int,
+    batch_size: int = 8,
+    max_rows: int | None = None,
+) -> PerplexityResult:
+    device = model.embed.weight.device
+    rows = len(input_ids) if max_rows is None else min(max_rows, len(input_ids))
+    totals = dict.fromkeys(GROUPS, 0.0)
+    counts = dict.fromkeys(GROUPS, 0)
+    start = time.perf_counter()
+    for begin in range(0, rows, batch_size):
+        ids = torch.from_numpy(input_ids[begin : begin + batch_size]).to(device)
+        sids = torch.from_numpy(sentence_ids[begin : begin + batch_size]).to(device)
+        logits = model(ids, sids)
+        targets = ids[:, 1:]
+        nll = F.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="none"
+        ).view_as(targets)
+        position = positions_in_sentence(sids)[:, 1:]  # of the predicted token
+        real = targets != PAD_ID
+        groups = {
+            "first_in_sentence": real & (position == 0),
+            "later_in_sentence": real & (position > 0) & (targets != EOS_ID),
+            "sentence_end": real & (position > 0) & (targets == EOS_ID),
+        }
+        for name, mask in groups.items():
+            totals[name] += float(nll[mask].sum())
+            counts[name] += int(mask.sum())
+    elapsed = time.perf_counter() - start
+    tokens = sum(counts.values())
+    if tokens == 0:
+        raise DataError("no tokens to score")
+    nats = sum(totals.values())
+    scored_bytes = n_bytes * rows / len(input_ids)  # bytes of the rows actually scored
+    return PerplexityResult(
+        tokens=tokens,
+        bytes=round(scored_bytes),
+        nats_per_token=nats / tokens,
+        bits_per_byte=nats / math.log(2) / scored_bytes,
+        perplexity=math.exp(nats / tokens),
+        tokens_per_s=tokens / elapsed,
+        loss_by_position={k: totals[k] / counts[k] if counts[k] else float("nan") for k in GROUPS},
+        tokens_by_position=counts,
+    )
+
+
+def evaluate_checkpoint(
+    ckpt: str | Path,
+    data: str = "default",
+    split: str = "test",
+    batch_size: int = 8,
+    max_rows: int | None = None,
+    device="cpu",
+) -> dict:
+    from gpthf.data.tokenizer import load_tokenizer
+    from gpthf.training.checkpoint import load_model_from_checkpoint
+
+    model, meta, checkpoint = load_model_from_checkpoint(ckpt, device)
+    tokenizer = load_tokenizer(checkpoint)
+    input_ids, sentence_ids, n_bytes = rows_for_text(
+        meta, tokenizer, split, None if data == "default" else data
+    )
+    result = score(model, input_ids, sentence_ids, n_bytes, batch_size, max_rows)
+    return {
+        "checkpoint": str(checkpoint),
+        "model": meta["arch"]["model"],
+        "data": data,
+        "split": split if data == "default" else "all",
+        **result.as_dict(),
+    }

@@ -1,0 +1,46 @@
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from gpthf.data.tokenizer import load_tokenizer
+from gpthf.evaluation.perplexity import GROUPS, rows_for_text, score
+from gpthf.models import build_model
+from gpthf.training.checkpoint import load_model_from_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_trained_model_has_finite_bits_per_byte_below_an_untrained_one(trained_runs):
+    model, meta, checkpoint = load_model_from_checkpoint(trained_runs["gpthf"])
+    input_ids, sentence_ids, n_bytes = rows_for_text(meta, load_tokenizer(checkpoint), "validation")
+    trained = score(model, input_ids, sentence_ids, n_bytes, max_rows=32)
+    torch.manual_seed(0)
+    untrained = score(
+        build_model(meta["arch"], meta["vocab_size"]).eval(), input_ids, sentence_ids, n_bytes, max_rows=32
+    )
+    assert math.isfinite(trained.bits_per_byte) and 0 < trained.bits_per_byte < untrained.bits_per_byte
+    assert trained.tokens == sum(trained.tokens_by_position.values()) and set(
+        trained.loss_by_position
+    ) == set(GROUPS)
+    assert all(trained.tokens_by_position[g] > 0 for g in GROUPS)
+
+
+def test_perplexity_cli_on_a_text_file(trained_runs, tmp_path):
+    text = tmp_path / "psalm.txt"
+    text.write_text(
+        "The LORD is my shepherd; I shall not want. He maketh me to lie down in green pastures.\n" * 5
+    )
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    run = subprocess.run(
+        [sys.executable, "eval/perplexity.py", "--ckpt", str(trained_runs["gpt"]), "--data", str(text)],
+        cwd=REPO, capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["model"] == "gpt" and result["split"] == "all"
+    assert result["bytes"] == len(text.read_bytes()) and result["bits_per_byte"] > 0
