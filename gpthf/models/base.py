@@ -63,6 +63,18 @@ class LanguageModel(nn.Module):
             else:
                 nn.init.normal_(param, std=0.02)
 
+    def hidden_states(self, input_ids: torch.Tensor, sentence_ids: torch.Tensor | None) -> torch.Tensor:
+        """The last block's output (B, T, d): what the subclass's stacks compute."""
+        raise NotImplementedError
+
+    def forward(self, input_ids: torch.Tensor, sentence_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-token logits (B, T, V)."""
+        return self.logits(self.hidden_states(input_ids, sentence_ids))
+
+    def features(self, input_ids: torch.Tensor, sentence_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Final-norm states (B, T, d), what the head reads: the input of downstream classifiers."""
+        return self.norm(self.hidden_states(input_ids, sentence_ids))
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.head(self.norm(hidden))  # (B, T, V)
 

@@ -24,11 +24,13 @@ class GPT(LanguageModel):
         cos, sin = rope_angles(positions, self.head_dim, self.arch.rope_base)
         return AttentionPattern(cos, sin, self.attention.causal)
 
-    def forward(self, input_ids: torch.Tensor, sentence_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, T, V). `sentence_ids` is accepted for a common interface and not used."""
+    def hidden_states(
+        self, input_ids: torch.Tensor, sentence_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Last block's output (B, T, d). `sentence_ids` is accepted for a common interface and not used."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
         pattern = self.causal_pattern(positions)
         x = self.embed(input_ids)  # (B, T, d)
         for block in self.blocks:
             x = block(x, pattern)
-        return self.logits(x)
+        return x

@@ -46,8 +46,8 @@ class GPTHF(LanguageModel):
 
         return AttentionPattern(cos, sin, attend)
 
-    def forward(self, input_ids: torch.Tensor, sentence_ids: torch.Tensor) -> torch.Tensor:
-        """Logits (B, T, V) for packed rows with their `sentence_ids` (B, T)."""
+    def hidden_states(self, input_ids: torch.Tensor, sentence_ids: torch.Tensor) -> torch.Tensor:
+        """Last body block's output (B, T, d) for packed rows with their `sentence_ids` (B, T)."""
         if sentence_ids is None:
             raise ValueError("GPTHF needs sentence_ids (B, T) alongside input_ids")
         x = self.embed(input_ids)  # (B, T, d)
@@ -57,4 +57,4 @@ class GPTHF(LanguageModel):
         pattern = self.body_pattern(sentence_ids)
         for block in self.slt_body:
             x = block(x, pattern)
-        return self.logits(x)
+        return x
