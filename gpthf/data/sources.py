@@ -123,7 +123,7 @@ def _local_fingerprint(data_cfg: Any) -> dict:
     return {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for p in _local_files(data_cfg)}
 
 
-def _hub_reachable(timeout_s: float = 3.0) -> bool:
+def hub_reachable(timeout_s: float = 3.0) -> bool:
     """One quick connection attempt, so an offline machine fails at once instead of after retries."""
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
     try:
@@ -140,7 +140,7 @@ def _load_hub(data_cfg: Any) -> list[Document]:
     offline = any(
         os.environ.get(v, "0").lower() in ("1", "true") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
     )
-    if offline or not _hub_reachable():
+    if offline or not hub_reachable():
         why = "offline mode is set" if offline else "the hub cannot be reached from this machine"
         raise DataError(f"cannot load hub dataset {data_cfg.path!r}: {why}; {LOCAL_HINT}")
     import datasets

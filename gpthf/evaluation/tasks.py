@@ -104,10 +104,10 @@ def _local(path: Path) -> Task:
 
 def _hub(name: str) -> Task:
     """`glue:sst2`-style names through `datasets` (online only)."""
-    from gpthf.data.sources import _hub_reachable
+    from gpthf.data.sources import hub_reachable
 
     benchmark, _, config = name.partition(":")
-    if not _hub_reachable():
+    if not hub_reachable():
         raise DataError(
             f"task {name} needs the hub, which cannot be reached; use --task sentiment or a local CSV/JSONL"
         )
