@@ -77,7 +77,11 @@ def main(argv: list[str]) -> int:
             f"{meta['arch']['model']} {task.name}: accuracy median {result['accuracy_median']:.3f} (spread {result['accuracy_spread']:.3f}, "
             f"majority {result['majority_baseline']:.3f}), macro-F1 median {result['macro_f1_median']:.3f} over {len(args.seeds)} seeds"
         )
-    print(json.dumps({"checkpoint": str(checkpoint), "model": meta["arch"]["model"], **result}))
+    from gpthf.evaluation.results import save_result
+
+    summary = {"checkpoint": str(checkpoint), "model": meta["arch"]["model"], **result}
+    save_result(checkpoint, f"downstream-{result['task']}", summary)
+    print(json.dumps(summary))
     return 0
 
 

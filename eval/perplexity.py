@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from gpthf.cli import run_cli
 
@@ -30,19 +31,35 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-rows", type=int, default=None)
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=16,
+        help="sampled continuations for the sentence/repetition checks (0: none)",
+    )
     args = parser.parse_args(argv)
     from gpthf.evaluation.perplexity import evaluate_checkpoint
+    from gpthf.evaluation.results import save_result
     from gpthf.training.distributed import resolve_device
 
+    device = resolve_device(args.device, 0)
     result = evaluate_checkpoint(
-        args.ckpt, args.data, args.split, args.batch_size, args.max_rows, resolve_device(args.device, 0)
+        args.ckpt, args.data, args.split, args.batch_size, args.max_rows, device, args.samples
     )
+    if args.data == "default":
+        save_result(Path(result["checkpoint"]), f"perplexity-{args.split}", result)
     print(
         f"{result['model']} on {result['data']} ({result['split']}): {result['bits_per_byte']:.4f} bits/byte, "
         f"perplexity {result['perplexity']:.2f}, {result['tokens']:,} tokens at {result['tokens_per_s']:.0f} tokens/s"
     )
     for group, loss in result["loss_by_position"].items():
         print(f"  {group:<18} {loss:.4f} nats/token over {result['tokens_by_position'][group]:,} tokens")
+    if "generation" in result:
+        sanity = result["generation"]
+        print(
+            f"  samples: {sanity['closed_share']:.2f} of {sanity['sentences']} sentences closed by the model, distinct-1/2/3 "
+            + "/".join(f"{v:.2f}" for v in sanity["distinct_n"].values())
+        )
     print(json.dumps(result))
     return 0
 

@@ -112,14 +112,23 @@ def score(
     )
 
 
+def sample_sanity(model, meta: dict, input_ids: np.ndarray, n_samples: int, new_tokens: int = 64) -> dict:
+    """Sample continuations of the first 16 tokens of `n_samples` rows and check them (see sanity.py)."""
+    from gpthf.evaluation.sanity import generation_sanity
+    from gpthf.generation import GenerationSettings, generate
+
+    prompts = [[t for t in row[:16].tolist() if t != PAD_ID] for row in input_ids[:n_samples]]
+    prompts = [p for p in prompts if p]
+    settings = GenerationSettings(
+        max_new_tokens=new_tokens, max_sentence_len=meta["data"]["max_sentence_len"], seed=0
+    )
+    return generation_sanity(generate(model, prompts, settings).tokens, meta["data"]["max_sentence_len"])
+
+
 def evaluate_checkpoint(
-    ckpt: str | Path,
-    data: str = "default",
-    split: str = "test",
-    batch_size: int = 8,
-    max_rows: int | None = None,
-    device="cpu",
-) -> dict:
+    ckpt: str | Path, data: str = "default", split: str = "test", batch_size: int = 8,
+    max_rows: int | None = None, device="cpu", samples: int = 16,
+) -> dict:  # fmt: skip
     from gpthf.data.tokenizer import load_tokenizer
     from gpthf.training.checkpoint import load_model_from_checkpoint
 
@@ -129,10 +138,13 @@ def evaluate_checkpoint(
         meta, tokenizer, split, None if data == "default" else data
     )
     result = score(model, input_ids, sentence_ids, n_bytes, batch_size, max_rows)
-    return {
+    summary = {
         "checkpoint": str(checkpoint),
         "model": meta["arch"]["model"],
         "data": data,
         "split": split if data == "default" else "all",
-        **result.as_dict(),
     }
+    summary.update(result.as_dict())
+    if samples:
+        summary["generation"] = sample_sanity(model, meta, input_ids, samples)
+    return summary
