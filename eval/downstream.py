@@ -72,6 +72,7 @@ def main(argv: list[str]) -> int:
             args.batch_size,
             args.max_train,
             args.max_eval,
+            progress=True,
         )
         print(
             f"{meta['arch']['model']} {task.name}: accuracy median {result['accuracy_median']:.3f} (spread {result['accuracy_spread']:.3f}, "

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from gpthf.data.packing import sentence_units
 from gpthf.data.special_tokens import EOS_ID, PAD_ID
@@ -93,6 +94,7 @@ def accuracy_and_f1(predicted: torch.Tensor, labels: torch.Tensor, n_labels: int
 def finetune(
     backbone: LanguageModel, task: Task, tokenizer, splitter, max_sentence_len: int, max_len: int,
     seeds: list[int], epochs: int = 2, lr: float = 1e-4, batch_size: int = 16, max_train: int | None = None, max_eval: int | None = None,
+    progress: bool = False,
 ) -> dict:  # fmt: skip
     """Finetune a copy of `backbone` per seed; test accuracy/macro-F1 per seed, median and spread."""
     train = _encode(task.train[:max_train], tokenizer, splitter, max_sentence_len, max_len)
@@ -103,10 +105,13 @@ def finetune(
         model = SequenceClassifier(copy.deepcopy(backbone), len(task.labels))
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
         order = list(range(len(train.labels)))
-        for _ in range(epochs):
+        for epoch in range(epochs):
             model.train()
             random.Random(seed).shuffle(order)
-            for start in range(0, len(order), batch_size):
+            batches = range(0, len(order), batch_size)
+            for start in tqdm(
+                batches, desc=f"seed {seed} epoch {epoch + 1}/{epochs}", leave=False, disable=not progress
+            ):
                 index = torch.tensor(order[start : start + batch_size])
                 ids, lengths = train.ids[index], train.lengths[index]
                 loss = F.cross_entropy(model(ids[:, : int(lengths.max())], lengths), train.labels[index])
