@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from gpthf.data.packing import sentence_units
-from gpthf.data.special_tokens import EOS_ID, PAD_ID
+from gpthf.data.special_tokens import EOS_ID
 from gpthf.data.tokenizer import encode_sentences
 from gpthf.evaluation.tasks import Example, Task
-from gpthf.generation.strategies import sentence_ids_for
+from gpthf.generation.strategies import pad_rows, sentence_ids_for
 from gpthf.models import LanguageModel
 
 
@@ -40,11 +40,7 @@ def encode_texts(
                     break
                 ids.extend(unit)
         rows.append(ids or [EOS_ID])
-    lengths = torch.tensor([len(r) for r in rows])
-    padded = torch.full((len(rows), int(lengths.max())), PAD_ID, dtype=torch.long)
-    for i, row in enumerate(rows):
-        padded[i, : len(row)] = torch.tensor(row)
-    return padded, lengths
+    return pad_rows(rows)
 
 
 class SequenceClassifier(nn.Module):
@@ -139,11 +135,7 @@ def continuation_logprob(
     model: LanguageModel, context: list[int], candidates: list[list[int]]
 ) -> list[float]:
     """Summed log-probability of each candidate's tokens after `context`, scored in one batch."""
-    rows = [context + c for c in candidates]
-    lengths = torch.tensor([len(r) for r in rows])
-    ids = torch.full((len(rows), int(lengths.max())), PAD_ID, dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
+    ids, lengths = pad_rows([context + c for c in candidates])
     logprobs = model(ids, sentence_ids_for(ids, lengths)).float().log_softmax(-1)
     scores = []
     for i, candidate in enumerate(candidates):

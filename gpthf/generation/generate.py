@@ -10,7 +10,7 @@ import torch
 from gpthf.data.special_tokens import EOD_ID, EOS_ID, PAD_ID
 from gpthf.errors import GpthfError
 from gpthf.generation.sampling import SamplingSettings, sample
-from gpthf.generation.strategies import closes_sentence, get_strategy
+from gpthf.generation.strategies import closes_sentence, get_strategy, pad_rows
 from gpthf.models import GPTHF, LanguageModel
 
 
@@ -43,14 +43,6 @@ class GenerationResult:
     finish_reasons: list[str]  # eod | max_new_tokens | max_sentences | context
     state_bytes: int  # bytes of the strategy's state at the end
     step_logits: list[torch.Tensor] = field(default_factory=list)  # (B, V) per step, if recorded
-
-
-def _pad(prompts: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = torch.tensor([len(p) for p in prompts], device=device)
-    tokens = torch.full((len(prompts), int(lengths.max())), PAD_ID, dtype=torch.long, device=device)
-    for row, prompt in enumerate(prompts):
-        tokens[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
-    return tokens, lengths
 
 
 def _check_prompts(model: LanguageModel, prompts: Sequence[Sequence[int]], limit: ContextLimit) -> None:
@@ -88,7 +80,7 @@ def generate(
     if settings.max_new_tokens == 0:
         return GenerationResult(outputs, reasons, 0)
 
-    tokens, lengths = _pad(prompts, device)
+    tokens, lengths = pad_rows(prompts, device)
     runner = get_strategy(model, strategy)
     logits, state = runner.prefill(model, tokens, lengths)
     generator = torch.Generator(device=device)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from gpthf.attention.body import attend_ends_and_self
 from gpthf.attention.sentences import sentence_end_positions
-from gpthf.data.special_tokens import SENTENCE_CLOSERS
+from gpthf.data.special_tokens import PAD_ID, SENTENCE_CLOSERS
 from gpthf.errors import ConfigError
 from gpthf.generation.cache import KVCache
 from gpthf.models import GPT, GPTHF, LanguageModel
@@ -31,6 +31,15 @@ CACHE_HEADROOM = 64  # entries allocated beyond the prompt before the first grow
 
 def closes_sentence(tokens: torch.Tensor) -> torch.Tensor:
     return torch.isin(tokens, torch.tensor(SENTENCE_CLOSERS, device=tokens.device))
+
+
+def pad_rows(rows, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists as one right-padded (B, T) tensor of <pad>, and their lengths (B,)."""
+    lengths = torch.tensor([len(r) for r in rows], device=device)
+    tokens = torch.full((len(rows), int(lengths.max())), PAD_ID, dtype=torch.long, device=device)
+    for i, row in enumerate(rows):
+        tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return tokens, lengths
 
 
 def sentence_ids_for(tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
