@@ -88,3 +88,18 @@ def trained_runs(data_cache, tmp_path_factory) -> dict[str, Path]:
         )
         for arch in ("gpthf", "gpt")
     }
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_script(*args: str, timeout: float = 120):
+    """Run `python ARGS...` from the repository root as a user would; captured text output."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
+    )

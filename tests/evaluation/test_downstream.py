@@ -1,8 +1,4 @@
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +10,7 @@ from gpthf.errors import DataError
 from gpthf.evaluation.downstream import accuracy_and_f1, cloze, encode_texts, finetune
 from gpthf.evaluation.tasks import Example, Task, get_task
 from gpthf.training.checkpoint import load_model_from_checkpoint
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import run_script
 
 
 def toy_task(n: int = 200) -> Task:
@@ -105,21 +100,23 @@ def test_downstream_cli_on_a_local_task(trained_runs, tmp_path):
     path.write_text(
         "".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in toy_task(60).train)
     )
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    run = subprocess.run(
-        [sys.executable, "eval/downstream.py", "--ckpt", str(trained_runs["gpthf"]), "--task", str(path), "--seeds", "0", "--epochs", "1"],
-        cwd=REPO, capture_output=True, text=True, timeout=180, env=env,
-    )  # fmt: skip
+    run = run_script(
+        "eval/downstream.py",
+        "--ckpt",
+        str(trained_runs["gpthf"]),
+        "--task",
+        str(path),
+        "--seeds",
+        "0",
+        "--epochs",
+        "1",
+        timeout=180,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["task"] == "toy" and len(result["per_seed"]) == 1
-    bad = subprocess.run(
-        [sys.executable, "eval/downstream.py", "--ckpt", str(trained_runs["gpthf"]), "--task", "nonsense"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
+    bad = run_script(
+        "eval/downstream.py", "--ckpt", str(trained_runs["gpthf"]), "--task", "nonsense", timeout=120
     )
     assert bad.returncode == 2 and "unknown task" in bad.stderr
 

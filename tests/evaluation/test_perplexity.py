@@ -1,9 +1,5 @@
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
 
@@ -11,8 +7,7 @@ from gpthf.data.tokenizer import load_tokenizer
 from gpthf.evaluation.perplexity import GROUPS, rows_for_text, score
 from gpthf.models import build_model
 from gpthf.training.checkpoint import load_model_from_checkpoint
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import run_script
 
 
 def test_trained_model_has_finite_bits_per_byte_below_an_untrained_one(trained_runs):
@@ -35,11 +30,9 @@ def test_perplexity_cli_on_a_text_file(trained_runs, tmp_path):
     text.write_text(
         "The LORD is my shepherd; I shall not want. He maketh me to lie down in green pastures.\n" * 5
     )
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    run = subprocess.run(
-        [sys.executable, "eval/perplexity.py", "--ckpt", str(trained_runs["gpt"]), "--data", str(text)],
-        cwd=REPO, capture_output=True, text=True, timeout=120, env=env,
-    )  # fmt: skip
+    run = run_script(
+        "eval/perplexity.py", "--ckpt", str(trained_runs["gpt"]), "--data", str(text), timeout=120
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["model"] == "gpt" and result["split"] == "all"

@@ -1,13 +1,8 @@
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 from gpthf.data.special_tokens import EOS_ID
 from gpthf.evaluation.sanity import generation_sanity
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import run_script
 
 
 def test_generation_sanity_counts_closed_sentences_and_repetition():
@@ -19,29 +14,19 @@ def test_generation_sanity_counts_closed_sentences_and_repetition():
 
 
 def test_perplexity_then_report_over_both_runs(trained_runs, tmp_path):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     for run in trained_runs.values():
-        done = subprocess.run(
-            [sys.executable, "eval/perplexity.py", "--ckpt", str(run), "--max-rows", "8", "--samples", "2"],
-            cwd=REPO, capture_output=True, text=True, timeout=120, env=env,
-        )  # fmt: skip
+        done = run_script(
+            "eval/perplexity.py", "--ckpt", str(run), "--max-rows", "8", "--samples", "2", timeout=120
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         assert (run / "eval" / "perplexity-test.json").is_file()
-    report = subprocess.run(
-        [sys.executable, "eval/report.py", *map(str, trained_runs.values()), "--out", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=120, env=env,
-    )  # fmt: skip
+    report = run_script(
+        "eval/report.py", *map(str, trained_runs.values()), "--out", str(tmp_path), timeout=120
+    )
     assert report.returncode == 0, report.stderr[-2000:]
     rows = json.loads(report.stdout.strip().splitlines()[-1])
     assert [r["model"] for r in rows] == ["gpthf", "gpt"]
     assert all(r["test_bpb"] > 0 and r["val_bpb"] > 0 and 0 <= r["closed_share"] <= 1 for r in rows)
     assert (tmp_path / "report.png").stat().st_size > 0
-    bad = subprocess.run(
-        [sys.executable, "eval/report.py", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+    bad = run_script("eval/report.py", str(tmp_path), timeout=60)
     assert bad.returncode == 2 and "no finished training record" in bad.stderr

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from gpthf.data.special_tokens import EOS_ID
@@ -15,15 +10,11 @@ from gpthf.data.tokenizer import load_tokenizer
 from gpthf.errors import GpthfError
 from gpthf.generation import ContextLimit, GenerationError, GenerationSettings, encode_prompt, generate
 from gpthf.training.checkpoint import load_model_from_checkpoint
+from tests.conftest import run_script
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def run_generate(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [sys.executable, "generate.py", *args], cwd=REPO, capture_output=True, text=True, timeout=120, env=env
-    )
+def run_generate(*args: str):
+    return run_script("generate.py", *args)
 
 
 @pytest.mark.parametrize("arch", ["gpthf", "gpt"])

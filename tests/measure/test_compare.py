@@ -1,20 +1,14 @@
 """`eval/compare.py --quick` runs and its numbers are sane (benchmarks are not tests of speed)."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import run_script
 
 
 def test_compare_quick_smoke(tmp_path, data_cache):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    run = subprocess.run(
-        [sys.executable, "eval/compare.py", "--quick", "--no-hf", "--threads", "1", "--out", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
-    )  # fmt: skip
+    run = run_script(
+        "eval/compare.py", "--quick", "--no-hf", "--threads", "1", "--out", str(tmp_path), timeout=300
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     headline = json.loads(run.stdout.strip().splitlines()[-1])
     assert 0 < headline["gpthf_state_over_gpt_state"] < 1
