@@ -63,7 +63,6 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     prompts = read_prompts(args)
     from gpthf.data.splitter import build_splitter
-    from gpthf.data.tokenizer import load_tokenizer
     from gpthf.generation import (
         ContextLimit,
         GenerationSettings,
@@ -72,11 +71,11 @@ def main(argv: list[str]) -> int:
         encode_prompt,
         generate,
     )
-    from gpthf.training.checkpoint import load_model_from_checkpoint
+    from gpthf.training.checkpoint import load_checkpoint_tokenizer, load_model_from_checkpoint
     from gpthf.training.distributed import resolve_device
 
     model, meta, checkpoint = load_model_from_checkpoint(args.ckpt, resolve_device(args.device, 0))
-    tokenizer = load_tokenizer(checkpoint)
+    tokenizer = load_checkpoint_tokenizer(checkpoint, meta)
     splitter = build_splitter(meta["data"]["language"])
     max_sentence_len = meta["data"]["max_sentence_len"]
     encoded = [encode_prompt(p, tokenizer, splitter, max_sentence_len) for p in prompts]

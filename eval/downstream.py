@@ -32,12 +32,14 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     from gpthf.data.splitter import build_splitter
-    from gpthf.data.tokenizer import load_tokenizer
     from gpthf.evaluation.downstream import cloze, finetune
-    from gpthf.training.checkpoint import load_model_from_checkpoint
+    from gpthf.training.checkpoint import load_checkpoint_tokenizer, load_model_from_checkpoint
 
     model, meta, checkpoint = load_model_from_checkpoint(args.ckpt)
-    tokenizer, splitter = load_tokenizer(checkpoint), build_splitter(meta["data"]["language"])
+    tokenizer, splitter = (
+        load_checkpoint_tokenizer(checkpoint, meta),
+        build_splitter(meta["data"]["language"]),
+    )
     max_sentence_len, max_len = meta["data"]["max_sentence_len"], meta["data"]["seq_len"]
     if args.task == "cloze":
         from omegaconf import OmegaConf

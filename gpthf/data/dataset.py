@@ -30,7 +30,7 @@ from gpthf.data.splitter import build_splitter
 from gpthf.data.tokenizer import encode_sentences, load_tokenizer, save_tokenizer, train_tokenizer
 from gpthf.errors import DataError
 
-PIPELINE_VERSION = 1  # bump whenever preparation changes its output for the same config
+PIPELINE_VERSION = 2  # bump whenever preparation changes its output for the same config
 SPLITS = ("train", "validation", "test")
 STATS_FILE = "stats.json"
 BYTE_ALPHABET = 256
@@ -53,7 +53,21 @@ class PreparedData:
 
         if name not in SPLITS:
             raise DataError(f"unknown split {name!r}; choose one of: {', '.join(SPLITS)}")
+        if self.stats["splits"][name]["rows"] == 0:  # Arrow cannot read back a saved table of no rows
+            seq_len = self.stats["data_config"]["seq_len"]
+            return datasets.Dataset.from_dict({c: [] for c in ROW_COLUMNS}, features=row_features(seq_len))
         return datasets.load_from_disk(str(self.path / name))
+
+
+ROW_COLUMNS = ("input_ids", "sentence_ids")
+
+
+def row_features(seq_len: int):
+    """The Arrow schema of a packed split: fixed-length int32 rows."""
+    import datasets
+
+    column = datasets.Sequence(datasets.Value("int32"), length=seq_len)
+    return datasets.Features(dict.fromkeys(ROW_COLUMNS, column))
 
 
 def split_arrays(split) -> tuple[np.ndarray, np.ndarray]:
@@ -105,7 +119,8 @@ def split_documents(
     """Sentences of each document, grouped by split.
 
     Whole documents go to one split, chosen by a seeded hash of their id (stable when documents are
-    added). With fewer than three documents, the sentence stream is cut into contiguous pieces instead.
+    added). With fewer than three documents, the sentence stream is cut into contiguous pieces instead,
+    each held-out piece at least one sentence long when the stream has enough sentences to spare them.
     """
     fractions = {"validation": data_cfg.validation_fraction, "test": data_cfg.test_fraction}
     if len(docs) >= 3:
@@ -119,7 +134,10 @@ def split_documents(
         }
         return {s: [sentences[i] for i in sorted(chosen[s])] for s in SPLITS}
     stream = [s for doc in sentences for s in doc]
-    n_val, n_test = (int(len(stream) * fractions[s]) for s in ("validation", "test"))
+    enough = len(stream) >= 3
+    n_val, n_test = (
+        max(int(enough and fractions[s] > 0), int(len(stream) * fractions[s])) for s in ("validation", "test")
+    )
     n_train = len(stream) - n_val - n_test
     pieces = {
         "train": stream[:n_train],
@@ -143,14 +161,8 @@ def pack_split(tokenizer, documents: list[list[str]], data_cfg: Any, progress: b
     for ids, sids in pack_rows(units, data_cfg.seq_len):
         input_ids.append(ids)
         sentence_ids.append(sids)
-    features = datasets.Features(
-        {
-            "input_ids": datasets.Sequence(datasets.Value("int32"), length=data_cfg.seq_len),
-            "sentence_ids": datasets.Sequence(datasets.Value("int32"), length=data_cfg.seq_len),
-        }
-    )
     table = datasets.Dataset.from_dict(
-        {"input_ids": input_ids, "sentence_ids": sentence_ids}, features=features
+        {"input_ids": input_ids, "sentence_ids": sentence_ids}, features=row_features(data_cfg.seq_len)
     )
     ids = np.asarray(input_ids, dtype=np.int64).reshape(-1)
     lengths = np.asarray(sentence_lengths or [0])
@@ -199,6 +211,13 @@ def build_dataset(data_cfg: Any, out_dir: Path, progress: bool = True) -> dict:
         OmegaConf.to_container(data_cfg, resolve=True) if OmegaConf.is_config(data_cfg) else dict(data_cfg)
     )
     stats["data_config"] = resolved
+    for split in SPLITS[1:]:
+        if stats["splits"][split]["rows"] == 0 and data_cfg[f"{split}_fraction"] > 0:
+            logging.getLogger(__name__).warning(
+                "the %s split is empty: %d sentence(s) in the corpus are too few to hold any out",
+                split,
+                sum(s["sentences"] for s in stats["splits"].values()),
+            )
     (out_dir / STATS_FILE).write_text(json.dumps(stats, indent=2))
     return stats
 

@@ -8,7 +8,9 @@ was designed for.
 
 Two things Punkt alone gets wrong for our purpose are fixed around it:
 - a blank line always ends a sentence (headings and paragraphs without final punctuation);
-- a "sentence" that starts in lower case continues the previous one ('"Is it?" she asked.').
+- a "sentence" that starts in lower case continues the previous one ('"Is it?" she asked.');
+- a paragraph without any sentence punctuation (verse, lists, chat logs) is split at its line breaks,
+  since Punkt would return it whole, however long.
 Whitespace inside a sentence (hard-wrapped lines) collapses to one space.
 """
 
@@ -29,6 +31,7 @@ EXTRA_ABBREVIATIONS = frozenset(
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 _WHITESPACE = re.compile(r"\s+")
 _CONTINUATION = re.compile(r"""^["'“‘(\[]*[a-z]""")
+_SENTENCE_PUNCTUATION = re.compile(r"[.!?…。！？]")
 
 
 def _pretrained_parameters(language: str) -> PunktParameters | None:
@@ -59,6 +62,10 @@ class SentenceSplitter:
     def split(self, text: str) -> list[str]:
         sentences: list[str] = []
         for paragraph in _PARAGRAPH_BREAK.split(text):
+            if not _SENTENCE_PUNCTUATION.search(paragraph):
+                lines = (_WHITESPACE.sub(" ", line).strip() for line in paragraph.splitlines())
+                sentences.extend(line for line in lines if line)
+                continue
             merged: list[str] = []
             for piece in self._punkt.tokenize(paragraph):
                 piece = _WHITESPACE.sub(" ", piece).strip()

@@ -54,7 +54,8 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         path = path / TOKENIZER_FILE
     if not path.is_file():
         raise DataError(
-            f"tokenizer file {path} is missing; rebuild the data with `python -m gpthf.data.prepare`"
+            f"tokenizer file {path} is missing: {path.parent} is incomplete (copy a checkpoint folder "
+            f"whole; delete a damaged data cache folder and it is rebuilt)"
         )
     try:
         tokenizer = Tokenizer.from_file(str(path))

@@ -129,11 +129,10 @@ def evaluate_checkpoint(
     ckpt: str | Path, data: str = "default", split: str = "test", batch_size: int = 8,
     max_rows: int | None = None, device="cpu", samples: int = 16,
 ) -> dict:  # fmt: skip
-    from gpthf.data.tokenizer import load_tokenizer
-    from gpthf.training.checkpoint import load_model_from_checkpoint
+    from gpthf.training.checkpoint import load_checkpoint_tokenizer, load_model_from_checkpoint
 
     model, meta, checkpoint = load_model_from_checkpoint(ckpt, device)
-    tokenizer = load_tokenizer(checkpoint)
+    tokenizer = load_checkpoint_tokenizer(checkpoint, meta)
     input_ids, sentence_ids, n_bytes = rows_for_text(
         meta, tokenizer, split, None if data == "default" else data
     )

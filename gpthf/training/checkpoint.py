@@ -101,6 +101,20 @@ def save_checkpoint(
     return write_atomically(Path(target), write, staged)
 
 
+def recover_interrupted_writes(run_dir: Path) -> None:
+    """Undo what a process killed inside `write_atomically` left: staging folders are dropped, and a
+    checkpoint moved aside for its replacement is put back when the replacement never arrived."""
+    checkpoints = Path(run_dir) / "checkpoints"
+    for old in checkpoints.glob(".*.old-*"):
+        target = checkpoints / old.name[1:].rsplit(".old-", 1)[0]
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.rename(target)
+    for staging in checkpoints.glob(".*.tmp"):
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def _step_folders(checkpoints: Path) -> list[Path]:
     return sorted(p for p in checkpoints.glob("step-*") if p.is_dir() and (p / CONFIG_FILE).is_file())
 
@@ -170,6 +184,19 @@ def load_train_state(checkpoint: Path) -> dict:
         return torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
     except Exception as err:  # pickle/zip errors of a damaged file
         raise CheckpointError(f"training state {checkpoint / STATE_FILE} is unreadable ({err})") from None
+
+
+def load_checkpoint_tokenizer(checkpoint: Path, meta: dict):
+    """The checkpoint's own tokenizer, refused when its vocabulary is not the model's."""
+    from gpthf.data.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(checkpoint)
+    if tokenizer.get_vocab_size() != meta["vocab_size"]:
+        raise CheckpointError(
+            f"{checkpoint} holds a tokenizer of {tokenizer.get_vocab_size()} tokens for a model of "
+            f"{meta['vocab_size']}: its tokenizer.json comes from another run"
+        )
+    return tokenizer
 
 
 def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu", attention: str = "sdpa"):

@@ -69,7 +69,7 @@ def plot_losses(run_dir: Path) -> Path | None:
     """Training loss (and validation loss where recorded) against tokens seen, as `<run>/loss.png`."""
     records = read_metrics(run_dir)
     train = [(r["tokens"], r["loss"]) for r in records if "loss" in r]
-    val = [(r["tokens"], r["val_loss"]) for r in records if "val_loss" in r]
+    val = [(r["tokens"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
     if not train:
         return None
     import matplotlib

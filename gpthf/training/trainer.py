@@ -37,6 +37,7 @@ from gpthf.training.checkpoint import (
     load_train_state,
     load_weights,
     prune_checkpoints,
+    recover_interrupted_writes,
     save_checkpoint,
     staging_folder,
 )
@@ -115,6 +116,7 @@ def _broadcast(runtime: Runtime, value):
 def _find_run_to_resume(cfg) -> tuple[Path, Path]:
     runs = sorted((Path(cfg.output_dir) / cfg.name).glob("*/"))
     for run_dir in reversed(runs):
+        recover_interrupted_writes(run_dir)
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is None:
             continue
@@ -397,14 +399,14 @@ class Trainer:
             self.dtype,
             self.cfg.train.eval_rows,
         )
-        val_loss = total / max(count, 1)
+        val_loss = total / count if count else None  # a corpus too small to hold out a validation split
         record = {
             "step": self.progress.step,
             "tokens": self.progress.tokens,
             "elapsed_s": self.progress.elapsed_s,
             "lr": lr_at(self.fraction_done(self.progress.elapsed_s), self.cfg.train),
             "val_loss": val_loss,
-            "val_bpb": bits_per_byte(val_loss, self.stats["splits"]["validation"]) if count else float("nan"),
+            "val_bpb": bits_per_byte(val_loss, self.stats["splits"]["validation"]) if count else None,
             "val_tokens": count,
             "world_size": self.runtime.world_size,
             "ranks_agree": agree,
@@ -413,9 +415,14 @@ class Trainer:
         if self.metrics:
             self.metrics.write(record)
             plot_losses(self.run_dir)
+            validation = (
+                f"validation loss {val_loss:.4f}, {record['val_bpb']:.4f} bits/byte"
+                if count
+                else "no validation rows (the corpus is too small to hold any out)"
+            )
             print(
-                f"finished {self.progress.step} steps, {self.progress.tokens:,} tokens in {self.progress.elapsed_s:.0f} s; "
-                f"validation loss {val_loss:.4f}, {record['val_bpb']:.4f} bits/byte; checkpoint {final}"
+                f"finished {self.progress.step} steps, {self.progress.tokens:,} tokens in "
+                f"{self.progress.elapsed_s:.0f} s; {validation}; checkpoint {final}"
             )
 
 
