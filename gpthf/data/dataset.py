@@ -191,7 +191,7 @@ def sentences_by_split(data_cfg: Any, progress: bool = True) -> dict[str, list[l
 
 
 def build_dataset(data_cfg: Any, out_dir: Path, progress: bool = True) -> dict:
-    """Build the whole prepared data set into `out_dir` (which must be new); returns the stats."""
+    """Build the whole prepared data set into the empty folder `out_dir`; returns the stats."""
     import datasets
 
     validate_data_config(data_cfg)
@@ -200,7 +200,6 @@ def build_dataset(data_cfg: Any, out_dir: Path, progress: bool = True) -> dict:
     if not train_sentences:
         raise DataError(f"the training split of data.source={data_cfg.source} has no sentences")
     tokenizer = train_tokenizer(train_sentences, data_cfg.vocab_size)
-    out_dir.mkdir(parents=True)
     save_tokenizer(tokenizer, out_dir)
     stats: dict = {"vocab_size": tokenizer.get_vocab_size(), "splits": {}}
     datasets.disable_progress_bars()  # our own bars already show the build; theirs would repeat per split
@@ -241,21 +240,21 @@ def prepare_data(cfg: Any, progress: bool = True) -> PreparedData:
     final = parent / f"{cfg.data.name}-{data_cache_key(cfg.data)}"
     if (final / STATS_FILE).is_file():
         return PreparedData(final)
+    partial = parent / f"{final.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        partial.mkdir(parents=True)  # first, so an unwritable cache fails before minutes of work
         _remove_abandoned_builds(parent)
-        partial = parent / f"{final.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         build_dataset(cfg.data, partial, progress=progress)
-    except PermissionError as err:
-        raise DataError(
-            f"cannot write the data cache under {parent} ({err.strerror}); set cache_dir=A_WRITABLE_FOLDER"
-        ) from None
-    except OSError as err:
-        if err.errno is None:
+    except BaseException as err:
+        shutil.rmtree(partial, ignore_errors=True)
+        if not isinstance(err, OSError) or err.errno is None:
             raise
-        raise DataError(
-            f"cannot write the data cache under {parent} ({err.strerror}); free space or set cache_dir"
-        ) from None
+        hint = (
+            "set cache_dir=A_WRITABLE_FOLDER"
+            if isinstance(err, PermissionError)
+            else "free space or set cache_dir"
+        )
+        raise DataError(f"cannot write the data cache under {parent} ({err.strerror}); {hint}") from None
     try:
         os.rename(partial, final)
     except OSError:  # another process finished the same build first: theirs is complete, keep it

@@ -68,7 +68,10 @@ def _local_files(data_cfg: Any) -> list[Path]:
 
 
 def _read_text(path: Path, encoding: str) -> str:
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"cannot read {path} ({err.strerror})") from None
     if b"\x00" in raw:
         raise DataError(f"{path} looks binary (it contains NUL bytes); give a text file")
     try:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gpthf import __version__
@@ -90,7 +91,10 @@ def save_checkpoint(
     """Write a complete checkpoint folder at `target`. `meta` must hold `arch` and `vocab_size`."""
 
     def write(folder: Path) -> None:
-        save_file(_weights(model), str(folder / WEIGHTS_FILE))
+        try:
+            save_file(_weights(model), str(folder / WEIGHTS_FILE))
+        except SafetensorError as err:  # its I/O failures (disk full) are not OSErrors
+            raise OSError(str(err)) from err
         (folder / CONFIG_FILE).write_text(
             json.dumps({"format": CHECKPOINT_FORMAT, "gpthf_version": __version__, **meta}, indent=2)
         )

@@ -30,56 +30,6 @@ def test_generate_cli_continues_the_prompt(trained_runs, arch):
     assert again.stdout == run.stdout, "seeded sampling is reproducible"
 
 
-def test_generate_cli_batch_file_skips_blank_lines(trained_runs, tmp_path):
-    batch = tmp_path / "prompts.txt"
-    batch.write_text("In the beginning\n\n   \nAnd Moses said.\n")
-    run = run_generate(
-        "--ckpt",
-        str(trained_runs["gpthf"]),
-        "--batch-file",
-        str(batch),
-        "--max-new-tokens",
-        "5",
-        "--strategy",
-        "full",
-    )
-    assert run.returncode == 0, run.stderr
-    lines = run.stdout.strip().splitlines()
-    assert (
-        len(lines) == 2
-        and lines[0].startswith("[0] In the beginning")
-        and lines[1].startswith("[1] And Moses said.")
-    )
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--ckpt", "/nonexistent/run", "--prompt", "x"], "does not exist"),
-        (["--prompt", "   "], "prompt is empty"),
-        (["--prompt", "Hi", "--temperature", "-1"], "temperature"),
-        (["--prompt", "Hi", "--max-new-tokens", "-3"], "max_new_tokens"),
-    ],
-)
-def test_generate_cli_errors_are_one_line(trained_runs, args, message):
-    if "--ckpt" not in args:
-        args = ["--ckpt", str(trained_runs["gpthf"]), *args]
-    run = run_generate(*args)
-    assert run.returncode == 2
-    assert message in run.stderr and len(run.stderr.strip().splitlines()) == 1
-
-
-def test_corrupt_checkpoint_is_a_one_line_error(trained_runs, tmp_path):
-    import shutil
-
-    broken = tmp_path / "broken"
-    shutil.copytree(trained_runs["gpt"] / "checkpoints" / "final", broken)
-    weights = broken / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:50])
-    run = run_generate("--ckpt", str(broken), "--prompt", "Hi")
-    assert run.returncode == 2 and "unreadable" in run.stderr
-
-
 def test_prompt_encoding_matches_training(trained_runs):
     _, meta, checkpoint = load_model_from_checkpoint(trained_runs["gpthf"])
     tokenizer, splitter = load_tokenizer(checkpoint), build_splitter()

@@ -1,0 +1,401 @@
+"""The bad-input table: each way a user can hand the tools something wrong, and what they must get.
+
+Every case runs a command-line entry point the way `python SCRIPT ARGS` does (in-process through
+`run_cli`, which is what the scripts call) and expects either a clear error - exit code 2 and one
+line on stderr naming the problem - or a correct result. In every case, nothing written before the
+command (data cache, checkpoint, earlier runs) may change.
+
+Cases that need the operating system's help (a read-only folder, a full disk) run as subprocesses
+below the table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import resource
+import runpy
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gpthf.cli import EXIT_USER_ERROR, run_cli
+from gpthf.config import load_config
+from gpthf.data.dataset import STATS_FILE, prepare_data
+from tests.conftest import REPO, TALES, run_overrides, tiny_overrides
+
+WORDS = "the of and to in a is that for it as with was on be by".split()
+
+
+def _words(n: int, seed: int = 0) -> str:
+    rng = random.Random(seed)
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """What a user already has on disk when they make a mistake."""
+
+    root: Path
+    cache: Path  # a data cache holding one finished build
+    checkpoint: Path  # a finished GPTHF checkpoint
+    outputs: Path  # a folder of runs
+    other_tokenizer: Path  # tokenizer.json of a build with another vocabulary
+
+    def corpus(self, name: str, content: bytes) -> Path:
+        folder = self.root / "corpora" / name
+        folder.mkdir(parents=True)
+        (folder / "corpus.txt").write_bytes(content)
+        return folder
+
+    def broken_checkpoint(self, name: str, damage: Callable[[Path], None]) -> Path:
+        copy = self.root / "broken" / name
+        shutil.copytree(self.checkpoint, copy)
+        damage(copy)
+        return copy
+
+
+@pytest.fixture(scope="module")
+def workspace(trained_runs, tmp_path_factory) -> Workspace:
+    root = tmp_path_factory.mktemp("user")
+    tales = root / "tales"
+    tales.mkdir()
+    for i, tale in enumerate(TALES):
+        (tales / f"tale{i}.txt").write_text(tale)
+    other = prepare_data(load_config(tiny_overrides(root / "cache", tales)), progress=False)
+    outputs = root / "outputs"
+    shutil.copytree(trained_runs["gpthf"], outputs / "gpthf-kjv" / trained_runs["gpthf"].name)
+    checkpoint = root / "checkpoint"
+    shutil.copytree(trained_runs["gpthf"] / "checkpoints" / "final", checkpoint)
+    return Workspace(root, root / "cache", checkpoint, outputs, other.path / "tokenizer.json")
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+SCRIPTS: dict[str, Callable[[], Callable]] = {
+    "prepare": lambda: __import__("gpthf.data.prepare", fromlist=["main"]).main,
+    "pretrain": lambda: runpy.run_path(str(REPO / "pretrain.py"))["main"],
+    "generate": lambda: runpy.run_path(str(REPO / "generate.py"))["main"],
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    script: str
+    args: Callable[[Workspace], list[str]]
+    error: str | None = None  # the problem the one-line error must name; None: the command succeeds
+    check: Callable[[Workspace, str], None] | None = None  # (workspace, stdout) of a successful command
+
+
+def prepare_args(ws: Workspace, name: str, content: bytes) -> list[str]:
+    return tiny_overrides(ws.cache, ws.corpus(name, content))
+
+
+def generate_args(ckpt: Path, *extra: str) -> list[str]:
+    return ["--ckpt", str(ckpt), "--max-new-tokens", "4", "--temperature", "0", *extra]
+
+
+def newest_build(ws: Workspace) -> dict:
+    build = max(ws.cache.glob(f"*/{STATS_FILE}"), key=lambda p: p.stat().st_mtime_ns)
+    return json.loads(build.read_text())
+
+
+def check_lines_become_sentences(ws: Workspace, stdout: str) -> None:
+    stats = newest_build(ws)
+    assert sum(s["sentences"] for s in stats["splits"].values()) == 120, "one sentence per line"
+    assert all(s["rows"] > 0 for s in stats["splits"].values()), "every split holds rows"
+
+
+def check_long_sentence_is_chunked(ws: Workspace, stdout: str) -> None:
+    stats = newest_build(ws)
+    train = stats["splits"]["train"]
+    assert train["sentences"] == 1 and train["bytes"] > 1_000_000
+    assert train["rows"] * stats["data_config"]["seq_len"] >= train["tokens"] > 1_000, "chunked, packed"
+
+
+def check_trains_without_held_out_rows(ws: Workspace, stdout: str) -> None:
+    assert "no validation rows" in stdout
+    (run,) = (ws.root / "one-sentence-run" / "gpthf-local").glob("*/")
+    assert (run / "checkpoints" / "final" / "model.safetensors").is_file()
+
+
+def check_prompt_only(ws: Workspace, stdout: str) -> None:
+    assert stdout.strip() == "And God said."
+
+
+def check_two_outputs(ws: Workspace, stdout: str) -> None:
+    lines = stdout.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("[0] In the beginning") and lines[1].startswith("[1] And")
+
+
+def batch_file(ws: Workspace, name: str, text: str) -> Path:
+    path = ws.root / name
+    path.write_text(text)
+    return path
+
+
+def truncate_weights(ckpt: Path) -> None:
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+
+def change_width(ckpt: Path) -> None:
+    meta = json.loads((ckpt / "config.json").read_text())
+    meta["arch"]["d_model"] *= 2
+    (ckpt / "config.json").write_text(json.dumps(meta))
+
+
+ONE_MB_SENTENCE = (_words(300_000)[:1_000_000] + ".").encode()
+
+CASES = [
+    Case("empty corpus", "prepare", lambda ws: prepare_args(ws, "empty", b"\n \n"), error="has no text"),
+    Case(
+        "binary corpus",
+        "prepare",
+        lambda ws: prepare_args(ws, "binary", bytes(range(256)) * 8),
+        error="looks binary",
+    ),
+    Case(
+        "non-UTF-8 corpus",
+        "prepare",
+        lambda ws: prepare_args(ws, "latin1", "Café au lait. Très bien.".encode("latin-1") * 20),
+        error="is not valid utf-8 (byte 0xe9",
+    ),
+    Case(
+        "no sentence punctuation at all",
+        "prepare",
+        lambda ws: prepare_args(ws, "lines", "\n".join(_words(9, i) for i in range(120)).encode()),
+        check=check_lines_become_sentences,
+    ),
+    Case(
+        "a 1 MB single sentence",
+        "prepare",
+        lambda ws: prepare_args(ws, "one-sentence", ONE_MB_SENTENCE),
+        check=check_long_sentence_is_chunked,
+    ),
+    Case(
+        "training on a 1 MB single sentence",
+        "pretrain",
+        lambda ws: [
+            *prepare_args(ws, "one-sentence-train", ONE_MB_SENTENCE),
+            "arch=gpthf-test",
+            "train=test",
+            "budget=2s",
+            f"output_dir={ws.root / 'one-sentence-run'}",
+        ],
+        check=check_trains_without_held_out_rows,
+    ),
+    Case(
+        "truncated checkpoint",
+        "generate",
+        lambda ws: generate_args(ws.broken_checkpoint("truncated", truncate_weights), "--prompt", "Hi."),
+        error="are unreadable",
+    ),
+    Case(
+        "checkpoint of another arch",
+        "generate",
+        lambda ws: generate_args(ws.broken_checkpoint("wider", change_width), "--prompt", "Hi."),
+        error="does not fit this model",
+    ),
+    Case(
+        "checkpoint with the tokenizer of another vocabulary",
+        "generate",
+        lambda ws: generate_args(
+            ws.broken_checkpoint("vocab", lambda c: shutil.copy(ws.other_tokenizer, c / "tokenizer.json")),
+            "--prompt",
+            "Hi.",
+        ),
+        error="holds a tokenizer of",
+    ),
+    Case(
+        "tokenizer file missing",
+        "generate",
+        lambda ws: generate_args(
+            ws.broken_checkpoint("no-tokenizer", lambda c: (c / "tokenizer.json").unlink()), "--prompt", "Hi."
+        ),
+        error="tokenizer.json is missing",
+    ),
+    Case(
+        "checkpoint path missing",
+        "generate",
+        lambda ws: generate_args(ws.root / "nope", "--prompt", "Hi."),
+        error="does not exist",
+    ),
+    Case(
+        "override typo",
+        "pretrain",
+        lambda ws: [f"output_dir={ws.outputs}", "trian.lr=1"],
+        error="unknown key 'trian.lr'",
+    ),
+    Case("unknown arch", "pretrain", lambda ws: ["arch=gpthf-huge"], error="gpthf-tiny"),
+    Case(
+        "budget of 0",
+        "pretrain",
+        lambda ws: [f"output_dir={ws.outputs}", "budget=0"],
+        error="must be positive",
+    ),
+    Case(
+        "negative budget",
+        "pretrain",
+        lambda ws: [f"output_dir={ws.outputs}", "budget=-1h"],
+        error="is not a duration",
+    ),
+    Case(
+        "resume with another arch",
+        "pretrain",
+        lambda ws: [f"output_dir={ws.outputs}", "resume=true", "arch=gpt-test"],
+        error="no run of gpt-kjv",
+    ),
+    Case(
+        "whitespace-only prompt",
+        "generate",
+        lambda ws: generate_args(ws.checkpoint, "--prompt", " \n\t "),
+        error="prompt is empty",
+    ),
+    Case(
+        "negative max_new_tokens",
+        "generate",
+        lambda ws: generate_args(ws.checkpoint, "--prompt", "Hi.", "--max-new-tokens", "-1"),
+        error="must be >= 0",
+    ),
+    Case(
+        "negative temperature",
+        "generate",
+        lambda ws: generate_args(ws.checkpoint, "--prompt", "Hi.", "--temperature", "-1"),
+        error="0 = greedy",
+    ),
+    Case(
+        "max_new_tokens=0",
+        "generate",
+        lambda ws: generate_args(ws.checkpoint, "--prompt", "And God said.", "--max-new-tokens", "0"),
+        check=check_prompt_only,
+    ),
+    Case(
+        "batch file with blank lines",
+        "generate",
+        lambda ws: generate_args(
+            ws.checkpoint,
+            "--batch-file",
+            str(batch_file(ws, "b.txt", "\nIn the beginning\n\n  \nAnd Moses said.\n")),
+        ),
+        check=check_two_outputs,
+    ),
+    Case(
+        "batch file of blank lines only",
+        "generate",
+        lambda ws: generate_args(ws.checkpoint, "--batch-file", str(batch_file(ws, "blank.txt", "\n  \n\n"))),
+        error="has no prompts",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_bad_input(case: Case, workspace: Workspace, capsys):
+    before = digest(workspace.root)
+    main = SCRIPTS[case.script]()
+    capsys.readouterr()
+    code = run_cli(main, case.args(workspace))
+    out = capsys.readouterr()
+    if case.error is None:
+        assert code == 0, out.err[-2000:]
+        case.check(workspace, out.out)
+    else:
+        assert code == EXIT_USER_ERROR, out.err[-2000:]
+        lines = out.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and case.error in lines[0], out.err
+    after = digest(workspace.root)
+    changed = [path for path, sha in before.items() if after.get(path) != sha]
+    assert not changed, f"files written before the command were changed or removed: {changed[:5]}"
+    assert not list(workspace.cache.glob("*.partial-*")), "no half-built data set is left behind"
+
+
+# -- cases that need the operating system: read-only folders and a full disk ----------------------
+
+
+@contextmanager
+def read_only(folder: Path):
+    """`folder` made unwritable, also for root (which ignores modes): chattr +i where the filesystem allows."""
+    folder.chmod(0o555)
+    immutable = os.geteuid() == 0 and shutil.which("chattr") is not None
+    immutable = (
+        immutable and subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+    )
+    try:
+        try:
+            (folder / ".probe").touch()
+        except OSError:
+            yield
+        else:
+            (folder / ".probe").unlink()
+            pytest.skip("no way to make a folder read-only on this machine (root, no chattr)")
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)
+
+
+def test_read_only_folders(tales_dir, tmp_path, capsys):
+    from gpthf.data.prepare import main
+
+    cache = tmp_path / "cache"
+    with read_only(tales_dir):  # a read-only data folder is fine to read from
+        assert run_cli(main, tiny_overrides(cache, tales_dir)) == 0
+    before = digest(cache)
+    capsys.readouterr()
+    with read_only(cache):
+        # a finished build is found without writing anything ...
+        assert run_cli(main, tiny_overrides(cache, tales_dir)) == 0
+        # ... and a new one that cannot be written is a one-line error naming the fix
+        assert run_cli(main, tiny_overrides(cache, tales_dir, vocab_size=290)) == EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1
+        and err[0].startswith("error: cannot write the data cache under")
+        and "cache_dir=" in err[0]
+    )
+    assert digest(cache) == before
+
+
+def _limit_file_size(max_bytes: int) -> Callable[[], None]:
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
+    return limit
+
+
+def test_disk_full_while_writing_a_checkpoint(data_cache, tmp_path):
+    """A file-size limit makes the kernel refuse the checkpoint's largest file, as a full disk would."""
+    before = digest(data_cache)
+    args = run_overrides(data_cache, tmp_path, "train.max_tokens=400")
+    run = subprocess.run(
+        [sys.executable, "pretrain.py", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_limit_file_size(32_000),
+    )
+    assert run.returncode == EXIT_USER_ERROR, run.stderr[-2000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: could not write checkpoint") and "earlier checkpoints are intact" in last
+    (run_dir,) = (tmp_path / "gpthf-kjv").glob("*/")
+    leftovers = [p.name for p in (run_dir / "checkpoints").iterdir()]
+    assert leftovers == [], f"no half-written checkpoint or staging folder: {leftovers}"
+    assert digest(data_cache) == before
