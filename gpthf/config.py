@@ -62,7 +62,7 @@ class TrainConfig:
     schedule: str = "cosine"  # a key of gpthf.training.schedule.SCHEDULES
     warmup_fraction: float = 0.05  # share of the budget spent warming up
     cooldown_fraction: float = 0.2  # trapezoid only: share of the post-warm-up budget spent decaying to zero
-    max_tokens: int | None = None  # stop (and end the schedule) after this many real tokens
+    max_tokens: int | None = None  # schedule by tokens, not time (reproducible); the budget still stops
     seed: int = 0
     log_every_steps: int = 10
     checkpoint_every_minutes: float = 10.0

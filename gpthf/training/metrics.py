@@ -10,6 +10,21 @@ from tqdm.auto import tqdm
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
+# Fields measuring wall-clock time: the only ones that differ between two runs of one seed and config.
+WALL_CLOCK_FIELDS = ("elapsed_s", "tokens_per_s")
+
+
+def _parse_lines(text: str) -> list[dict]:
+    """Records of a metrics file; a last line torn by a kill mid-write is dropped."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:
+                raise
+    return records
 
 
 class MetricsLog:
@@ -19,12 +34,10 @@ class MetricsLog:
         self.path = Path(run_dir) / METRICS_FILE
         if resume_step is not None and self.path.exists():
             # Records past the checkpoint belong to work that is about to be redone.
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= resume_step
-            ]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            kept = [r for r in _parse_lines(self.path.read_text()) if r["step"] <= resume_step]
+            staged = self.path.with_name(f".{METRICS_FILE}.tmp")
+            staged.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            staged.replace(self.path)  # atomic: a kill now leaves the old file or the new one
 
     def write(self, record: dict) -> None:
         with self.path.open("a") as f:
@@ -33,9 +46,7 @@ class MetricsLog:
 
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / METRICS_FILE
-    return (
-        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    )
+    return _parse_lines(path.read_text()) if path.exists() else []
 
 
 class BudgetBar:

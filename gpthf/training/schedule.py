@@ -1,7 +1,7 @@
 """Learning-rate schedules as functions of progress, the elapsed fraction of the budget (0 → 1).
 
-Because progress is measured against the budget (wall clock, or `train.max_tokens` when that ends
-sooner), the same config anneals correctly for `budget=10m` and `budget=24h`, and the learning rate
+Because progress is measured against the budget (wall clock, or `train.max_tokens` when that is
+set), the same config anneals correctly for `budget=10m` and `budget=24h`, and the learning rate
 reaches exactly zero when training stops.
 """
 

@@ -1,8 +1,9 @@
 """The training loop: both model kinds, every distributed mode, one wall-clock budget.
 
-Progress = max(elapsed / budget, tokens / train.max_tokens). The learning rate is a function of it,
-training stops when it reaches 1, then the model is evaluated on the validation split and the final
-checkpoint is written. Data preparation happens before the clock starts; compilation is charged.
+Progress = elapsed / budget, or tokens / train.max_tokens when that is set (a token-driven schedule
+is reproducible bit for bit; the budget then only stops the run). The learning rate is a function of
+progress, training stops when it reaches 1 or the budget is spent, then the model is evaluated on the
+validation split and the final checkpoint is written. Data preparation happens before the clock starts; compilation is charged.
 """
 
 from __future__ import annotations
@@ -242,9 +243,10 @@ class Trainer:
 
     # -- progress -------------------------------------------------------------------------------
     def fraction_done(self, elapsed_s: float) -> float:
-        by_time = elapsed_s / self.budget_s
-        by_tokens = self.progress.tokens / self.cfg.train.max_tokens if self.cfg.train.max_tokens else 0.0
-        return max(by_time, by_tokens)
+        """Where the schedule stands: by tokens when train.max_tokens is set, else by wall clock."""
+        if self.cfg.train.max_tokens:
+            return self.progress.tokens / self.cfg.train.max_tokens
+        return elapsed_s / self.budget_s
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save(self, name: str) -> Path:
@@ -329,9 +331,10 @@ class Trainer:
                 stop = self.stop_requested or (
                     stop_after_steps is not None and steps_this_session >= stop_after_steps
                 )
-                done, stop = _broadcast(runtime, (done, stop))  # every rank takes the same decision
-                if done >= 1.0 or stop:
-                    interrupted = done < 1.0
+                finished = done >= 1.0 or self.progress.elapsed_s >= self.budget_s
+                done, finished, stop = _broadcast(runtime, (done, finished, stop))  # one decision for all
+                if finished or stop:
+                    interrupted = not finished
                     break
                 lr = lr_at(done, cfg.train)
                 tokens_before = self.progress.tokens
