@@ -22,13 +22,18 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "cramming_cfg"
 
 @dataclass
 class ArchConfig:
-    model: str = MISSING  # "gpthf" or "gpt": a key of the model registry
+    model: str = MISSING  # a key of the model registry: gpthf, gpt, linear, t2r, lstm
     d_model: int = MISSING
     n_heads: int = MISSING
     n_enc: int | None = None  # gpthf: word-level encoder blocks
     n_body: int | None = None  # gpthf: sentence-level body blocks
-    n_layers: int | None = None  # gpt: causal blocks (= n_enc + n_body of its GPTHF twin)
-    mlp_hidden: int = MISSING  # SwiGLU hidden width
+    n_layers: int | None = (
+        None  # gpt/linear/t2r: causal blocks (= n_enc + n_body of the GPTHF twin); lstm: layers
+    )
+    mlp_hidden: int = MISSING  # SwiGLU hidden width (lstm: unused, 0)
+    feature_map: str = "elu"  # linear/t2r attention: elu (elu(x)+1, Katharopoulos) | learned (T2R's ReLU MLP)
+    feature_dim: int = 32  # learned feature map: features per head (T2R's default)
+    lstm_hidden: int | None = None  # lstm: hidden size, chosen so parameters match the GPT twin
     dropout: float = 0.0
     rope_base: float = 10000.0
     norm_eps: float = 1e-5

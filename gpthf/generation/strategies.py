@@ -3,6 +3,7 @@
 - `full` (both models): recompute the whole context every step. Slow; kept as the oracle that the
   cached strategies must match token for token.
 - `cached` GPT: a per-layer KV cache over all tokens.
+- `cached` linear attention and LSTM: a fixed-size recurrent state (gpthf.generation.recurrent).
 - `cached` GPTHF: the body's K/V of finished sentences only (one entry per sentence per body layer)
   plus the encoder's K/V of the sentence in progress (reset after its <eos>). A finished sentence
   never passes through the network again.
@@ -23,7 +24,7 @@ from gpthf.attention.sentences import sentence_end_positions
 from gpthf.data.special_tokens import PAD_ID, SENTENCE_CLOSERS
 from gpthf.errors import ConfigError
 from gpthf.generation.cache import KVCache
-from gpthf.models import GPT, GPTHF, LanguageModel
+from gpthf.models import GPT, GPTHF, LanguageModel, LinearTransformer, LSTMLanguageModel
 from gpthf.models.layers import AttentionPattern, rope_angles
 
 CACHE_HEADROOM = 64  # entries allocated beyond the prompt before the first growth
@@ -49,12 +50,12 @@ def sentence_ids_for(tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tenso
     return closes.cumsum(1) - closes + (~real).long()
 
 
-def _last_real(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def last_real(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """x[b, lengths[b] - 1] for every row: (B, ...) from (B, T, ...)."""
     return x[torch.arange(x.shape[0], device=x.device), lengths - 1]
 
 
-def _capturing(pattern: AttentionPattern, keys: list, values: list) -> AttentionPattern:
+def capturing(pattern: AttentionPattern, keys: list, values: list) -> AttentionPattern:
     """The same pattern, also handing each layer's k and v to the lists (layer order)."""
 
     def attend(q, k, v, dropout_p=0.0):
@@ -90,7 +91,7 @@ class FullStrategy:
 
     def _logits(self, model: LanguageModel, state: FullState) -> torch.Tensor:
         tokens = state.tokens[:, : int(state.lengths.max())]
-        return _last_real(model(tokens, sentence_ids_for(tokens, state.lengths)), state.lengths)
+        return last_real(model(tokens, sentence_ids_for(tokens, state.lengths)), state.lengths)
 
     def prefill(self, model: LanguageModel, tokens: torch.Tensor, lengths: torch.Tensor):
         capacity = tokens.shape[1] + CACHE_HEADROOM
@@ -134,13 +135,13 @@ class GPTCachedStrategy:
         )
         pattern = model.causal_pattern(torch.arange(length, device=tokens.device).expand(batch, length))
         keys, values = [], []
-        pattern = _capturing(pattern, keys, values)
+        pattern = capturing(pattern, keys, values)
         for block in model.blocks:
             x = block(x, pattern)
         for layer, (k, v) in enumerate(zip(keys, values)):
             kv.write_prefix(layer, k, v)
         kv.lengths = lengths.clone()
-        return model.logits(_last_real(x, lengths)), GPTCacheState(kv)
+        return model.logits(last_real(x, lengths)), GPTCacheState(kv)
 
     def decode(
         self, model: GPT, state: GPTCacheState, token: torch.Tensor, active: torch.Tensor
@@ -175,13 +176,13 @@ class GPTHFCachedStrategy:
         sentence_ids = sentence_ids_for(tokens, lengths)
         enc_k, enc_v, body_k, body_v = [], [], [], []
         x = model.embed(tokens)  # (B, T, d)
-        pattern = _capturing(model.encoder_pattern(sentence_ids), enc_k, enc_v)
+        pattern = capturing(model.encoder_pattern(sentence_ids), enc_k, enc_v)
         for block in model.wlt_encoder:
             x = block(x, pattern)
-        pattern = _capturing(model.body_pattern(sentence_ids), body_k, body_v)
+        pattern = capturing(model.body_pattern(sentence_ids), body_k, body_v)
         for block in model.slt_body:
             x = block(x, pattern)
-        logits = model.logits(_last_real(x, lengths))
+        logits = model.logits(last_real(x, lengths))
 
         index = torch.arange(length, device=tokens.device)
         real = index[None, :] < lengths[:, None]
@@ -254,5 +255,13 @@ def get_strategy(model: LanguageModel, name: str):
     if name == "full":
         return FullStrategy()
     if name == "cached":
-        return GPTHFCachedStrategy() if isinstance(model, GPTHF) else GPTCachedStrategy()
+        from gpthf.generation.recurrent import LinearRecurrentStrategy, LSTMRecurrentStrategy  # build on this
+
+        cached = {
+            GPT: GPTCachedStrategy,
+            GPTHF: GPTHFCachedStrategy,
+            LinearTransformer: LinearRecurrentStrategy,
+            LSTMLanguageModel: LSTMRecurrentStrategy,
+        }
+        return cached[type(model)]()
     raise ConfigError(f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")

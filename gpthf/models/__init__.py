@@ -7,8 +7,16 @@ from gpthf.errors import ConfigError
 from gpthf.models.base import LanguageModel, next_token_loss
 from gpthf.models.gpt import GPT
 from gpthf.models.gpthf import GPTHF
+from gpthf.models.linear import LinearTransformer
+from gpthf.models.lstm import LSTMLanguageModel
 
-MODELS: dict[str, type[LanguageModel]] = {"gpt": GPT, "gpthf": GPTHF}
+MODELS: dict[str, type[LanguageModel]] = {
+    "gpt": GPT,
+    "gpthf": GPTHF,
+    "linear": LinearTransformer,  # arch.feature_map=elu
+    "t2r": LinearTransformer,  # arch.feature_map=learned; usually converted from a GPT (init_from=CKPT)
+    "lstm": LSTMLanguageModel,
+}
 
 
 def arch_from_config(arch_cfg) -> ArchConfig:
@@ -28,4 +36,14 @@ def build_model(arch_cfg, vocab_size: int, attention: str = "sdpa") -> LanguageM
     return MODELS[arch.model](arch, vocab_size, attention)
 
 
-__all__ = ["GPT", "GPTHF", "MODELS", "LanguageModel", "arch_from_config", "build_model", "next_token_loss"]
+__all__ = [
+    "GPT",
+    "GPTHF",
+    "LSTMLanguageModel",
+    "LinearTransformer",
+    "MODELS",
+    "LanguageModel",
+    "arch_from_config",
+    "build_model",
+    "next_token_loss",
+]

@@ -8,16 +8,18 @@ import torch.nn as nn
 from gpthf.config import ArchConfig
 from gpthf.errors import ConfigError
 from gpthf.models.base import LanguageModel
-from gpthf.models.layers import AttentionPattern, Block, rope_angles
+from gpthf.models.layers import AttentionPattern, Block, SelfAttention, rope_angles
 
 
 class GPT(LanguageModel):
+    attention_layer: type[SelfAttention] = SelfAttention  # what each block attends with
+
     def __init__(self, arch: ArchConfig, vocab_size: int, attention: str = "sdpa"):
         if not arch.n_layers or arch.n_layers < 1:
             raise ConfigError(f"arch.model=gpt needs arch.n_layers >= 1, got {arch.n_layers}")
         self.n_blocks = arch.n_layers
         super().__init__(arch, vocab_size, attention)
-        self.blocks = nn.ModuleList(Block(arch) for _ in range(arch.n_layers))
+        self.blocks = nn.ModuleList(Block(arch, self.attention_layer) for _ in range(arch.n_layers))
         self.init_weights()
 
     def causal_pattern(self, positions: torch.Tensor) -> AttentionPattern:

@@ -92,10 +92,10 @@ class SwiGLU(nn.Module):
 class Block(nn.Module):
     """Pre-norm: x + attention(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, arch: ArchConfig):
+    def __init__(self, arch: ArchConfig, attention_layer: type[SelfAttention] = SelfAttention):
         super().__init__()
         self.attn_norm = RMSNorm(arch.d_model, arch.norm_eps)
-        self.attn = SelfAttention(arch)
+        self.attn = attention_layer(arch)
         self.mlp_norm = RMSNorm(arch.d_model, arch.norm_eps)
         self.mlp = SwiGLU(arch)
 

@@ -6,22 +6,28 @@ import torch
 
 from gpthf.config import ArchConfig
 from gpthf.data.special_tokens import EOS_ID, SPECIAL_TOKENS
-from gpthf.models import GPT, GPTHF
+from gpthf.models import MODELS, LanguageModel
 
 VOCAB = 97
+# What each model kind needs besides the shared shape (d_model 32, 4 heads, SwiGLU 64).
+KIND_FIELDS = {
+    "gpthf": {"n_enc": 2, "n_body": 2},
+    "gpt": {"n_layers": 4},
+    "linear": {"n_layers": 4},
+    "t2r": {"n_layers": 4, "feature_map": "learned", "feature_dim": 16},
+    "lstm": {"n_layers": 2, "lstm_hidden": 48},
+}
 
 
 def tiny_arch(model: str, **overrides) -> ArchConfig:
-    layers = {"n_enc": 2, "n_body": 2} if model == "gpthf" else {"n_layers": 4}
     return ArchConfig(
-        **{"model": model, "d_model": 32, "n_heads": 4, "mlp_hidden": 64, **layers, **overrides}
+        **{"model": model, "d_model": 32, "n_heads": 4, "mlp_hidden": 64, **KIND_FIELDS[model], **overrides}
     )
 
 
-def tiny_model(model: str, seed: int = 0, **overrides) -> GPT | GPTHF:
+def tiny_model(model: str, seed: int = 0, **overrides) -> LanguageModel:
     torch.manual_seed(seed)
-    cls = GPTHF if model == "gpthf" else GPT
-    return cls(tiny_arch(model, **overrides), VOCAB).eval()
+    return MODELS[model](tiny_arch(model, **overrides), VOCAB).eval()
 
 
 def random_batch(
@@ -66,7 +72,7 @@ def synthetic_rows(batch: int, length: int, seed: int) -> tuple[torch.Tensor, to
     return input_ids, sentence_ids
 
 
-def trained_tiny_model(model: str, steps: int = 150) -> GPT | GPTHF:
+def trained_tiny_model(model: str, steps: int = 150) -> LanguageModel:
     """A tiny model fitted to `synthetic_rows`, so greedy decoding is varied and ends sentences."""
     net = tiny_model(model, seed=2).train()
     optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
