@@ -96,6 +96,7 @@ class PretrainConfig:
     cache_dir: str = "data_cache"  # where prepared data sets live
     output_dir: str = "outputs"  # runs go to <output_dir>/<name>/<timestamp>/
     resume: bool = False  # continue the newest run of <name> from its last complete checkpoint
+    init_from: str | None = None  # a checkpoint whose weights start a new run (e.g. GPT -> T2R or GPTHF)
 
 
 _BUDGET = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([hms]?)\s*$")

@@ -63,6 +63,10 @@ class LanguageModel(nn.Module):
             else:
                 nn.init.normal_(param, std=0.02)
 
+    def block_stack(self) -> list[nn.Module]:
+        """The transformer blocks in depth order (empty for models without them)."""
+        return []
+
     def hidden_states(self, input_ids: torch.Tensor, sentence_ids: torch.Tensor | None) -> torch.Tensor:
         """The last block's output (B, T, d): what the subclass's stacks compute."""
         raise NotImplementedError

@@ -22,6 +22,9 @@ class GPT(LanguageModel):
         self.blocks = nn.ModuleList(Block(arch, self.attention_layer) for _ in range(arch.n_layers))
         self.init_weights()
 
+    def block_stack(self) -> list[nn.Module]:
+        return list(self.blocks)
+
     def causal_pattern(self, positions: torch.Tensor) -> AttentionPattern:
         cos, sin = rope_angles(positions, self.head_dim, self.arch.rope_base)
         return AttentionPattern(cos, sin, self.attention.causal)

@@ -33,6 +33,9 @@ class GPTHF(LanguageModel):
         self.slt_body = nn.ModuleList(Block(arch) for _ in range(arch.n_body))
         self.init_weights()
 
+    def block_stack(self) -> list[nn.Module]:
+        return [*self.wlt_encoder, *self.slt_body]
+
     def encoder_pattern(self, sentence_ids: torch.Tensor) -> AttentionPattern:
         cos, sin = rope_angles(positions_in_sentence(sentence_ids), self.head_dim, self.arch.rope_base)
         return AttentionPattern(cos, sin, self.attention.within_sentences(sentence_ids))

@@ -42,6 +42,7 @@ from gpthf.training.checkpoint import (
     save_checkpoint,
     staging_folder,
 )
+from gpthf.training.convert import initialize_from
 from gpthf.training.distributed import Engine, Runtime, build_engine, setup_runtime, teardown_runtime
 from gpthf.training.metrics import BudgetBar, MetricsLog, plot_losses
 from gpthf.training.optim import build_optimizer
@@ -208,6 +209,9 @@ class Trainer:
         )
         self.progress = Progress()
         train_state = None
+        self.init_from = None
+        if cfg.init_from and resume_from is None:
+            self.init_from = initialize_from(self.model, cfg.init_from, self.data.path / TOKENIZER_FILE)
         if resume_from is not None:
             load_weights(self.model, resume_from)
             train_state = load_train_state(resume_from)
@@ -277,6 +281,7 @@ class Trainer:
                     "step": self.progress.step,
                     "tokens": self.progress.tokens,
                     "context": {"tokens": self.cfg.data.seq_len, "sentences": self.batches.max_sentences},
+                    "init_from": self.cfg.init_from,
                 }
                 save_checkpoint(target, self.model, meta, self.data.path / TOKENIZER_FILE, state, staged=True)
                 prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)

@@ -7,9 +7,9 @@ from gpthf.config import CONFIG_DIR, load_config
 from gpthf.data.special_tokens import EOS_ID, PAD_ID
 from gpthf.errors import ConfigError
 from gpthf.models import GPTHF, build_model
-from tests.models.helpers import VOCAB, random_batch, tiny_model
+from tests.models.helpers import KIND_FIELDS, VOCAB, random_batch, tiny_model
 
-MODELS = ["gpthf", "gpt"]
+MODELS = list(KIND_FIELDS)
 
 
 def encoder_states(model: GPTHF, input_ids, sentence_ids) -> torch.Tensor:
@@ -30,6 +30,21 @@ def test_every_gpthf_arch_has_an_equal_size_gpt_twin(size):
     with torch.device("meta"):
         counts = [build_model(cfg, vocab_size=4096).num_parameters() for cfg in (gpthf_cfg, gpt_cfg)]
     assert counts[0] == counts[1]
+
+
+@pytest.mark.parametrize("size", ["tiny", "small"])
+def test_alternatives_have_the_gpt_parameter_count(size):
+    """linear = the GPT exactly; T2R = the GPT + its feature maps; LSTM within 1 % (sizes differ by a unit)."""
+    with torch.device("meta"):
+        counts = {
+            kind: build_model(load_config([f"arch={kind}-{size}"]).arch, vocab_size=4096).num_parameters()
+            for kind in ("gpt", "linear", "t2r", "lstm")
+        }
+    arch = load_config([f"arch=t2r-{size}"]).arch
+    feature_maps = arch.n_layers * arch.n_heads * (arch.d_model // arch.n_heads + 1) * arch.feature_dim
+    assert counts["linear"] == counts["gpt"]
+    assert counts["t2r"] == counts["gpt"] + feature_maps
+    assert abs(counts["lstm"] - counts["gpt"]) / counts["gpt"] < 0.01
 
 
 @pytest.mark.parametrize("model_name", MODELS)
@@ -133,6 +148,10 @@ def test_gpthf_needs_sentence_ids_and_archs_are_validated():
         tiny_model("gpt", n_layers=None)
     with pytest.raises(ConfigError, match="heads"):
         tiny_model("gpt", n_heads=5)
+    with pytest.raises(ConfigError, match="lstm_hidden"):
+        tiny_model("lstm", lstm_hidden=None)
+    with pytest.raises(ConfigError, match="feature_map"):
+        tiny_model("linear", feature_map="softmax")
     with pytest.raises(ConfigError, match="choose one of"):
         build_model({"model": "rnn", "d_model": 8, "n_heads": 2, "mlp_hidden": 8}, VOCAB)
 
