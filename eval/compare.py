@@ -4,8 +4,10 @@ In one run, on one machine and thread count: analytical FLOPs per generated and 
 decode tokens/s and ms/token of GPTHF and GPT with the `cached` and `full` strategies at several
 context lengths and batch sizes (prompts from real corpus text, prefill timed separately); bytes of
 generation state; peak RSS; Hugging Face `LlamaForCausalLM.generate` of the same shape as the outside
-peer (if `transformers` is installed); training tokens/s of both. Writes `compare.json` and
-`compare.png` to --out, prints a ratio table and, last, one JSON line with the headline ratios.
+peer (if `transformers` is installed); training tokens/s of both. The other efficient generators
+(--models: linear attention, T2R, LSTM; same parameter budget) get cached decode, state and training
+rows beside them. Writes `compare.json` and `compare.png` to --out, prints a ratio table and a
+per-model table, and, last, one JSON line with the headline ratios.
 """
 
 from __future__ import annotations
@@ -34,7 +36,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--ckpt",
         action="append",
         default=[],
-        help="trained checkpoint(s) to use instead (one GPTHF, one GPT)",
+        help="trained checkpoint(s) to use instead of random weights (at most one per model kind)",
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=list(ALTERNATIVES),
+        choices=list(ALTERNATIVES),
+        help="other generators measured beside GPTHF and GPT (cached decode and training only)",
     )
     parser.add_argument("--contexts", type=int, nargs="+", default=[256, 1024, 2048, 4096])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
@@ -61,6 +70,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+ALTERNATIVES = ("linear", "t2r", "lstm")
+STYLES = {
+    ("gpthf", "cached"): "C0-o",
+    ("gpthf", "full"): "C0:o",
+    ("gpt", "cached"): "C1-s",
+    ("gpt", "full"): "C1:s",
+    ("hf-llama", "generate"): "C2--^",
+    ("linear", "cached"): "C3-v",
+    ("t2r", "cached"): "C4-<",
+    ("lstm", "cached"): "C5-D",
+}
+
+
 def load_models(args, vocab_size: int) -> dict:
     from gpthf.config import load_config
     from gpthf.errors import ConfigError
@@ -71,7 +93,7 @@ def load_models(args, vocab_size: int) -> dict:
     for path in args.ckpt:
         model, meta, _ = load_model_from_checkpoint(path)
         models[meta["arch"]["model"]] = model
-    for kind in ("gpthf", "gpt"):
+    for kind in ("gpthf", "gpt", *args.models):
         if kind not in models:
             torch.manual_seed(0)
             models[kind] = build_model(load_config([f"arch={kind}-{args.arch}"]).arch, vocab_size).eval()
@@ -92,13 +114,7 @@ def plot(results: dict, path: Path) -> None:
 
     batch = max(r["batch"] for r in results["decode"])
     fig, (speed, memory) = plt.subplots(1, 2, figsize=(11, 4))
-    for (model, strategy), style in {
-        ("gpthf", "cached"): "C0-o",
-        ("gpthf", "full"): "C0:o",
-        ("gpt", "cached"): "C1-s",
-        ("gpt", "full"): "C1:s",
-        ("hf-llama", "generate"): "C2--^",
-    }.items():
+    for (model, strategy), style in STYLES.items():
         rows = sorted(
             (r["context"], r)
             for r in results["decode"]
@@ -128,7 +144,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_xscale("log", base=2)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"GPTHF vs equal-size GPT ({results['arch']}, {results['threads']} CPU threads)")
+    fig.suptitle(f"GPTHF vs equal-size GPT and others ({results['arch']}, {results['threads']} CPU threads)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -178,6 +194,8 @@ def main(argv: list[str]) -> int:
                     decode.append(
                         time_decode(models[kind], kind, "full", full_tokens, context, warmup=1).as_dict()
                     )
+            for kind in args.models:  # `full` is the oracle and the GPT's fallback; not needed here
+                decode.append(time_decode(models[kind], kind, "cached", tokens, context).as_dict())
             if hf is not None:
                 decode.append(time_hf_generate(hf, tokens, context).as_dict())
             print(
@@ -224,18 +242,24 @@ def main(argv: list[str]) -> int:
                     ),
                 }
             )
+            for kind in args.models:
+                other = find(kind, "cached", context, batch)
+                ratios[-1][f"{kind}_cached_over_gpt_cached"] = ratio(
+                    other["tokens_per_s"], gpt["tokens_per_s"]
+                )
+                ratios[-1][f"{kind}_state_over_gpt_state"] = ratio(other["state_bytes"], gpt["state_bytes"])
 
     seq_len = train_ids.shape[1]
     rows = torch.from_numpy(train_ids[: args.train_batch])
     sids = torch.from_numpy(train_sids[: args.train_batch])
     training = {
         kind: time_training(models[kind], rows, sids, steps=1 if args.quick else 3)
-        for kind in ("gpthf", "gpt")
+        for kind in ("gpthf", "gpt", *args.models)
     }
     vocab = stats["vocab_size"]
     results = {
         "arch": args.arch,
-        "parameters": models["gpt"].num_parameters(),
+        "parameters": {kind: model.num_parameters() for kind, model in models.items()},
         "threads": args.threads,
         "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,
@@ -244,15 +268,12 @@ def main(argv: list[str]) -> int:
         "ratios": ratios,
         "flops": {
             "per_generated_token": {
-                str(c): {
-                    k: flops.decode_flops(models[k].arch, vocab, c, tokens_per_sentence)
-                    for k in ("gpthf", "gpt")
-                }
+                str(c): {k: flops.decode_flops(models[k].arch, vocab, c, tokens_per_sentence) for k in models}
                 for c in args.contexts
             },
             "per_training_token": {
                 k: flops.training_flops_per_token(models[k].arch, vocab, seq_len, tokens_per_sentence)
-                for k in ("gpthf", "gpt")
+                for k in models
             },
         },
         "training_tokens_per_s": training,
@@ -268,22 +289,33 @@ def main(argv: list[str]) -> int:
         return f"{value:.{digits}f}" if value is not None else "-"
 
     print(
-        f"{'context':>8} {'batch':>6} {'HF/GPT':>8} {'HF/GPTfull':>11} {'GPT/HFllama':>12} {'state':>8} {'flops':>7}   (GPTHF cached ÷ ...)"
+        f"{'context':>8} {'batch':>6} {'GPTHF/GPT':>10} {'GPTHF/GPTfull':>14} {'GPT/HFllama':>12} {'state':>8} {'flops':>7}"
+        "   (tokens/s, state and FLOPs ratios; GPTHF and GPT cached unless named)"
     )
     for r in ratios:
         print(
-            f"{r['context']:>8} {r['batch']:>6} {fmt(r['gpthf_cached_over_gpt_cached']):>8} {fmt(r['gpthf_cached_over_gpt_full']):>11} "
+            f"{r['context']:>8} {r['batch']:>6} {fmt(r['gpthf_cached_over_gpt_cached']):>10} {fmt(r['gpthf_cached_over_gpt_full']):>14} "
             f"{fmt(r['gpt_cached_over_hf']):>12} {fmt(r['gpthf_state_over_gpt_state'], 4):>8} {fmt(r['flops_gpthf_over_gpt']):>7}"
         )
+    batch = max(args.batches)
+    print(f"\ncached decode at batch {batch}: generated tokens/s (generation state MiB)")
     print(
-        f"training tokens/s: gpthf {training['gpthf']:.0f}, gpt {training['gpt']:.0f} (ratio {results['training_gpthf_over_gpt']:.2f}); written to {args.out}"
+        f"{'model':>8} {'params':>12} "
+        + " ".join(f"{c:>17}" for c in args.contexts)
+        + f" {'train tok/s':>12}"
     )
+    for kind, model in models.items():
+        cells = []
+        for context in args.contexts:
+            row = find(kind, "cached", context, batch)
+            cells.append(
+                f"{row['tokens_per_s']:>8.1f} ({row['state_bytes'] / 2**20:>6.2f})" if row else f"{'-':>17}"
+            )
+        print(f"{kind:>8} {model.num_parameters():>12,} " + " ".join(cells) + f" {training[kind]:>12.0f}")
+    print(f"written to {args.out}")
     headline = max(ratios, key=lambda r: (r["batch"], r["context"]))
-    print(
-        json.dumps(
-            {"arch": args.arch, **headline, "training_gpthf_over_gpt": results["training_gpthf_over_gpt"]}
-        )
-    )
+    training_ratios = {f"training_{k}_over_gpt": training[k] / training["gpt"] for k in models if k != "gpt"}
+    print(json.dumps({"arch": args.arch, **headline, **training_ratios}))
     return 0
 
 

@@ -28,6 +28,7 @@ COLUMNS = [
     ("closed_share", "sentences closed"),
     ("distinct_2", "distinct-2"),
     ("decode_tokens_per_s", "decode tok/s"),
+    ("state_mib", "state MiB"),
 ]
 
 
@@ -57,14 +58,22 @@ def summarize(run_dir: Path, compare: dict | None) -> dict:
         "closed_share": perplexity.get("generation", {}).get("closed_share"),
         "distinct_2": perplexity.get("generation", {}).get("distinct_n", {}).get("2"),
         "decode_tokens_per_s": None,
+        "state_mib": None,
     }
+    if meta.get("init_from"):
+        row["model"] += " (converted)"
     if compare:
         largest = max(
-            (r for r in compare["decode"] if r["model"] == row["model"] and r["strategy"] == "cached"),
+            (
+                r
+                for r in compare["decode"]
+                if r["model"] == meta["arch"]["model"] and r["strategy"] == "cached"
+            ),
             key=lambda r: (r["batch"], r["context"]),
             default=None,
         )
         row["decode_tokens_per_s"] = largest and largest["tokens_per_s"]
+        row["state_mib"] = largest and largest["state_bytes"] / 2**20
     return row
 
 

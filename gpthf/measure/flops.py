@@ -6,10 +6,14 @@ What differs between the models is n:
 - GPT: every earlier token of the context (and itself);
 - GPTHF encoder: the earlier tokens of the same sentence (and itself);
 - GPTHF body: the ends of the earlier sentences (and itself).
+Linear attention / T2R and the LSTM attend to no keys: their per-token cost does not depend on the
+context (a state update and a read, 4·F·d per layer for F features per head; T2R adds its feature
+maps on q and k, 4·d·F).
 """
 
 from __future__ import annotations
 
+from gpthf.attention.linear import CHUNK
 from gpthf.config import ArchConfig
 
 
@@ -39,6 +43,27 @@ def gpthf_token_flops(arch: ArchConfig, vocab_size: int, encoder_keys: float, bo
     return encoder + body + head_flops(arch, vocab_size)
 
 
+def feature_dim(arch: ArchConfig) -> int:
+    """Features per head of linear attention: the head size for elu(x)+1, `feature_dim` when learned."""
+    return arch.feature_dim if arch.feature_map == "learned" else arch.d_model // arch.n_heads
+
+
+def linear_token_flops(arch: ArchConfig, vocab_size: int, chunk_keys: float = 0.0) -> float:
+    """One token through linear attention: recurrent state read + update (and, in the chunked training
+    form, `chunk_keys` direct keys inside its chunk)."""
+    features = feature_dim(arch)
+    attention = 4 * features * arch.d_model + 4 * features * chunk_keys * arch.n_heads
+    maps = 4 * arch.d_model * features if arch.feature_map == "learned" else 0
+    return arch.n_layers * (block_projection_flops(arch) + attention + maps) + head_flops(arch, vocab_size)
+
+
+def lstm_token_flops(arch: ArchConfig, vocab_size: int) -> float:
+    """One token through the LSTM layers (4 gates over input and hidden), the projection and the head."""
+    hidden = arch.lstm_hidden
+    layers = sum(8 * hidden * ((arch.d_model if i == 0 else hidden) + hidden) for i in range(arch.n_layers))
+    return layers + 2 * hidden * arch.d_model + head_flops(arch, vocab_size)
+
+
 def decode_flops(arch: ArchConfig, vocab_size: int, context_tokens: int, tokens_per_sentence: float) -> float:
     """FLOPs to generate one token after `context_tokens` tokens, with the cache (the new token included).
 
@@ -47,6 +72,10 @@ def decode_flops(arch: ArchConfig, vocab_size: int, context_tokens: int, tokens_
     """
     if arch.model == "gpt":
         return gpt_token_flops(arch, vocab_size, context_tokens + 1)
+    if arch.model in ("linear", "t2r"):
+        return linear_token_flops(arch, vocab_size)
+    if arch.model == "lstm":
+        return lstm_token_flops(arch, vocab_size)
     finished = context_tokens // tokens_per_sentence
     return gpthf_token_flops(arch, vocab_size, tokens_per_sentence / 2 + 1, finished + 1)
 
@@ -66,6 +95,10 @@ def training_forward_flops(
     """Forward FLOPs per token of a packed row, counting only the keys a token may attend."""
     if arch.model == "gpt":
         return gpt_token_flops(arch, vocab_size, (seq_len + 1) / 2)
+    if arch.model in ("linear", "t2r"):
+        return linear_token_flops(arch, vocab_size, chunk_keys=(min(CHUNK, seq_len) + 1) / 2)
+    if arch.model == "lstm":
+        return lstm_token_flops(arch, vocab_size)
     sentences_per_row = max(seq_len / tokens_per_sentence, 1)
     return gpthf_token_flops(arch, vocab_size, (tokens_per_sentence + 1) / 2, (sentences_per_row - 1) / 2 + 1)
 

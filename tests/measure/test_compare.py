@@ -18,7 +18,16 @@ def test_compare_quick_smoke(tmp_path, data_cache):
     assert all(
         r["tokens_per_s"] > 0 and r["ms_per_token"] > 0 and r["prefill_s"] > 0 for r in results["decode"]
     )
-    assert results["training_tokens_per_s"]["gpthf"] > 0 and results["training_tokens_per_s"]["gpt"] > 0
+    assert all(results["training_tokens_per_s"][k] > 0 for k in ("gpthf", "gpt", "linear", "t2r", "lstm"))
+    for kind in ("linear", "t2r", "lstm"):  # a fixed-size state: the same bytes at every context
+        states = {
+            (r["batch"], r["context"]): r["state_bytes"] for r in results["decode"] if r["model"] == kind
+        }
+        assert len(states) == 4 and all(states[(b, 128)] == states[(b, 512)] for b in (1, 2))
+        assert (
+            0 < headline[f"{kind}_state_over_gpt_state"] < 1
+            and headline[f"{kind}_cached_over_gpt_cached"] > 0
+        )
     assert (tmp_path / "compare.png").stat().st_size > 10_000
 
 

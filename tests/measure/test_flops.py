@@ -41,6 +41,22 @@ def test_gpthf_decode_flops_match_the_counter(context):
     assert counted == pytest.approx(expected, rel=0.05)
 
 
+@pytest.mark.parametrize("kind", ["linear", "t2r", "lstm"])
+@pytest.mark.parametrize("context", [16, 200])
+def test_recurrent_decode_flops_match_the_counter_and_ignore_context(kind, context):
+    model = tiny_model(kind, d_model=64, mlp_hidden=128)
+    prompt, _ = synthetic_rows(1, context, seed=1)
+    counted, _ = counted_decode_flops(model, prompt)
+    if kind == "lstm":  # the counter does not see inside torch's fused LSTM: each weight is one multiply-add
+        counted += 2 * sum(
+            p.numel() for name, p in model.lstm.named_parameters() if name.startswith("weight")
+        )
+    assert counted == pytest.approx(flops.decode_flops(model.arch, VOCAB, context, 25), rel=0.05)
+    assert flops.decode_flops(model.arch, VOCAB, context, 25) == flops.decode_flops(
+        model.arch, VOCAB, 4096, 25
+    )
+
+
 def test_gpthf_needs_fewer_flops_than_gpt_at_long_context_and_equal_at_none():
     gpthf, gpt = tiny_model("gpthf", d_model=64).arch, tiny_model("gpt", d_model=64).arch
     assert flops.decode_flops(gpthf, VOCAB, 4096, 25) < 0.2 * flops.decode_flops(gpt, VOCAB, 4096, 25)
