@@ -57,7 +57,7 @@ def _check_prompts(model: LanguageModel, prompts: Sequence[Sequence[int]], limit
                 )
         if not isinstance(model, GPTHF) and limit.tokens is not None and len(prompt) >= limit.tokens:
             raise GenerationError(
-                f"prompt {row} has {len(prompt)} tokens; this GPT was trained on {limit.tokens}-token rows"
+                f"prompt {row} has {len(prompt)} tokens; this {model.arch.model} model was trained on {limit.tokens}-token rows"
             )
 
 
