@@ -5,7 +5,7 @@ decode tokens/s and ms/token of GPTHF and GPT with the `cached` and `full` strat
 context lengths and batch sizes (prompts from real corpus text, prefill timed separately); bytes of
 generation state; peak RSS; Hugging Face `LlamaForCausalLM.generate` of the same shape as the outside
 peer (if `transformers` is installed); training tokens/s of both. The other efficient generators
-(--models: linear attention, T2R, LSTM; same parameter budget) get cached decode, state and training
+(--models: linear attention, T2R, LSTM, Block-Recurrent Transformer) get cached decode, state and training
 rows beside them. Writes `compare.json` and `compare.png` to --out, prints a ratio table and a
 per-model table, and, last, one JSON line with the headline ratios.
 """
@@ -70,7 +70,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-ALTERNATIVES = ("linear", "t2r", "lstm")
+ALTERNATIVES = ("linear", "t2r", "lstm", "block_recurrent")
 STYLES = {
     ("gpthf", "cached"): "C0-o",
     ("gpthf", "full"): "C0:o",
@@ -80,6 +80,7 @@ STYLES = {
     ("linear", "cached"): "C3-v",
     ("t2r", "cached"): "C4-<",
     ("lstm", "cached"): "C5-D",
+    ("block_recurrent", "cached"): "C6-P",
 }
 
 

@@ -22,7 +22,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "cramming_cfg"
 
 @dataclass
 class ArchConfig:
-    model: str = MISSING  # a key of the model registry: gpthf, gpt, linear, t2r, lstm
+    model: str = MISSING  # a key of the model registry: gpthf, gpt, linear, t2r, lstm, block_recurrent
     d_model: int = MISSING
     n_heads: int = MISSING
     n_enc: int | None = None  # gpthf: word-level encoder blocks
@@ -34,6 +34,11 @@ class ArchConfig:
     feature_map: str = "elu"  # linear/t2r attention: elu (elu(x)+1, Katharopoulos) | learned (T2R's ReLU MLP)
     feature_dim: int = 32  # learned feature map: features per head (T2R's default)
     lstm_hidden: int | None = None  # lstm: hidden size, chosen so parameters match the GPT twin
+    block_len: int = 32  # block_recurrent: tokens per block W (the sliding window reaches one block back)
+    n_states: int = 32  # block_recurrent: state vectors carried between blocks
+    recurrent_layer: int | None = None  # block_recurrent: index of the recurrent layer
+    state_gate: str = "fixed"  # block_recurrent: fixed (the paper's best) | lstm
+    truncate_blocks: int | None = None  # block_recurrent: cut the state's gradient every N blocks
     dropout: float = 0.0
     rope_base: float = 10000.0
     norm_eps: float = 1e-5

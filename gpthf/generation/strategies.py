@@ -24,7 +24,14 @@ from gpthf.attention.sentences import sentence_end_positions
 from gpthf.data.special_tokens import PAD_ID, SENTENCE_CLOSERS
 from gpthf.errors import ConfigError
 from gpthf.generation.cache import KVCache
-from gpthf.models import GPT, GPTHF, LanguageModel, LinearTransformer, LSTMLanguageModel
+from gpthf.models import (
+    GPT,
+    GPTHF,
+    BlockRecurrentTransformer,
+    LanguageModel,
+    LinearTransformer,
+    LSTMLanguageModel,
+)
 from gpthf.models.layers import AttentionPattern, rope_angles
 
 CACHE_HEADROOM = 64  # entries allocated beyond the prompt before the first growth
@@ -255,13 +262,18 @@ def get_strategy(model: LanguageModel, name: str):
     if name == "full":
         return FullStrategy()
     if name == "cached":
-        from gpthf.generation.recurrent import LinearRecurrentStrategy, LSTMRecurrentStrategy  # build on this
+        from gpthf.generation.recurrent import (  # they build on this module
+            BlockRecurrentStrategy,
+            LinearRecurrentStrategy,
+            LSTMRecurrentStrategy,
+        )
 
         cached = {
             GPT: GPTCachedStrategy,
             GPTHF: GPTHFCachedStrategy,
             LinearTransformer: LinearRecurrentStrategy,
             LSTMLanguageModel: LSTMRecurrentStrategy,
+            BlockRecurrentTransformer: BlockRecurrentStrategy,
         }
         return cached[type(model)]()
     raise ConfigError(f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")

@@ -64,6 +64,24 @@ def lstm_token_flops(arch: ArchConfig, vocab_size: int) -> float:
     return layers + 2 * hidden * arch.d_model + head_flops(arch, vocab_size)
 
 
+def block_recurrent_token_flops(
+    arch: ArchConfig, vocab_size: int, window_keys: float, state_update_share: float = 1.0
+) -> float:
+    """One token through the Block-Recurrent Transformer: every layer attends `window_keys` keys; the
+    recurrent layer adds its reads of the state and 1/W of one state update (times `state_update_share`)."""
+    d, states, width = arch.d_model, arch.n_states, arch.block_len
+    layers = arch.n_layers * (block_projection_flops(arch) + attention_flops(arch, window_keys))
+    reads = 2 * 2 * d * d + 4 * d * states  # token queries into the state, their projection, attention
+    update = states * (
+        2 * (3 * d * d + d * d + 2 * d * d) + 4 * d * (states + width) + 6 * d * arch.mlp_hidden
+    )
+    if arch.state_gate == "lstm":
+        update += states * 2 * 2 * 3 * d * d
+    per_block_keys = states * 2 * 3 * d  # the new state's keys and values, as the next block reads them
+    share = state_update_share * (update + per_block_keys) / width
+    return layers + reads + share + head_flops(arch, vocab_size)
+
+
 def decode_flops(arch: ArchConfig, vocab_size: int, context_tokens: int, tokens_per_sentence: float) -> float:
     """FLOPs to generate one token after `context_tokens` tokens, with the cache (the new token included).
 
@@ -76,6 +94,10 @@ def decode_flops(arch: ArchConfig, vocab_size: int, context_tokens: int, tokens_
         return linear_token_flops(arch, vocab_size)
     if arch.model == "lstm":
         return lstm_token_flops(arch, vocab_size)
+    if arch.model == "block_recurrent":  # the previous block and, on average, half of its own
+        return block_recurrent_token_flops(
+            arch, vocab_size, min(context_tokens, arch.block_len) + arch.block_len / 2 + 0.5
+        )
     finished = context_tokens // tokens_per_sentence
     return gpthf_token_flops(arch, vocab_size, tokens_per_sentence / 2 + 1, finished + 1)
 
@@ -99,6 +121,10 @@ def training_forward_flops(
         return linear_token_flops(arch, vocab_size, chunk_keys=(min(CHUNK, seq_len) + 1) / 2)
     if arch.model == "lstm":
         return lstm_token_flops(arch, vocab_size)
+    if arch.model == "block_recurrent":
+        return block_recurrent_token_flops(
+            arch, vocab_size, min(seq_len, arch.block_len) / 2 + arch.block_len / 2
+        )
     sentences_per_row = max(seq_len / tokens_per_sentence, 1)
     return gpthf_token_flops(arch, vocab_size, (tokens_per_sentence + 1) / 2, (sentences_per_row - 1) / 2 + 1)
 

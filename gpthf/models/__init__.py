@@ -5,6 +5,7 @@ from __future__ import annotations
 from gpthf.config import ArchConfig
 from gpthf.errors import ConfigError
 from gpthf.models.base import LanguageModel, next_token_loss
+from gpthf.models.block_recurrent import BlockRecurrentTransformer
 from gpthf.models.gpt import GPT
 from gpthf.models.gpthf import GPTHF
 from gpthf.models.linear import LinearTransformer
@@ -16,6 +17,7 @@ MODELS: dict[str, type[LanguageModel]] = {
     "linear": LinearTransformer,  # arch.feature_map=elu
     "t2r": LinearTransformer,  # arch.feature_map=learned; usually converted from a GPT (init_from=CKPT)
     "lstm": LSTMLanguageModel,
+    "block_recurrent": BlockRecurrentTransformer,
 }
 
 
@@ -37,6 +39,7 @@ def build_model(arch_cfg, vocab_size: int, attention: str = "sdpa") -> LanguageM
 
 
 __all__ = [
+    "BlockRecurrentTransformer",
     "GPT",
     "GPTHF",
     "LSTMLanguageModel",

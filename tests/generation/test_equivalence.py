@@ -14,7 +14,7 @@ from tests.models.helpers import synthetic_rows, trained_tiny_model
 GREEDY = SamplingSettings(temperature=0)
 
 
-@pytest.fixture(scope="module", params=["gpthf", "gpt", "linear", "t2r", "lstm"])
+@pytest.fixture(scope="module", params=["gpthf", "gpt", "linear", "t2r", "lstm", "block_recurrent"])
 def model(request):
     return trained_tiny_model(request.param)
 

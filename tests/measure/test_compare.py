@@ -18,8 +18,9 @@ def test_compare_quick_smoke(tmp_path, data_cache):
     assert all(
         r["tokens_per_s"] > 0 and r["ms_per_token"] > 0 and r["prefill_s"] > 0 for r in results["decode"]
     )
-    assert all(results["training_tokens_per_s"][k] > 0 for k in ("gpthf", "gpt", "linear", "t2r", "lstm"))
-    for kind in ("linear", "t2r", "lstm"):  # a fixed-size state: the same bytes at every context
+    alternatives = ("linear", "t2r", "lstm", "block_recurrent")
+    assert all(results["training_tokens_per_s"][k] > 0 for k in ("gpthf", "gpt", *alternatives))
+    for kind in alternatives:  # a fixed-size state: the same bytes at every context
         states = {
             (r["batch"], r["context"]): r["state_bytes"] for r in results["decode"] if r["model"] == kind
         }

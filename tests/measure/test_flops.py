@@ -57,6 +57,20 @@ def test_recurrent_decode_flops_match_the_counter_and_ignore_context(kind, conte
     )
 
 
+@pytest.mark.parametrize("context", [5, 37])
+def test_block_recurrent_decode_flops_match_the_counter(context):
+    """A step that completes no block: the window attention and the state reads, no state update."""
+    model = tiny_model("block_recurrent", d_model=64, mlp_hidden=128)
+    prompt, _ = synthetic_rows(1, context, seed=1)
+    counted, state = counted_decode_flops(model, prompt)
+    assert int(state.lengths[0]) % model.arch.block_len != 0, "the counted step completed no block"
+    window = (
+        context % model.arch.block_len + 1 + (model.arch.block_len if context >= model.arch.block_len else 0)
+    )
+    expected = flops.block_recurrent_token_flops(model.arch, VOCAB, window, state_update_share=0)
+    assert counted == pytest.approx(expected, rel=0.05)
+
+
 def test_gpthf_needs_fewer_flops_than_gpt_at_long_context_and_equal_at_none():
     gpthf, gpt = tiny_model("gpthf", d_model=64).arch, tiny_model("gpt", d_model=64).arch
     assert flops.decode_flops(gpthf, VOCAB, 4096, 25) < 0.2 * flops.decode_flops(gpt, VOCAB, 4096, 25)

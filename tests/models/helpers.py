@@ -16,6 +16,7 @@ KIND_FIELDS = {
     "linear": {"n_layers": 4},
     "t2r": {"n_layers": 4, "feature_map": "learned", "feature_dim": 16},
     "lstm": {"n_layers": 2, "lstm_hidden": 48},
+    "block_recurrent": {"n_layers": 3, "recurrent_layer": 1, "block_len": 8, "n_states": 4},
 }
 
 

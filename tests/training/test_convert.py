@@ -82,7 +82,7 @@ def test_init_from_then_finetune_records_the_source(trained_runs, data_cache, tm
     )
 
 
-@pytest.mark.parametrize("arch", ["linear-test", "t2r-test", "lstm-test"])
+@pytest.mark.parametrize("arch", ["linear-test", "t2r-test", "lstm-test", "block-recurrent-test"])
 def test_every_alternative_arch_trains(data_cache, tmp_path, arch):
     run = train(
         load_config(run_overrides(data_cache, tmp_path, "train.max_tokens=3000", arch=arch)),
@@ -93,4 +93,4 @@ def test_every_alternative_arch_trains(data_cache, tmp_path, arch):
     final = records[-1]
     assert final["val_loss"] < losses[0] and torch.isfinite(torch.tensor(final["val_bpb"]))
     model, meta, _ = load_model_from_checkpoint(run)
-    assert meta["arch"]["model"] == arch.split("-")[0]
+    assert meta["arch"]["model"] == arch.rsplit("-", 1)[0].replace("-", "_")
