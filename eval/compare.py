@@ -97,7 +97,9 @@ def load_models(args, vocab_size: int) -> dict:
     for kind in ("gpthf", "gpt", *args.models):
         if kind not in models:
             torch.manual_seed(0)
-            models[kind] = build_model(load_config([f"arch={kind}-{args.arch}"]).arch, vocab_size).eval()
+            models[kind] = build_model(
+                load_config([f"arch={kind.replace('_', '-')}-{args.arch}"]).arch, vocab_size
+            ).eval()
     if models["gpthf"].num_parameters() != models["gpt"].num_parameters():
         raise ConfigError("the GPTHF and GPT being compared must have equal parameter counts")
     return models
@@ -312,7 +314,7 @@ def main(argv: list[str]) -> int:
             cells.append(
                 f"{row['tokens_per_s']:>8.1f} ({row['state_bytes'] / 2**20:>6.2f})" if row else f"{'-':>17}"
             )
-        print(f"{kind:>8} {model.num_parameters():>12,} " + " ".join(cells) + f" {training[kind]:>12.0f}")
+        print(f"{kind:>15} {model.num_parameters():>12,} " + " ".join(cells) + f" {training[kind]:>12.0f}")
     print(f"written to {args.out}")
     headline = max(ratios, key=lambda r: (r["batch"], r["context"]))
     training_ratios = {f"training_{k}_over_gpt": training[k] / training["gpt"] for k in models if k != "gpt"}
