@@ -303,7 +303,7 @@ def main(argv: list[str]) -> int:
     batch = max(args.batches)
     print(f"\ncached decode at batch {batch}: generated tokens/s (generation state MiB)")
     print(
-        f"{'model':>8} {'params':>12} "
+        f"{'model':>15} {'params':>12} "
         + " ".join(f"{c:>17}" for c in args.contexts)
         + f" {'train tok/s':>12}"
     )
