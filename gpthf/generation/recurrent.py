@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from gpthf.attention.linear import LinearAttentionState
-from gpthf.generation.strategies import capturing, last_real
+from gpthf.generation.strategies import causal_forward_capturing, last_real
 from gpthf.models import BlockRecurrentTransformer, LinearTransformer, LSTMLanguageModel
 from gpthf.models.block_recurrent import RecurrentLayer
 from gpthf.models.layers import AttentionPattern, rope_angles
@@ -34,13 +34,7 @@ class LinearRecurrentState:
 
 class LinearRecurrentStrategy:
     def prefill(self, model: LinearTransformer, tokens: torch.Tensor, lengths: torch.Tensor):
-        batch, length = tokens.shape
-        pattern = model.causal_pattern(torch.arange(length, device=tokens.device).expand(batch, length))
-        keys, values = [], []
-        pattern = capturing(pattern, keys, values)
-        x = model.embed(tokens)
-        for block in model.blocks:
-            x = block(x, pattern)
+        x, keys, values = causal_forward_capturing(model, tokens)
         layers = [LinearAttentionState.from_prefix(k, v, lengths) for k, v in zip(keys, values)]
         return model.logits(last_real(x, lengths)), LinearRecurrentState(layers, lengths.clone())
 

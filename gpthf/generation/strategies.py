@@ -14,7 +14,7 @@ Every row of a batch advances on its own: `active` (B,) says which rows take the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -60,17 +60,6 @@ def sentence_ids_for(tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tenso
 def last_real(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """x[b, lengths[b] - 1] for every row: (B, ...) from (B, T, ...)."""
     return x[torch.arange(x.shape[0], device=x.device), lengths - 1]
-
-
-def capturing(pattern: AttentionPattern, keys: list, values: list) -> AttentionPattern:
-    """The same pattern, also handing each layer's k and v to the lists (layer order)."""
-
-    def attend(q, k, v, dropout_p=0.0):
-        keys.append(k)
-        values.append(v)
-        return pattern.attend(q, k, v, dropout_p)
-
-    return replace(pattern, attend=attend)
 
 
 def _cached_pattern(cache: KVCache, layer: int, cos, sin, visible: torch.Tensor) -> AttentionPattern:
@@ -127,10 +116,22 @@ class GPTCacheState:
         return self.kv.nbytes()
 
 
+def causal_forward_capturing(model: GPT, tokens: torch.Tensor) -> tuple[torch.Tensor, list, list]:
+    """The training forward of a GPT-shaped model (last block's output), with every layer's k and v."""
+    batch, length = tokens.shape
+    keys, values = [], []
+    positions = torch.arange(length, device=tokens.device).expand(batch, length)
+    pattern = model.causal_pattern(positions).capturing(keys, values)
+    x = model.embed(tokens)  # (B, T, d)
+    for block in model.blocks:
+        x = block(x, pattern)
+    return x, keys, values
+
+
 class GPTCachedStrategy:
     def prefill(self, model: GPT, tokens: torch.Tensor, lengths: torch.Tensor):
         batch, length = tokens.shape
-        x = model.embed(tokens)  # (B, T, d)
+        x, keys, values = causal_forward_capturing(model, tokens)
         kv = KVCache(
             len(model.blocks),
             batch,
@@ -140,11 +141,6 @@ class GPTCachedStrategy:
             x.device,
             x.dtype,
         )
-        pattern = model.causal_pattern(torch.arange(length, device=tokens.device).expand(batch, length))
-        keys, values = [], []
-        pattern = capturing(pattern, keys, values)
-        for block in model.blocks:
-            x = block(x, pattern)
         for layer, (k, v) in enumerate(zip(keys, values)):
             kv.write_prefix(layer, k, v)
         kv.lengths = lengths.clone()
@@ -183,10 +179,10 @@ class GPTHFCachedStrategy:
         sentence_ids = sentence_ids_for(tokens, lengths)
         enc_k, enc_v, body_k, body_v = [], [], [], []
         x = model.embed(tokens)  # (B, T, d)
-        pattern = capturing(model.encoder_pattern(sentence_ids), enc_k, enc_v)
+        pattern = model.encoder_pattern(sentence_ids).capturing(enc_k, enc_v)
         for block in model.wlt_encoder:
             x = block(x, pattern)
-        pattern = capturing(model.body_pattern(sentence_ids), body_k, body_v)
+        pattern = model.body_pattern(sentence_ids).capturing(body_k, body_v)
         for block in model.slt_body:
             x = block(x, pattern)
         logits = model.logits(last_real(x, lengths))

@@ -163,13 +163,7 @@ class BlockRecurrentTransformer(LanguageModel):
         positions = torch.arange(length, device=input_ids.device).expand(batch, length)
         pattern = self.window_pattern(positions)
         keys, values = [], []
-
-        def attend(q, k, v, dropout_p=0.0):
-            keys.append(k)
-            values.append(v)
-            return pattern.attend(q, k, v, dropout_p)
-
-        capturing = AttentionPattern(pattern.cos, pattern.sin, attend)
+        capturing = pattern.capturing(keys, values)
         x, states = self.embed(input_ids), []
         for layer in self.layers:
             if not isinstance(layer, RecurrentLayer):

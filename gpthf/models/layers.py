@@ -7,7 +7,7 @@ A block does not know which attention pattern it runs: the model hands every lay
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -49,6 +49,17 @@ class AttentionPattern:
     cos: torch.Tensor  # (B, 1, T, hd/2)
     sin: torch.Tensor
     attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]  # (q, k, v, dropout_p)
+
+    def capturing(self, keys: list, values: list) -> AttentionPattern:
+        """The same pattern, also handing each layer's k and v to the lists (layer order): what a
+        generation prefill keeps."""
+
+        def attend(q, k, v, dropout_p=0.0):
+            keys.append(k)
+            values.append(v)
+            return self.attend(q, k, v, dropout_p)
+
+        return replace(self, attend=attend)
 
 
 class SelfAttention(nn.Module):
