@@ -44,7 +44,7 @@ def test_kill_9_during_data_preparation_is_rebuilt(tmp_path):
     words = "the king went to a city of stone and the people sang with him in spring".split()
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    for doc in range(60):  # ~2 MB: packing takes seconds, time enough to land inside it
+    for doc in range(30):  # ~1 MB: packing takes a second or more, time enough to land inside it
         sentences = (" ".join(rng.choice(words) for _ in range(12)).capitalize() + "." for _ in range(2500))
         (corpus / f"doc{doc}.txt").write_text(" ".join(sentences))
     cache = tmp_path / "cache"
