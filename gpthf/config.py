@@ -36,7 +36,7 @@ class ArchConfig:
     lstm_hidden: int | None = None  # lstm: hidden size, chosen so parameters match the GPT twin
     block_len: int = 32  # block_recurrent: tokens per block W (the sliding window reaches one block back)
     n_states: int = 32  # block_recurrent: state vectors carried between blocks
-    recurrent_layer: int | None = None  # block_recurrent: index of the recurrent layer
+    recurrent_layer: int | None = None  # block_recurrent: index of the recurrent layer (None: n_layers - 2)
     state_gate: str = "fixed"  # block_recurrent: fixed (the paper's best) | lstm
     truncate_blocks: int | None = None  # block_recurrent: cut the state's gradient every N blocks
     dropout: float = 0.0

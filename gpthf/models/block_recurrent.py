@@ -117,7 +117,10 @@ class RecurrentLayer(nn.Module):
 
 class BlockRecurrentTransformer(LanguageModel):
     def __init__(self, arch: ArchConfig, vocab_size: int, attention: str = "sdpa"):
-        if not arch.n_layers or not 0 <= (arch.recurrent_layer or 0) < arch.n_layers:
+        recurrent_index = arch.recurrent_layer
+        if recurrent_index is None and arch.n_layers:
+            recurrent_index = max(arch.n_layers - 2, 0)  # high in the stack, as in the paper
+        if not arch.n_layers or not 0 <= recurrent_index < arch.n_layers:
             raise ConfigError(
                 f"arch.model=block_recurrent needs arch.n_layers >= 1 and 0 <= arch.recurrent_layer < n_layers, "
                 f"got {arch.n_layers}, {arch.recurrent_layer}"
@@ -129,9 +132,9 @@ class BlockRecurrentTransformer(LanguageModel):
             )
         self.n_blocks = arch.n_layers
         super().__init__(arch, vocab_size, attention)
-        self.recurrent_index = arch.recurrent_layer
+        self.recurrent_index = recurrent_index
         self.layers = nn.ModuleList(
-            RecurrentLayer(arch) if i == arch.recurrent_layer else Block(arch) for i in range(arch.n_layers)
+            RecurrentLayer(arch) if i == recurrent_index else Block(arch) for i in range(arch.n_layers)
         )
         self.init_weights()
         for layer in self.layers:

@@ -36,6 +36,7 @@ def test_only_the_state_carries_information_past_the_windows_and_truncation_cuts
 def test_bad_block_recurrent_configs_are_refused():
     with pytest.raises(ConfigError, match="recurrent_layer"):
         tiny_model("block_recurrent", recurrent_layer=3)
+    assert tiny_model("block_recurrent", recurrent_layer=None).recurrent_index == 1  # n_layers - 2
     with pytest.raises(ConfigError, match="state_gate"):
         tiny_model("block_recurrent", state_gate="dual")
 
