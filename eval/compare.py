@@ -63,6 +63,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--quick", action="store_true", help="tiny shape and a small grid: well under 2 minutes"
     )
     parser.add_argument("--out", type=Path, default=Path("outputs/compare"))
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="where the default data set is prepared (default: the config's cache_dir)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.arch, args.contexts, args.batches = "tiny", [128, 512], [1, 2]
@@ -169,7 +174,7 @@ def main(argv: list[str]) -> int:
     )
 
     started = time.time()
-    data = prepare_data(load_config([]))
+    data = prepare_data(load_config([f"cache_dir={args.cache_dir}"] if args.cache_dir else []))
     stats = data.stats
     train_ids, train_sids = split_arrays(data.split("train"))
     tokens_per_sentence = stats["splits"]["train"]["tokens_per_sentence_mean"]

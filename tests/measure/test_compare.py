@@ -5,10 +5,11 @@ import json
 from tests.conftest import run_script
 
 
-def test_compare_quick_smoke(tmp_path, data_cache):
+def test_compare_quick_smoke(tmp_path):
     run = run_script(
-        "eval/compare.py", "--quick", "--no-hf", "--threads", "1", "--out", str(tmp_path), timeout=300
-    )
+        "eval/compare.py", "--quick", "--no-hf", "--threads", "1", "--out", str(tmp_path),
+        "--cache-dir", str(tmp_path / "cache"), timeout=300,
+    )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     headline = json.loads(run.stdout.strip().splitlines()[-1])
     assert 0 < headline["gpthf_state_over_gpt_state"] < 1
