@@ -182,7 +182,12 @@ class Trainer:
         check_schedule(cfg.train)
         self.stop_requested = False
 
-        # Data first and off the clock: rank 0 builds the cache while the other ranks wait.
+        # Which run this is, before anything slow: a bad resume=true fails at once.
+        resume = _find_run_to_resume(cfg) if cfg.resume and runtime.is_main else None
+        self.run_dir, resume_from = _broadcast(
+            runtime, (resume or (_new_run_dir(cfg), None)) if runtime.is_main else None
+        )
+        # Data off the clock: rank 0 builds the cache while the other ranks wait.
         if runtime.is_main:
             self.data = prepare_data(cfg, progress=True)
         runtime.barrier()
@@ -190,10 +195,6 @@ class Trainer:
             self.data = prepare_data(cfg, progress=False)
         self.stats = self.data.stats
 
-        resume = _find_run_to_resume(cfg) if cfg.resume and runtime.is_main else None
-        self.run_dir, resume_from = _broadcast(
-            runtime, (resume or (_new_run_dir(cfg), None)) if runtime.is_main else None
-        )
         if runtime.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if resume_from is None:
