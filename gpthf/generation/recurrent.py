@@ -1,4 +1,5 @@
-"""`cached` generation for the models whose memory does not grow: linear attention and the LSTM.
+"""`cached` generation for the models whose memory does not grow: linear attention / T2R, the LSTM and
+the Block-Recurrent Transformer.
 
 Same protocol as gpthf.generation.strategies (`prefill` once, `decode` per token, all state in the
 returned object, rows advancing on their own). The state is a fixed size whatever the context:

@@ -3,7 +3,8 @@
 - `full` (both models): recompute the whole context every step. Slow; kept as the oracle that the
   cached strategies must match token for token.
 - `cached` GPT: a per-layer KV cache over all tokens.
-- `cached` linear attention and LSTM: a fixed-size recurrent state (gpthf.generation.recurrent).
+- `cached` linear attention / T2R, LSTM, Block-Recurrent Transformer: a fixed-size state
+  (gpthf.generation.recurrent).
 - `cached` GPTHF: the body's K/V of finished sentences only (one entry per sentence per body layer)
   plus the encoder's K/V of the sentence in progress (reset after its <eos>). A finished sentence
   never passes through the network again.

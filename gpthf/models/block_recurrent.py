@@ -26,6 +26,7 @@ from gpthf.models.base import LanguageModel
 from gpthf.models.layers import AttentionPattern, Block, RMSNorm, SelfAttention, SwiGLU, rope_angles
 
 STATE_GATES = ("fixed", "lstm")
+FIXED_GATE_BIAS = 2.0  # sigmoid(2) ≈ 0.88: a fresh state mostly keeps what it holds
 
 
 def window_mask(length: int, block_len: int, device=None) -> torch.Tensor:
@@ -41,9 +42,14 @@ class StateGate(nn.Module):
         super().__init__()
         self.kind = kind
         if kind == "fixed":
-            self.bias = nn.Parameter(torch.full((d_model,), 2.0))  # starts remembering (sigmoid ≈ 0.88)
+            self.bias = nn.Parameter(torch.empty(d_model))
+            self.reset_parameters()
         else:
             self.gates = nn.Linear(d_model, 3 * d_model)
+
+    def reset_parameters(self) -> None:
+        if self.kind == "fixed":
+            nn.init.constant_(self.bias, FIXED_GATE_BIAS)
 
     def forward(self, old: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
         if self.kind == "fixed":
@@ -137,13 +143,12 @@ class BlockRecurrentTransformer(LanguageModel):
             RecurrentLayer(arch) if i == recurrent_index else Block(arch) for i in range(arch.n_layers)
         )
         self.init_weights()
-        for layer in self.layers:
-            if isinstance(layer, RecurrentLayer):
-                nn.init.normal_(layer.initial_state, std=0.02)
-                nn.init.normal_(layer.state_ids, std=0.02)
-                if layer.state_gate.kind == "fixed":
-                    nn.init.constant_(layer.state_gate.bias, 2.0)
-                    nn.init.constant_(layer.state_mlp_gate.bias, 2.0)
+
+    def init_weights(self) -> None:
+        super().init_weights()
+        for module in self.modules():  # the fixed gates keep their remembering start
+            if isinstance(module, StateGate):
+                module.reset_parameters()
 
     @property
     def recurrent(self) -> RecurrentLayer:

@@ -210,9 +210,8 @@ class Trainer:
         )
         self.progress = Progress()
         train_state = None
-        self.init_from = None
         if cfg.init_from and resume_from is None:
-            self.init_from = initialize_from(self.model, cfg.init_from, self.data.path / TOKENIZER_FILE)
+            initialize_from(self.model, cfg.init_from, self.data.path / TOKENIZER_FILE)
         if resume_from is not None:
             load_weights(self.model, resume_from)
             train_state = load_train_state(resume_from)
