@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from gpthf.cli import run_cli
@@ -162,7 +163,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     from gpthf.config import load_config
-    from gpthf.data.dataset import prepare_data, split_arrays
+    from gpthf.data.dataset import prepare_data
     from gpthf.measure import flops
     from gpthf.measure.speed import (
         batch_of_contexts,
@@ -176,10 +177,13 @@ def main(argv: list[str]) -> int:
     started = time.time()
     data = prepare_data(load_config([f"cache_dir={args.cache_dir}"] if args.cache_dir else []))
     stats = data.stats
-    train_ids, train_sids = split_arrays(data.split("train"))
+    train = data.split("train")
+    stream_length = max(args.contexts) + args.new_tokens + 97 * max(args.batches) + 1
+    rows_needed = stream_length // (stats["data_config"]["seq_len"] // 2) + args.train_batch + 1
+    train_ids, train_sids = train.rows(np.arange(min(len(train), rows_needed)))  # only what is measured
     tokens_per_sentence = stats["splits"]["train"]["tokens_per_sentence_mean"]
     models = load_models(args, stats["vocab_size"])
-    stream = corpus_stream(train_ids, max(args.contexts) + args.new_tokens + 97 * max(args.batches) + 1)
+    stream = corpus_stream(train_ids, stream_length)
     hf = None
     if not args.no_hf:
         if importlib.util.find_spec("transformers") is None:

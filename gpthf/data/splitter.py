@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 
 from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer, PunktTrainer
 
@@ -79,12 +80,16 @@ class SentenceSplitter:
         return sentences
 
 
-def build_splitter(language: str = "english", training_text: str | None = None) -> SentenceSplitter:
-    """Pretrained Punkt for `language` when available, else Punkt trained on `training_text`."""
+def build_splitter(
+    language: str = "english", training_text: str | Callable[[], str] | None = None
+) -> SentenceSplitter:
+    """Pretrained Punkt for `language` when available, else Punkt trained on `training_text` (a
+    callable is only called in that case, so a corpus sample is read only when it is needed)."""
     params = _pretrained_parameters(language)
     if params is None:
+        text = training_text() if callable(training_text) else training_text
         trainer = PunktTrainer()
-        trainer.train(training_text or "", finalize=True)
+        trainer.train(text or "", finalize=True)
         params = trainer.get_params()
     params.abbrev_types |= EXTRA_ABBREVIATIONS
     return SentenceSplitter(PunktSentenceTokenizer(params))

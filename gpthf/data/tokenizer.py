@@ -2,7 +2,9 @@
 
 Each sentence is encoded on its own with a leading space, so a word gets the same tokens at the start
 of a sentence as inside one, and a sentence's tokens do not depend on its neighbours: that is what lets
-the generator cache a finished sentence. Byte-level means no text is ever `<unk>`.
+the generator cache a finished sentence. Byte-level means no text is ever `<unk>`. A literal "<eos>" in
+a corpus or a prompt is ordinary text (`encode_special_tokens`): the special ids come only from
+packing, which is what lets the sentence structure be recovered from the tokens alone.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def train_tokenizer(sentences: Iterable[str], vocab_size: int) -> Tokenizer:
     )
     tokenizer.train_from_iterator(sentences, trainer=trainer)
     _check_special_ids(tokenizer, "just trained")
+    tokenizer.encode_special_tokens = True
     return tokenizer
 
 
@@ -62,6 +65,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     except Exception as err:  # tokenizers raises a bare Exception on malformed JSON
         raise DataError(f"tokenizer file {path} is unreadable ({err}); rebuild it") from None
     _check_special_ids(tokenizer, str(path))
+    tokenizer.encode_special_tokens = True
     return tokenizer
 
 

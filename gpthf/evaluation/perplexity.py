@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from gpthf.attention.sentences import positions_in_sentence
-from gpthf.data.dataset import SPLITS, pack_split, sentences_by_split, split_arrays
+from gpthf.data.dataset import SPLITS, pack_split_in_memory
 from gpthf.data.special_tokens import EOS_ID, PAD_ID
 from gpthf.errors import DataError
 
@@ -42,10 +42,11 @@ class PerplexityResult:
 
 
 def rows_for_text(
-    meta: dict, tokenizer, split: str = "test", path: str | None = None, progress: bool = False
+    meta: dict, tokenizer, split: str = "test", path: str | None = None, max_rows: int | None = None
 ):
     """(input_ids, sentence_ids, bytes) of a split of the checkpoint's corpus, or of every document
-    under `path` (a .txt/.jsonl/.parquet file or folder), packed like the training data."""
+    under `path` (a .txt/.jsonl/.parquet file or folder), packed like the training data; only the
+    first `max_rows` rows (and the documents they need) are read when it is given."""
     data_cfg = OmegaConf.create(meta["data"])
     if path is not None:
         data_cfg.merge_with(
@@ -54,11 +55,9 @@ def rows_for_text(
         split = "train"  # all of the file's text
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
-    documents = sentences_by_split(data_cfg, progress)[split]
-    if not documents:
+    input_ids, sentence_ids, stats = pack_split_in_memory(data_cfg, tokenizer, split, max_rows)
+    if not len(input_ids):
         raise DataError(f"the {split} split of {path or data_cfg.source} has no text")
-    table, stats = pack_split(tokenizer, documents, data_cfg, progress, split)
-    input_ids, sentence_ids = split_arrays(table)
     return input_ids, sentence_ids, stats["bytes"]
 
 
@@ -134,7 +133,7 @@ def evaluate_checkpoint(
     model, meta, checkpoint = load_model_from_checkpoint(ckpt, device)
     tokenizer = load_checkpoint_tokenizer(checkpoint, meta)
     input_ids, sentence_ids, n_bytes = rows_for_text(
-        meta, tokenizer, split, None if data == "default" else data
+        meta, tokenizer, split, None if data == "default" else data, max_rows
     )
     result = score(model, input_ids, sentence_ids, n_bytes, batch_size, max_rows)
     summary = {

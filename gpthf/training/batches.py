@@ -1,8 +1,9 @@
 """The order in which training rows are seen, as a position that a checkpoint can save.
 
-Epoch e visits the rows in a permutation seeded by (seed, e); the position is (epoch, offset), so a
-resumed run continues with exactly the rows the uninterrupted run would have used. Each optimizer
-step takes `batch_size` rows; rank r of W takes its contiguous share, cut into micro-batches.
+Epoch e visits the rows in a permutation seeded by (seed, e), computed rather than stored (memory does
+not grow with the corpus); the position is (epoch, offset), so a resumed run continues with exactly the
+rows the uninterrupted run would have used. Each optimizer step takes `batch_size` rows; rank r of W
+takes its contiguous share (disjoint rows), cut into micro-batches, read from the memory-mapped split.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gpthf.data.dataset import split_arrays
+from gpthf.data.permutation import Permutation
+from gpthf.data.shards import PackedSplit
 from gpthf.data.special_tokens import PAD_ID
 from gpthf.errors import ConfigError
 
@@ -24,14 +26,12 @@ class RowOrder:
     epoch: int = 0
     offset: int = 0
 
-    def _permutation(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(self.n_rows)
-
     def take(self, count: int) -> np.ndarray:
         """The next `count` row indices, crossing into the next epoch when this one runs out."""
         taken = []
         while count:
-            chunk = self._permutation(self.epoch)[self.offset : self.offset + count]
+            end = min(self.offset + count, self.n_rows)
+            chunk = Permutation(self.n_rows, self.seed, self.epoch)(np.arange(self.offset, end))
             taken.append(chunk)
             count -= len(chunk)
             self.offset += len(chunk)
@@ -70,14 +70,16 @@ def micro_batches_per_step(train_cfg, world_size: int) -> int:
 class TrainBatches:
     """Yields, per optimizer step, this rank's micro-batches as (input_ids, sentence_ids) on `device`."""
 
-    def __init__(self, split, train_cfg, rank: int, world_size: int, device: torch.device):
-        self.input_ids, self.sentence_ids = split_arrays(split)
-        if len(self.input_ids) < train_cfg.batch_size:
+    def __init__(
+        self, split: PackedSplit, train_cfg, rank: int, world_size: int, device: torch.device, max_sentences: int
+    ):
+        self.split = split
+        if len(split) < train_cfg.batch_size:
             raise ConfigError(
-                f"the training split has {len(self.input_ids)} rows, fewer than train.batch_size={train_cfg.batch_size}"
+                f"the training split has {len(split)} rows, fewer than train.batch_size={train_cfg.batch_size}"
             )
-        self.order = RowOrder(len(self.input_ids), train_cfg.seed)
-        self.max_sentences = int(self.sentence_ids.max()) + 1  # most sentences in a row: GPTHF's body context
+        self.order = RowOrder(len(split), train_cfg.seed)
+        self.max_sentences = max_sentences  # most sentences in a row: GPTHF's body context
         self.batch_size, self.micro = train_cfg.batch_size, train_cfg.micro_batch_size
         self.rank, self.world_size, self.device = rank, world_size, device
         self.accumulation = micro_batches_per_step(train_cfg, world_size)
@@ -85,16 +87,18 @@ class TrainBatches:
     def next_step(self) -> StepBatch:
         """This rank's micro-batches for one step, with the step's token counts over all ranks."""
         rows = self.order.take(self.batch_size)
-        real = self.input_ids[rows] != PAD_ID
+        input_ids, sentence_ids = self.split.rows(rows)  # every rank reads the step's rows to count tokens
+        real = input_ids != PAD_ID
         per_rank = self.batch_size // self.world_size
-        mine = rows[self.rank * per_rank : (self.rank + 1) * per_rank]
+        mine = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+        input_ids, sentence_ids = input_ids[mine], sentence_ids[mine]
         micro_batches = []
         for start in range(0, per_rank, self.micro):
-            index = mine[start : start + self.micro]
+            part = slice(start, start + self.micro)
             micro_batches.append(
                 (
-                    torch.from_numpy(self.input_ids[index]).to(self.device, non_blocking=True),
-                    torch.from_numpy(self.sentence_ids[index]).to(self.device, non_blocking=True),
+                    torch.from_numpy(input_ids[part]).to(self.device, non_blocking=True),
+                    torch.from_numpy(sentence_ids[part]).to(self.device, non_blocking=True),
                 )
             )
         return StepBatch(micro_batches, tokens=int(real.sum()), targets=int(real[:, 1:].sum()))

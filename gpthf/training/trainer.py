@@ -26,7 +26,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from gpthf.config import parse_budget_seconds
-from gpthf.data.dataset import prepare_data, split_arrays
+from gpthf.data.dataset import data_identity, prepare_data
 from gpthf.data.special_tokens import PAD_ID
 from gpthf.data.tokenizer import TOKENIZER_FILE
 from gpthf.errors import ConfigError
@@ -127,8 +127,9 @@ def _find_run_to_resume(cfg) -> tuple[Path, Path]:
                 f"the newest run of {cfg.name}, {run_dir}, has already finished; drop resume=true to start a new one"
             )
         saved = OmegaConf.load(run_dir / CONFIG_FILE)
-        for group in ("arch", "data"):
-            if OmegaConf.to_container(saved[group]) != OmegaConf.to_container(cfg[group], resolve=True):
+        identity = {"arch": lambda c: OmegaConf.to_container(c, resolve=True), "data": data_identity}
+        for group, identify in identity.items():
+            if identify(saved[group]) != identify(cfg[group]):
                 raise ConfigError(
                     f"resume=true: {group} differs from the run being resumed ({run_dir}); use its config"
                 )
@@ -151,16 +152,15 @@ def evaluate(
     model: torch.nn.Module, split, runtime: Runtime, micro_batch_size: int, dtype, max_rows: int | None = None
 ) -> tuple[float, int]:
     """(summed next-token loss in nats, number of predicted tokens) over a split, shared across ranks."""
-    input_ids, sentence_ids = split_arrays(split)
-    rows = np.arange(len(input_ids) if max_rows is None else min(max_rows, len(input_ids)))
+    rows = np.arange(len(split) if max_rows is None else min(max_rows, len(split)))
     mine = rows[runtime.rank :: runtime.world_size]
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(mine), micro_batch_size):
-        index = mine[start : start + micro_batch_size]
-        ids = torch.from_numpy(input_ids[index]).to(runtime.device)
-        sids = torch.from_numpy(sentence_ids[index]).to(runtime.device)
+        input_ids, sentence_ids = split.rows(mine[start : start + micro_batch_size])
+        ids = torch.from_numpy(input_ids).to(runtime.device)
+        sids = torch.from_numpy(sentence_ids).to(runtime.device)
         with autocast(runtime.device, dtype):
             logits = model(ids, sids)
         total += float(next_token_loss(logits, ids, reduction="sum"))
@@ -206,7 +206,12 @@ class Trainer:
         )
         self.dtype = amp_dtype(cfg.impl, runtime.device)
         self.batches = TrainBatches(
-            self.data.split("train"), cfg.train, runtime.rank, runtime.world_size, runtime.device
+            self.data.split("train"),
+            cfg.train,
+            runtime.rank,
+            runtime.world_size,
+            runtime.device,
+            max_sentences=self.stats["splits"]["train"]["max_sentences"],
         )
         self.progress = Progress()
         train_state = None
