@@ -16,10 +16,13 @@ from gpthf.errors import DataError
 from tests.conftest import STORY, TALES, tiny_overrides
 
 
+def all_rows(split, limit: int | None = None):
+    return split.rows(np.arange(len(split) if limit is None else min(limit, len(split))))
+
+
 def units_of(rows) -> list[list[int]]:
     units = []
-    for input_ids, sentence_ids in zip(rows["input_ids"], rows["sentence_ids"]):
-        input_ids, sentence_ids = np.asarray(input_ids), np.asarray(sentence_ids)
+    for input_ids, sentence_ids in zip(*rows):
         for sid in np.unique(sentence_ids):
             tokens = input_ids[(sentence_ids == sid) & (input_ids != PAD_ID)]
             if tokens.size:
@@ -33,13 +36,13 @@ def test_rows_decode_back_to_the_source_sentences(tmp_path, tales_dir):
     tokenizer = prepared.tokenizer()
     splitter = build_splitter()
     decoded = [
-        decode_sentence(tokenizer, u) for s in SPLITS for u in units_of(prepared.split(s)[:]) if u != [EOD_ID]
+        decode_sentence(tokenizer, u) for s in SPLITS for u in units_of(all_rows(prepared.split(s))) if u != [EOD_ID]
     ]
     expected = [sentence for tale in TALES for sentence in splitter.split(tale)]
     assert sorted(decoded) == sorted(expected)
     for split in SPLITS:
-        rows = prepared.split(split)
-        assert all(len(r) == cfg.data.seq_len for r in rows["input_ids"])
+        input_ids, sentence_ids = all_rows(prepared.split(split))
+        assert input_ids.shape == sentence_ids.shape == (len(prepared.split(split)), cfg.data.seq_len)
 
 
 def test_tokenizer_round_trip_on_unicode_and_specials(tales_cfg):
@@ -68,28 +71,67 @@ def test_cache_is_rebuilt_when_config_or_corpus_changes(tmp_path, tales_dir, tal
 
 
 def test_killed_build_leaves_no_cache_and_is_cleaned_up(tales_cfg, monkeypatch):
-    calls = {"n": 0}
-    real_pack = dataset_module.pack_split
+    def dying_write(*args, **kwargs):
+        raise KeyboardInterrupt  # stands in for a kill in the middle of writing the shards
 
-    def dying_pack(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt  # stands in for a kill in the middle of writing the splits
-        return real_pack(*args, **kwargs)
-
-    monkeypatch.setattr(dataset_module, "pack_split", dying_pack)
+    real_write = dataset_module.write_shards
+    monkeypatch.setattr(dataset_module, "write_shards", dying_write)
     with pytest.raises(KeyboardInterrupt):
         prepare_data(tales_cfg, progress=False)
     cache = Path(tales_cfg.cache_dir)
     assert not [p for p in cache.iterdir() if ".partial-" not in p.name], (
         "no complete-looking cache after a crash"
     )
-    # A partial folder from a dead process (pid 2**22 + 1 is beyond any live pid here) is removed next time.
+    # A partial folder from a dead process (pid 2**22 + 1 is beyond any live pid here) is adopted next
+    # time: its tokenizer is kept, and nothing else is left behind.
     for partial in cache.iterdir():
         partial.rename(cache / f"{partial.name.split('.partial-')[0]}.partial-{2**22 + 1}-dead")
-    monkeypatch.setattr(dataset_module, "pack_split", real_pack)
+    monkeypatch.setattr(dataset_module, "write_shards", real_write)
+    monkeypatch.setattr(
+        dataset_module, "train_sample_tokenizer", lambda *a: pytest.fail("retrained the dead build's tokenizer")
+    )
     prepared = prepare_data(tales_cfg, progress=False)
     assert [p.name for p in cache.iterdir()] == [prepared.path.name]
+    assert len(prepared.split("train")) > 0
+
+
+def test_a_killed_build_keeps_its_finished_shards_and_ends_identical(tmp_path, tales_dir, monkeypatch):
+    """One document per chunk and one chunk per shard: a build killed after two shards is continued by the next
+    run, which encodes only the rest, and the result is byte-identical to an uninterrupted build."""
+    from gpthf.data import build as build_module
+    from gpthf.data.shards import ShardWriter
+
+    monkeypatch.setattr(build_module, "CHUNK_BYTES", 1)  # one document per chunk
+    monkeypatch.setattr(build_module, "SHARD_CHUNKS", 1)
+    clean = prepare_data(load_config(tiny_overrides(tmp_path / "clean", tales_dir, num_proc=1)), progress=False)
+    n_shards = len(clean.stats["shards"])
+    assert n_shards >= 3
+
+    cfg = load_config(tiny_overrides(tmp_path / "cache", tales_dir, num_proc=1))
+    real_finish, finished = ShardWriter.finish, []
+
+    def finish_then_die(self, stats):
+        real_finish(self, stats)
+        finished.append(self.final.name)
+        if len(finished) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ShardWriter, "finish", finish_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_data(cfg, progress=False)
+    (partial,) = Path(cfg.cache_dir).iterdir()
+    partial.rename(partial.with_name(f"{partial.name.split('.partial-')[0]}.partial-{2**22 + 1}-dead"))
+    monkeypatch.setattr(ShardWriter, "finish", real_finish)
+    encoded = []
+    real_encode = build_module.encode_chunk
+    monkeypatch.setattr(build_module, "encode_chunk", lambda chunk: encoded.append(1) or real_encode(chunk))
+    resumed = prepare_data(cfg, progress=False)
+    assert len(encoded) == n_shards - 2, "the two finished shards were reused, not encoded again"
+    assert tree_bytes(resumed.path) == tree_bytes(clean.path)
+
+
+def tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_split_is_by_document_and_deterministic(tmp_path):
@@ -119,8 +161,8 @@ def test_single_document_is_split_by_sentences(tmp_path):
     [
         (b"", "has no text"),
         (b"   \n\n  ", "has no text"),
-        (b"\x7fELF\x02\x01\x00\x00binary", "looks binary"),
-        ("caf\xe9 au lait. Tr\xe8s bon.".encode("latin-1"), "not valid utf-8"),
+        (b"\x7fELF\x02\x01\x00\x00binary", "binary .*NUL bytes"),
+        ("caf\xe9 au lait. Tr\xe8s bon.".encode("latin-1"), "undecodable .*byte 0xe9.*data.encoding"),
     ],
 )
 def test_bad_corpus_files_give_clear_errors(tmp_path, content, message):
@@ -136,7 +178,7 @@ def test_latin1_corpus_works_when_declared(tmp_path):
     prepared = prepare_data(
         load_config(tiny_overrides(tmp_path / "cache", corpus, encoding="latin-1")), progress=False
     )
-    assert "Café" in decode_sentence(prepared.tokenizer(), units_of(prepared.split("train")[:1])[0])
+    assert "Café" in decode_sentence(prepared.tokenizer(), units_of(all_rows(prepared.split("train"), 1))[0])
 
 
 def test_a_100k_character_sentence_is_chunked(tmp_path):
@@ -144,15 +186,34 @@ def test_a_100k_character_sentence_is_chunked(tmp_path):
     corpus.write_text("word " * 20_000 + "end. Short one. Another one.")
     cfg = load_config(tiny_overrides(tmp_path / "cache", corpus, validation_fraction=0, test_fraction=0))
     prepared = prepare_data(cfg, progress=False)
-    units = units_of(prepared.split("train")[:])
+    units = units_of(all_rows(prepared.split("train")))
     assert len(units) > 1000 and all(len(u) <= cfg.data.max_sentence_len for u in units)
     assert all(u[-1] in (EOS_ID, EOD_ID) for u in units)
 
 
-def test_malformed_jsonl_names_the_line(tmp_path):
+def test_malformed_records_are_skipped_counted_and_warned_once(tmp_path, caplog):
     corpus = tmp_path / "bad.jsonl"
-    corpus.write_text('{"text": "fine."}\nnot json\n')
-    with pytest.raises(DataError, match=r"bad.jsonl:2"):
+    good = [f'{{"text": "Record {i} is fine. It has two sentences."}}' for i in range(6)]
+    bad = ["not json", '{"text": null}', '{"text": 12345}', '{"text": ["a"]}', '{"body": "x."}', "[1, 2]"]
+    corpus.write_bytes(("\n".join(good[:3] + bad + good[3:]) + "\n").encode() + b'{"text": "caf\xe9."}\n')
+    with caplog.at_level("WARNING"):
+        prepared = prepare_data(load_config(tiny_overrides(tmp_path / "cache", corpus)), progress=False)
+    assert prepared.stats["skipped_records"] == {
+        "no text field": 2,
+        "not JSON": 1,
+        "text not a string": 3,
+        "undecodable": 1,
+    }
+    assert sum(prepared.stats["splits"][s]["documents"] for s in SPLITS) == 6
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len([w for w in warnings if "malformed" in w]) == 1
+    assert "bad.jsonl:4" in warnings[0], "the warning names where each kind of problem was first seen"
+
+
+def test_a_corpus_of_only_malformed_records_is_one_error(tmp_path):
+    corpus = tmp_path / "bad.jsonl"
+    corpus.write_text('{"body": "x."}\n{"body": "y."}\n')
+    with pytest.raises(DataError, match=r"has no text: 2 no text field .*data.text_field"):
         prepare_data(load_config(tiny_overrides(tmp_path / "cache", corpus)), progress=False)
 
 
@@ -185,8 +246,7 @@ def test_embedded_corpus_builds_with_stats(tmp_path_factory):
     assert (
         stats["train"]["tokens"] > 500_000 and stats["validation"]["rows"] > 0 and stats["test"]["rows"] > 0
     )
-    rows = prepared.split("validation")[:4]
-    first_unit = units_of(rows)[0]
+    first_unit = units_of(all_rows(prepared.split("validation"), 4))[0]
     assert first_unit[-1] == EOS_ID and len(first_unit) <= cfg.data.max_sentence_len
 
 

@@ -1,9 +1,18 @@
 import random
 
+import numpy as np
 import pytest
 
-from gpthf.data.packing import document_units, pack_rows, sentence_units
+from gpthf.data.packing import document_units, pack_units, padded_rows, sentence_units
 from gpthf.data.special_tokens import EOD_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS
+
+
+def pack_rows(units, seq_len):
+    """Rows as the loader reads them: stored unpadded, padded and given sentence ids on reading."""
+    flat, lengths = pack_units(units, seq_len)
+    ends = np.cumsum(lengths)
+    input_ids, sentence_ids = padded_rows(flat, ends - lengths, ends, seq_len)
+    return list(zip(input_ids.tolist(), sentence_ids.tolist()))
 
 
 def random_documents(rng: random.Random, n_docs: int, max_sentence_tokens: int) -> list[list[list[int]]]:
@@ -60,4 +69,15 @@ def test_every_document_ends_with_eod_after_its_last_eos():
 
 def test_a_unit_longer_than_a_row_is_refused():
     with pytest.raises(ValueError):
-        list(pack_rows([[5] * 9], seq_len=8))
+        pack_units([[5] * 9], seq_len=8)
+
+
+def test_sentence_ids_are_recovered_from_the_closing_tokens():
+    units = [[10, 11, EOS_ID], [12, EOS_ID], [EOD_ID], [13, 14, 15, EOS_ID]]
+    rows = pack_rows(units, seq_len=8)
+    assert rows == [
+        ([10, 11, EOS_ID, 12, EOS_ID, EOD_ID, PAD_ID, PAD_ID], [0, 0, 0, 1, 1, 2, 3, 3]),
+        ([13, 14, 15, EOS_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID], [0, 0, 0, 0, 1, 1, 1, 1]),
+    ]
+    flat, lengths = pack_units(units, seq_len=8)
+    assert flat.dtype == np.uint16 and lengths.tolist() == [6, 4], "rows are stored without their padding"
