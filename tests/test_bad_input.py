@@ -51,11 +51,20 @@ class Workspace:
     outputs: Path  # a folder of runs
     other_tokenizer: Path  # tokenizer.json of a build with another vocabulary
 
-    def corpus(self, name: str, content: bytes) -> Path:
+    def corpus(self, name: str, content: bytes, file: str = "corpus.txt") -> Path:
         folder = self.root / "corpora" / name
         folder.mkdir(parents=True)
-        (folder / "corpus.txt").write_bytes(content)
+        (folder / file).write_bytes(content)
         return folder
+
+    def damaged_cache(self, name: str, file: str) -> Path:
+        """A copy of the workspace's data cache with one shard file cut short."""
+        build = self.other_tokenizer.parent  # the tales build every case starts with
+        copy = self.root / "damaged" / name
+        shutil.copytree(build, copy / build.name)
+        target = copy / build.name / "shards" / "00000" / file
+        target.write_bytes(target.read_bytes()[:-3])
+        return copy
 
     def broken_checkpoint(self, name: str, damage: Callable[[Path], None]) -> Path:
         copy = self.root / "broken" / name
@@ -103,8 +112,32 @@ class Case:
     check: Callable[[Workspace, str], None] | None = None  # (workspace, stdout) of a successful command
 
 
-def prepare_args(ws: Workspace, name: str, content: bytes) -> list[str]:
-    return tiny_overrides(ws.cache, ws.corpus(name, content))
+def prepare_args(ws: Workspace, name: str, content: bytes, file: str = "corpus.txt") -> list[str]:
+    return tiny_overrides(ws.cache, ws.corpus(name, content, file))
+
+
+MALFORMED_JSONL = (
+    b'not json\n{"text": null}\n{"text": 12345}\n{"text": ["a", "b"]}\n{"text": {"a": 1}}\n{"text": true}\n'
+    b'{"body": "wrong field."}\n{"text": "caf\xe9 latin-1 bytes."}\n'
+)
+GOOD_LINES = [f'{{"text": "{_words(12, i).capitalize()}. {_words(8, i + 99)}."}}\n'.encode() for i in range(30)]
+
+
+def check_malformed_records_skipped(ws: Workspace, stdout: str) -> None:
+    stats = newest_build(ws)
+    assert stats["skipped_records"] == {
+        "no text field": 1, "not JSON": 1, "text not a string": 5, "undecodable": 1
+    }  # fmt: skip
+    assert sum(s["documents"] for s in stats["splits"].values()) == 30, "every good record kept"
+    assert "skipped records: 1 no text field, 1 not JSON, 5 text not a string, 1 undecodable" in stdout
+
+
+def damaged_run_args(ws: Workspace, name: str, file: str) -> list[str]:
+    tales = ws.root / "tales"
+    return [
+        *tiny_overrides(ws.damaged_cache(name, file), tales),
+        "arch=gpthf-test", "train=test", "budget=2s", f"output_dir={ws.root / 'damaged-runs'}",
+    ]  # fmt: skip
 
 
 def generate_args(ckpt: Path, *extra: str) -> list[str]:
@@ -169,13 +202,37 @@ CASES = [
         "binary corpus",
         "prepare",
         lambda ws: prepare_args(ws, "binary", bytes(range(256)) * 8),
-        error="looks binary",
+        error="binary (first at corpus.txt (NUL bytes)",
     ),
     Case(
         "non-UTF-8 corpus",
         "prepare",
         lambda ws: prepare_args(ws, "latin1", "Café au lait. Très bien.".encode("latin-1") * 20),
-        error="is not valid utf-8 (byte 0xe9",
+        error="undecodable (first at corpus.txt byte 0xe9",
+    ),
+    Case(
+        "jsonl with malformed records among good ones",
+        "prepare",
+        lambda ws: prepare_args(ws, "some-bad", b"".join(GOOD_LINES[:10]) + MALFORMED_JSONL + b"".join(GOOD_LINES[10:]), "c.jsonl"),
+        check=check_malformed_records_skipped,
+    ),
+    Case(
+        "jsonl of malformed records only",
+        "prepare",
+        lambda ws: prepare_args(ws, "all-bad", MALFORMED_JSONL, "c.jsonl"),
+        error="has no text: 1 no text field (first at c.jsonl:7; set data.text_field",
+    ),
+    Case(
+        "truncated token shard",
+        "pretrain",
+        lambda ws: damaged_run_args(ws, "tokens", "train.bin"),
+        error="train.bin is corrupt or truncated",
+    ),
+    Case(
+        "truncated row index",
+        "pretrain",
+        lambda ws: damaged_run_args(ws, "index", "train.idx"),
+        error="train.idx is corrupt or truncated",
     ),
     Case(
         "no sentence punctuation at all",
@@ -378,6 +435,23 @@ def _limit_file_size(max_bytes: int) -> Callable[[], None]:
         resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
 
     return limit
+
+
+def test_disk_full_while_preparing_data(tales_dir, tmp_path):
+    """A file-size limit stands in for a full disk under a build: one line, and no half build left."""
+    cache = tmp_path / "cache"
+    run = subprocess.run(
+        [sys.executable, "-m", "gpthf.data.prepare", *tiny_overrides(cache, tales_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_limit_file_size(2_000),
+    )
+    assert run.returncode == EXIT_USER_ERROR, run.stderr[-2000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot write the data cache under") and "free space" in last
+    assert list(cache.iterdir()) == [], "nothing half-written is left to be read as complete"
 
 
 def test_disk_full_while_writing_a_checkpoint(data_cache, tmp_path):

@@ -1,7 +1,9 @@
 """`python -m gpthf.data.prepare [data=NAME] [data.KEY=VALUE ...] [cache_dir=DIR]`
 
 Builds (or finds) the prepared data set for a config and prints corpus statistics. Training calls the
-same `prepare_data`, so running this first only moves the work out of the training budget.
+same `prepare_data`, so running this first only moves the work out of the training budget. A build
+streams the corpus (memory flat in its size) over `data.num_proc` workers; an interrupted build is
+continued by the next run from its finished shards.
 """
 
 from __future__ import annotations
@@ -46,8 +48,16 @@ def main(argv: list[str]) -> int:
     cfg = load_config(argv)
     prepared = prepare_data(cfg)
     stats = prepared.stats
-    print(f"data set: {prepared.path}  (vocabulary {stats['vocab_size']})")
+    size = sum(f.stat().st_size for f in prepared.path.rglob("*") if f.is_file())
+    tokens = sum(s["tokens"] for s in stats["splits"].values())
+    print(
+        f"data set: {prepared.path}  (vocabulary {stats['vocab_size']}, {len(stats['shards'])} shard(s), "
+        f"{size / 1e6:,.1f} MB on disk, {size / max(tokens, 1):.2f} bytes/token)"
+    )
     print(format_stats(stats))
+    skipped = sum(stats["skipped_records"].values())
+    if skipped:
+        print(f"skipped records: {', '.join(f'{n:,} {why}' for why, n in stats['skipped_records'].items())}")
     return 0
 
 

@@ -9,6 +9,7 @@ packing, which is what lets the sentence structure be recovered from the tokens 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -45,8 +46,12 @@ def train_tokenizer(sentences: Iterable[str], vocab_size: int) -> Tokenizer:
 
 
 def save_tokenizer(tokenizer: Tokenizer, folder: Path) -> Path:
+    """Written to a temporary name and renamed, so a killed write never leaves a torn tokenizer.json
+    (a dead data build's tokenizer is reused by the next build); disk errors are `OSError`s."""
     path = Path(folder) / TOKENIZER_FILE
-    tokenizer.save(str(path))
+    tmp = path.with_name(f".{TOKENIZER_FILE}.tmp")
+    tmp.write_text(tokenizer.to_str(), encoding="utf-8")
+    os.replace(tmp, path)
     return path
 
 
