@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from gpthf.data.packing import document_units, pack_units
 from gpthf.data.shards import SHARD_META, SHARDS_DIR, ShardWriter, token_dtype
-from gpthf.data.sources import Document, SkippedRecords, no_usable_text
+from gpthf.data.sources import Document, SkippedRecords, corpus_size_hint, no_usable_text
 from gpthf.data.special_tokens import SENTENCE_CLOSERS
 from gpthf.data.splits import SPLITS, SplitPlan
 from gpthf.data.splitter import SentenceSplitter, build_splitter
@@ -216,7 +216,9 @@ def write_shards(
         shutil.rmtree(leftover)
     done = {p.name for p in folder.iterdir() if (p / SHARD_META).is_file()}
     skipped = SkippedRecords()
-    bar = tqdm(desc="encode", unit="B", unit_scale=True, disable=not progress, smoothing=0.05)
+    bar = tqdm(
+        desc="prepare", total=corpus_size_hint(data_cfg), unit="B", unit_scale=True, disable=not progress, smoothing=0.05
+    )
     sizes: dict[int, int] = {}
 
     def todo() -> Iterator[tuple[int, Chunk]]:

@@ -35,7 +35,7 @@ from gpthf.errors import DataError
 
 LOCAL_HINT = f"use data=default (the embedded King James Bible) or data=local data.path=FILE_OR_DIR ({'/'.join(LOCAL_SUFFIXES)})"
 
-__all__ = ["Document", "SkippedRecords", "LOCAL_HINT", "get_source", "iter_documents", "hub_reachable"]
+__all__ = ["Document", "SkippedRecords", "LOCAL_HINT", "get_source", "iter_documents", "hub_reachable", "corpus_size_hint"]
 
 
 def kjv_path() -> Path:
@@ -132,15 +132,26 @@ def _hub_documents(data_cfg: Any, skipped: SkippedRecords) -> Iterator[Document]
     yield from records_documents(open_hub_stream(data_cfg.path), data_cfg.path, data_cfg.text_field, skipped)
 
 
+def _local_size_hint(data_cfg: Any) -> int | None:
+    """About how many bytes of text the local corpus holds (for a progress bar's ETA): the sizes of its
+    plain .txt/.jsonl files (JSON syntax counts too, so the bar ends a little short); None when
+    some files are compressed."""
+    _, files = local_files(data_cfg.path)
+    if any(not p.name.endswith((".txt", ".jsonl")) for p in files):
+        return None
+    return sum(p.stat().st_size for p in files)
+
+
 @dataclass(frozen=True)
 class Source:
     documents: Callable[[Any, SkippedRecords], Iterator[Document]]
     fingerprint: Callable[[Any], dict]
+    size_hint: Callable[[Any], int | None] = lambda data_cfg: None
 
 
 SOURCES: dict[str, Source] = {
     "kjv": Source(_kjv_documents, _kjv_fingerprint),
-    "local": Source(_local_documents, _local_fingerprint),
+    "local": Source(_local_documents, _local_fingerprint, _local_size_hint),
     "hub": Source(_hub_documents, lambda data_cfg: {"name": data_cfg.path}),
 }
 
@@ -151,6 +162,13 @@ def get_source(name: str) -> Source:
     return SOURCES[name]
 
 
+def corpus_size_hint(data_cfg: Any) -> int | None:
+    """About how many bytes of text `iter_documents` will give, or None when unknown."""
+    hint = get_source(data_cfg.source).size_hint(data_cfg)
+    limit = data_cfg.get("max_bytes")
+    return limit if hint is None else hint if limit is None else min(hint, limit)
+
+
 def iter_documents(data_cfg: Any, skipped: SkippedRecords | None = None) -> Iterator[Document]:
     """The configured corpus, one non-empty document at a time, stopping once `data.max_bytes` of
     text (UTF-8) have been given; documents are taken whole."""
@@ -158,9 +176,10 @@ def iter_documents(data_cfg: Any, skipped: SkippedRecords | None = None) -> Iter
     limit = data_cfg.get("max_bytes")
     taken = 0
     for doc in get_source(data_cfg.source).documents(data_cfg, skipped):
-        if limit is not None and taken >= limit:
-            return
-        taken += len(doc.text.encode("utf-8"))
+        if limit is not None:
+            if taken >= limit:
+                return
+            taken += len(doc.text.encode("utf-8"))
         yield doc
 
 
