@@ -25,11 +25,25 @@ TRAIN_STEP_TOKENS = 32 * 256  # train/default.yaml: 32 rows of 256 tokens per st
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="data_bench.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes-mb", type=float, nargs="+", default=[100, 400, 1000], help="corpus sizes (10^6 bytes of text)")
-    parser.add_argument("--num-proc", type=int, nargs="+", default=[1, 2], help="preparation workers to compare")
-    parser.add_argument("--train-steps", type=int, default=5, help="training steps run on each prepared corpus")
-    parser.add_argument("--work", default="data_bench_work", help="where corpora and caches are written (reused)")
+    parser = argparse.ArgumentParser(
+        prog="data_bench.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--sizes-mb",
+        type=float,
+        nargs="+",
+        default=[100, 400, 1000],
+        help="corpus sizes (10^6 bytes of text)",
+    )
+    parser.add_argument(
+        "--num-proc", type=int, nargs="+", default=[1, 2], help="preparation workers to compare"
+    )
+    parser.add_argument(
+        "--train-steps", type=int, default=5, help="training steps run on each prepared corpus"
+    )
+    parser.add_argument(
+        "--work", default="data_bench_work", help="where corpora and caches are written (reused)"
+    )
     parser.add_argument("--out", default="outputs/data_bench")
     parser.add_argument("--keep-caches", action="store_true", help="keep the prepared data sets")
     args = parser.parse_args(argv)
@@ -43,7 +57,15 @@ def prepare(corpus: Path, cache: Path, num_proc: int) -> dict:
 
     shutil.rmtree(cache, ignore_errors=True)
     run = run_measured(
-        [sys.executable, "-m", "gpthf.data.prepare", "data=local", f"data.path={corpus}", f"cache_dir={cache}", f"data.num_proc={num_proc}"],
+        [
+            sys.executable,
+            "-m",
+            "gpthf.data.prepare",
+            "data=local",
+            f"data.path={corpus}",
+            f"cache_dir={cache}",
+            f"data.num_proc={num_proc}",
+        ],
         cwd=REPO,
     )
     if run.returncode != 0:
@@ -51,7 +73,12 @@ def prepare(corpus: Path, cache: Path, num_proc: int) -> dict:
     (folder,) = [p for p in cache.iterdir() if (p / "stats.json").is_file()]
     stats = json.loads((folder / "stats.json").read_text())
     tokens = sum(s["tokens"] for s in stats["splits"].values())
-    return {"wall_s": run.wall_s, "peak_rss_mb": run.peak_rss_bytes / 1e6, "tokens": tokens, "disk_bytes": folder_bytes(folder)}
+    return {
+        "wall_s": run.wall_s,
+        "peak_rss_mb": run.peak_rss_bytes / 1e6,
+        "tokens": tokens,
+        "disk_bytes": folder_bytes(folder),
+    }
 
 
 def first_steps(corpus: Path, cache: Path, runs: Path, steps: int) -> dict:
@@ -73,7 +100,11 @@ def first_steps(corpus: Path, cache: Path, runs: Path, steps: int) -> dict:
     )  # fmt: skip
     if run.returncode != 0:
         raise RuntimeError(f"training failed: {run.stderr.strip().splitlines()[-1:]}")
-    return {"peak_rss_mb": run.peak_rss_bytes / 1e6, "first_step_s": run.marks.get("first_step"), "wall_s": run.wall_s}
+    return {
+        "peak_rss_mb": run.peak_rss_bytes / 1e6,
+        "first_step_s": run.marks.get("first_step"),
+        "wall_s": run.wall_s,
+    }
 
 
 def plot(results: dict, path: Path) -> None:
@@ -87,7 +118,9 @@ def plot(results: dict, path: Path) -> None:
     fig, (speed, memory) = plt.subplots(1, 2, figsize=(11, 4))
     for n in results["num_proc"]:
         speed.plot(sizes, [r["prepare"][str(n)]["mb_per_s"] for r in rows], "o-", label=f"num_proc={n}")
-        memory.plot(sizes, [r["prepare"][str(n)]["peak_rss_mb"] for r in rows], "o-", label=f"prepare, num_proc={n}")
+        memory.plot(
+            sizes, [r["prepare"][str(n)]["peak_rss_mb"] for r in rows], "o-", label=f"prepare, num_proc={n}"
+        )
     memory.plot(sizes, [r["train"]["peak_rss_mb"] for r in rows], "s--", label="training, first steps")
     speed.axhline(3, color="grey", ls=":", label="target 3 MB/s")
     memory.axhline(1500, color="grey", ls=":", label="target 1.5 GB")
@@ -119,11 +152,20 @@ def main(argv: list[str]) -> int:
             measured["mb_per_s"] = corpus_bytes / 1e6 / measured["wall_s"]
             measured["tokens_per_s"] = measured["tokens"] / measured["wall_s"]
             row["prepare"][str(n)] = measured
-            print(f"{size_mb:g} MB, num_proc={n}: {measured['mb_per_s']:.2f} MB/s, peak {measured['peak_rss_mb']:.0f} MB", file=sys.stderr)
+            print(
+                f"{size_mb:g} MB, num_proc={n}: {measured['mb_per_s']:.2f} MB/s, peak {measured['peak_rss_mb']:.0f} MB",
+                file=sys.stderr,
+            )
         last = work / f"cache-{size_mb:g}-{args.num_proc[-1]}"
-        row["bytes_per_token"] = row["prepare"][str(args.num_proc[-1])]["disk_bytes"] / row["prepare"][str(args.num_proc[-1])]["tokens"]
+        row["bytes_per_token"] = (
+            row["prepare"][str(args.num_proc[-1])]["disk_bytes"]
+            / row["prepare"][str(args.num_proc[-1])]["tokens"]
+        )
         row["train"] = first_steps(corpus, last, work / f"runs-{size_mb:g}", args.train_steps)
-        print(f"{size_mb:g} MB: training peak {row['train']['peak_rss_mb']:.0f} MB, first step at {row['train']['first_step_s']:.1f} s", file=sys.stderr)
+        print(
+            f"{size_mb:g} MB: training peak {row['train']['peak_rss_mb']:.0f} MB, first step at {row['train']['first_step_s']:.1f} s",
+            file=sys.stderr,
+        )
         if not args.keep_caches:
             for n in args.num_proc:
                 shutil.rmtree(work / f"cache-{size_mb:g}-{n}", ignore_errors=True)
@@ -134,7 +176,9 @@ def main(argv: list[str]) -> int:
     two = str(max(args.num_proc))
     results["summary"] = {
         "prepare_peak_rss_mb_max": max(prep_rss),
-        "prepare_rss_growth": max(r["prepare"][two]["peak_rss_mb"] for r in rows) / rows[0]["prepare"][two]["peak_rss_mb"] - 1,
+        "prepare_rss_growth": max(r["prepare"][two]["peak_rss_mb"] for r in rows)
+        / rows[0]["prepare"][two]["peak_rss_mb"]
+        - 1,
         f"mb_per_s_num_proc_{two}_min": min(r["prepare"][two]["mb_per_s"] for r in rows),
         "bytes_per_token_max": max(r["bytes_per_token"] for r in rows),
         "train_rss_spread": max(train_rss) / min(train_rss) - 1,

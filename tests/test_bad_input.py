@@ -120,7 +120,9 @@ MALFORMED_JSONL = (
     b'not json\n{"text": null}\n{"text": 12345}\n{"text": ["a", "b"]}\n{"text": {"a": 1}}\n{"text": true}\n'
     b'{"body": "wrong field."}\n{"text": "caf\xe9 latin-1 bytes."}\n'
 )
-GOOD_LINES = [f'{{"text": "{_words(12, i).capitalize()}. {_words(8, i + 99)}."}}\n'.encode() for i in range(30)]
+GOOD_LINES = [
+    f'{{"text": "{_words(12, i).capitalize()}. {_words(8, i + 99)}."}}\n'.encode() for i in range(30)
+]
 
 
 def check_malformed_records_skipped(ws: Workspace, stdout: str) -> None:
@@ -213,7 +215,9 @@ CASES = [
     Case(
         "jsonl with malformed records among good ones",
         "prepare",
-        lambda ws: prepare_args(ws, "some-bad", b"".join(GOOD_LINES[:10]) + MALFORMED_JSONL + b"".join(GOOD_LINES[10:]), "c.jsonl"),
+        lambda ws: prepare_args(
+            ws, "some-bad", b"".join(GOOD_LINES[:10]) + MALFORMED_JSONL + b"".join(GOOD_LINES[10:]), "c.jsonl"
+        ),
         check=check_malformed_records_skipped,
     ),
     Case(

@@ -129,9 +129,7 @@ def encode_chunk(chunk: Chunk) -> dict[str, SplitPart]:
 
 
 # ---- the main process ---------------------------------------------------------------------------
-def ordered_map(
-    fn: Callable, items: Iterable, num_proc: int, initargs: tuple
-) -> Iterator:
+def ordered_map(fn: Callable, items: Iterable, num_proc: int, initargs: tuple) -> Iterator:
     """`map(fn, items)` over `num_proc` worker processes, in order, with a few items in flight at most
     (a plain `Pool.imap` would read the whole corpus ahead into its task queue)."""
     if num_proc <= 1:
@@ -217,7 +215,12 @@ def write_shards(
     done = {p.name for p in folder.iterdir() if (p / SHARD_META).is_file()}
     skipped = SkippedRecords()
     bar = tqdm(
-        desc="prepare", total=corpus_size_hint(data_cfg), unit="B", unit_scale=True, disable=not progress, smoothing=0.05
+        desc="prepare",
+        total=corpus_size_hint(data_cfg),
+        unit="B",
+        unit_scale=True,
+        disable=not progress,
+        smoothing=0.05,
     )
     sizes: dict[int, int] = {}
 

@@ -25,7 +25,6 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from gpthf.config import DataConfig
-
 from gpthf.data.build import (
     default_num_proc,
     encode_stream,
@@ -48,7 +47,15 @@ BYTE_ALPHABET = 256
 SPEED_ONLY_KEYS = ("num_proc",)  # data keys that never change the prepared data (not in the cache key)
 log = logging.getLogger(__name__)
 
-__all__ = ["SPLITS", "STATS_FILE", "PreparedData", "prepare_data", "data_identity", "pack_split_in_memory", "split_documents"]
+__all__ = [
+    "SPLITS",
+    "STATS_FILE",
+    "PreparedData",
+    "prepare_data",
+    "data_identity",
+    "pack_split_in_memory",
+    "split_documents",
+]
 
 
 @dataclass(frozen=True)
@@ -87,7 +94,9 @@ def validate_data_config(data_cfg: Any) -> None:
     if min(fractions) < 0 or sum(fractions) >= 1:
         raise DataError(f"data.validation_fraction + data.test_fraction must be in [0, 1), got {fractions}")
     if data_cfg.get("max_bytes") is not None and data_cfg.max_bytes <= 0:
-        raise DataError(f"data.max_bytes={data_cfg.max_bytes} must be positive (or null for the whole corpus)")
+        raise DataError(
+            f"data.max_bytes={data_cfg.max_bytes} must be positive (or null for the whole corpus)"
+        )
     if not data_cfg.tokenizer_sample_mb > 0:
         raise DataError(f"data.tokenizer_sample_mb={data_cfg.tokenizer_sample_mb} must be positive")
     if data_cfg.get("num_proc") is not None and data_cfg.num_proc < 1:
@@ -116,7 +125,9 @@ def _percentile(lengths: Counter, q: float) -> float:
     values = np.array(sorted(lengths), dtype=np.float64)
     cumulative = np.cumsum([lengths[v] for v in sorted(lengths)])
     position = (cumulative[-1] - 1) * q / 100
-    lo, hi = (values[np.searchsorted(cumulative, k, side="right")] for k in (int(position), int(np.ceil(position))))
+    lo, hi = (
+        values[np.searchsorted(cumulative, k, side="right")] for k in (int(position), int(np.ceil(position)))
+    )
     return float(lo + (hi - lo) * (position - int(position)))
 
 
@@ -127,7 +138,9 @@ def split_stats(shard_metas: list[dict], split: str, seq_len: int) -> dict:
     max_sentences = 0
     for meta in shard_metas:
         part = meta[split]
-        total.update({k: part.get(k, 0) for k in ("documents", "sentences", "units", "rows", "tokens", "bytes")})
+        total.update(
+            {k: part.get(k, 0) for k in ("documents", "sentences", "units", "rows", "tokens", "bytes")}
+        )
         lengths.update({int(k): v for k, v in part.get("sentence_lengths", {}).items()})
         max_sentences = max(max_sentences, part.get("max_sentences", 0))
     n = sum(lengths.values())
@@ -156,14 +169,19 @@ def build_dataset(data_cfg: Any, out_dir: Path, progress: bool = True) -> dict:
     skipped = write_shards(plan, data_cfg, splitter, tokenizer, out_dir, num_proc, progress)
     names = sorted(p.name for p in (out_dir / SHARDS_DIR).iterdir() if (p / SHARD_META).is_file())
     if names != [shard_name(i) for i in range(len(names))]:
-        raise DataError(f"the shards under {out_dir / SHARDS_DIR} are not contiguous: {names}; delete the folder")
+        raise DataError(
+            f"the shards under {out_dir / SHARDS_DIR} are not contiguous: {names}; delete the folder"
+        )
     metas = [json.loads((out_dir / SHARDS_DIR / n / SHARD_META).read_text()) for n in names]
     stats: dict = {
         "vocab_size": tokenizer.get_vocab_size(),
         "token_dtype": token_dtype(tokenizer.get_vocab_size()).name,
         "split_regime": plan.regime,
         "splits": {s: split_stats(metas, s, data_cfg.seq_len) for s in SPLITS},
-        "shards": [{"name": n, "splits": {s: {k: m[s][k] for k in ("rows", "tokens")} for s in SPLITS}} for n, m in zip(names, metas)],
+        "shards": [
+            {"name": n, "splits": {s: {k: m[s][k] for k in ("rows", "tokens")} for s in SPLITS}}
+            for n, m in zip(names, metas)
+        ],
         "skipped_records": skipped.as_dict(),
         "data_config": data_identity(data_cfg),
     }
@@ -215,11 +233,19 @@ def pack_split_in_memory(
         if max_rows is not None and sum(map(len, lengths)) >= max_rows:
             break
     if not tokens:
-        return np.zeros((0, data_cfg.seq_len), np.int64), np.zeros((0, data_cfg.seq_len), np.int64), {"bytes": 0}
+        return (
+            np.zeros((0, data_cfg.seq_len), np.int64),
+            np.zeros((0, data_cfg.seq_len), np.int64),
+            {"bytes": 0},
+        )
     flat, row_lengths = np.concatenate(tokens), np.concatenate(lengths)
     ends = np.cumsum(row_lengths)
     input_ids, sentence_ids = padded_rows(flat, ends - row_lengths, ends, data_cfg.seq_len)
-    return input_ids, sentence_ids, {"bytes": n_bytes, "rows": len(row_lengths), "tokens": int(row_lengths.sum())}
+    return (
+        input_ids,
+        sentence_ids,
+        {"bytes": n_bytes, "rows": len(row_lengths), "tokens": int(row_lengths.sum())},
+    )
 
 
 def _pid_of(partial: Path) -> int | None:
@@ -279,7 +305,11 @@ def prepare_data(cfg: Any, progress: bool = True) -> PreparedData:
         shutil.rmtree(partial, ignore_errors=True)
         if not disk_error:
             raise
-        hint = "set cache_dir=A_WRITABLE_FOLDER" if isinstance(err, PermissionError) else "free space or set cache_dir"
+        hint = (
+            "set cache_dir=A_WRITABLE_FOLDER"
+            if isinstance(err, PermissionError)
+            else "free space or set cache_dir"
+        )
         raise DataError(f"cannot write the data cache under {parent} ({err.strerror}); {hint}") from None
     try:
         os.rename(partial, final)

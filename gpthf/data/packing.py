@@ -29,7 +29,9 @@ def document_units(encoded_sentences: Iterable[Sequence[int]], max_sentence_len:
     return units + [[EOD_ID]]
 
 
-def pack_units(units: Sequence[Sequence[int]], seq_len: int, dtype=np.uint16) -> tuple[np.ndarray, np.ndarray]:
+def pack_units(
+    units: Sequence[Sequence[int]], seq_len: int, dtype=np.uint16
+) -> tuple[np.ndarray, np.ndarray]:
     """Greedy packing: (all tokens of `units` in order, flat; the length of each row).
 
     Rows are stored without their padding: a row is the next `length` tokens of the flat array, padded
@@ -56,7 +58,9 @@ def sentence_ids_of(input_ids: np.ndarray) -> np.ndarray:
     return np.cumsum(closers, axis=-1, dtype=np.int64) - closers
 
 
-def padded_rows(flat: np.ndarray, starts: np.ndarray, ends: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+def padded_rows(
+    flat: np.ndarray, starts: np.ndarray, ends: np.ndarray, seq_len: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(input_ids, sentence_ids), both (rows, seq_len) int64, for rows `flat[starts[i]:ends[i]]`."""
     input_ids = np.full((len(starts), seq_len), PAD_ID, dtype=np.int64)
     for i, (start, end) in enumerate(zip(starts.tolist(), ends.tolist())):

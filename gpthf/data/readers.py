@@ -65,7 +65,9 @@ class SkippedRecords:
             if reason == "empty text" and not include_empty:
                 continue
             hint = SKIP_HINTS.get(reason, "")
-            parts.append(f"{count:,} {reason} (first at {self.first_seen[reason]}{'; ' + hint if hint else ''})")
+            parts.append(
+                f"{count:,} {reason} (first at {self.first_seen[reason]}{'; ' + hint if hint else ''})"
+            )
         return ", ".join(parts)
 
     @property
@@ -144,7 +146,9 @@ def txt_documents(path: Path, name: str, encoding: str, skipped: SkippedRecords)
             try:
                 text = raw.decode(encoding)
             except UnicodeDecodeError as err:
-                skipped.skip("undecodable", f"{where} byte {raw[err.start]:#04x} at {err.start} as {encoding}")
+                skipped.skip(
+                    "undecodable", f"{where} byte {raw[err.start]:#04x} at {err.start} as {encoding}"
+                )
                 return
             if text.strip():
                 yield Document(where, text)

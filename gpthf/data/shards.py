@@ -113,12 +113,18 @@ class PackedSplit:
         for s, i in zip(shard.tolist(), (index - self.first_row[shard]).tolist()):
             start, end = int(self.offsets[s][i]), int(self.offsets[s][i + 1])
             if not 0 < end - start <= self.seq_len:
-                raise _corrupt(self.cache / SHARDS_DIR, self.cache, f"row {i} of a {self.split} shard has {end - start} tokens")
+                raise _corrupt(
+                    self.cache / SHARDS_DIR,
+                    self.cache,
+                    f"row {i} of a {self.split} shard has {end - start} tokens",
+                )
             flat_parts.append(self.tokens[s][start:end])
             starts.append(base)
             ends.append(base + end - start)
             base += end - start
         flat = np.concatenate(flat_parts) if flat_parts else np.zeros(0, np.int64)
         if flat.size and int(flat.max()) >= self.vocab_size:
-            raise _corrupt(self.cache / SHARDS_DIR, self.cache, f"token id {int(flat.max())} ≥ vocab {self.vocab_size}")
+            raise _corrupt(
+                self.cache / SHARDS_DIR, self.cache, f"token id {int(flat.max())} ≥ vocab {self.vocab_size}"
+            )
         return padded_rows(flat, np.asarray(starts), np.asarray(ends), self.seq_len)

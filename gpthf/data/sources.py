@@ -35,7 +35,15 @@ from gpthf.errors import DataError
 
 LOCAL_HINT = f"use data=default (the embedded King James Bible) or data=local data.path=FILE_OR_DIR ({'/'.join(LOCAL_SUFFIXES)})"
 
-__all__ = ["Document", "SkippedRecords", "LOCAL_HINT", "get_source", "iter_documents", "hub_reachable", "corpus_size_hint"]
+__all__ = [
+    "Document",
+    "SkippedRecords",
+    "LOCAL_HINT",
+    "get_source",
+    "iter_documents",
+    "hub_reachable",
+    "corpus_size_hint",
+]
 
 
 def kjv_path() -> Path:
@@ -112,9 +120,7 @@ def open_hub_stream(name: str):
         raise DataError(f"cannot load hub dataset {name!r} ({first_line}); {LOCAL_HINT}") from None
 
 
-def records_documents(
-    records, name: str, text_field: str, skipped: SkippedRecords
-) -> Iterator[Document]:
+def records_documents(records, name: str, text_field: str, skipped: SkippedRecords) -> Iterator[Document]:
     """Documents from an iterable of dict records (a streaming `datasets` split)."""
     for i, record in enumerate(records):
         where = f"{name}:{i}"
@@ -187,4 +193,6 @@ def no_usable_text(data_cfg: Any, skipped: SkippedRecords) -> DataError:
     """The error for a corpus where nothing is left to train on, with why every record was dropped."""
     where = data_cfg.path or data_cfg.source
     why = skipped.describe(include_empty=True)
-    return DataError(f"the corpus of data.source={data_cfg.source} ({where}) has no text{': ' + why if why else ''}; {LOCAL_HINT}")
+    return DataError(
+        f"the corpus of data.source={data_cfg.source} ({where}) has no text{': ' + why if why else ''}; {LOCAL_HINT}"
+    )

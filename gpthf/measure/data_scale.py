@@ -36,7 +36,8 @@ def write_synthetic_corpus(folder: Path, size_bytes: int) -> int:
         for b, (book, verses) in enumerate(books.items()):
             shuffled = random.Random(copy * 1000 + b).sample(verses, len(verses))
             paragraphs = [
-                " ".join(shuffled[i : i + VERSES_PER_PARAGRAPH]) for i in range(0, len(shuffled), VERSES_PER_PARAGRAPH)
+                " ".join(shuffled[i : i + VERSES_PER_PARAGRAPH])
+                for i in range(0, len(shuffled), VERSES_PER_PARAGRAPH)
             ]
             data = "\n\n".join(paragraphs).encode("utf-8")
             (copy_dir / f"{b:02d}-{book.replace(' ', '_')}.txt").write_bytes(data)

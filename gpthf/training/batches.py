@@ -71,7 +71,13 @@ class TrainBatches:
     """Yields, per optimizer step, this rank's micro-batches as (input_ids, sentence_ids) on `device`."""
 
     def __init__(
-        self, split: PackedSplit, train_cfg, rank: int, world_size: int, device: torch.device, max_sentences: int
+        self,
+        split: PackedSplit,
+        train_cfg,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+        max_sentences: int,
     ):
         self.split = split
         if len(split) < train_cfg.batch_size:

@@ -36,7 +36,10 @@ def test_rows_decode_back_to_the_source_sentences(tmp_path, tales_dir):
     tokenizer = prepared.tokenizer()
     splitter = build_splitter()
     decoded = [
-        decode_sentence(tokenizer, u) for s in SPLITS for u in units_of(all_rows(prepared.split(s))) if u != [EOD_ID]
+        decode_sentence(tokenizer, u)
+        for s in SPLITS
+        for u in units_of(all_rows(prepared.split(s)))
+        if u != [EOD_ID]
     ]
     expected = [sentence for tale in TALES for sentence in splitter.split(tale)]
     assert sorted(decoded) == sorted(expected)
@@ -88,7 +91,9 @@ def test_killed_build_leaves_no_cache_and_is_cleaned_up(tales_cfg, monkeypatch):
         partial.rename(cache / f"{partial.name.split('.partial-')[0]}.partial-{2**22 + 1}-dead")
     monkeypatch.setattr(dataset_module, "write_shards", real_write)
     monkeypatch.setattr(
-        dataset_module, "train_sample_tokenizer", lambda *a: pytest.fail("retrained the dead build's tokenizer")
+        dataset_module,
+        "train_sample_tokenizer",
+        lambda *a: pytest.fail("retrained the dead build's tokenizer"),
     )
     prepared = prepare_data(tales_cfg, progress=False)
     assert [p.name for p in cache.iterdir()] == [prepared.path.name]
@@ -103,7 +108,9 @@ def test_a_killed_build_keeps_its_finished_shards_and_ends_identical(tmp_path, t
 
     monkeypatch.setattr(build_module, "CHUNK_BYTES", 1)  # one document per chunk
     monkeypatch.setattr(build_module, "SHARD_CHUNKS", 1)
-    clean = prepare_data(load_config(tiny_overrides(tmp_path / "clean", tales_dir, num_proc=1)), progress=False)
+    clean = prepare_data(
+        load_config(tiny_overrides(tmp_path / "clean", tales_dir, num_proc=1)), progress=False
+    )
     n_shards = len(clean.stats["shards"])
     assert n_shards >= 3
 

@@ -45,7 +45,9 @@ def build(tmp_path: Path, corpus: Path, name: str = "cache", **data):
 
 
 def shard_bytes(prepared) -> dict[str, bytes]:
-    return {k: v for k, v in tree_bytes(prepared.path).items() if k.startswith("shards/") or k == "tokenizer.json"}
+    return {
+        k: v for k, v in tree_bytes(prepared.path).items() if k.startswith("shards/") or k == "tokenizer.json"
+    }
 
 
 def test_output_is_byte_identical_for_any_number_of_workers(tmp_path, monkeypatch):
@@ -72,7 +74,9 @@ def test_every_file_format_streams_the_same_corpus(tmp_path):
     (tmp_path / "zst").mkdir()
     (tmp_path / "zst" / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(text))
     (tmp_path / "pq").mkdir()
-    pq.write_table(pa.table({"text": [r["text"] for r in records]}), tmp_path / "pq" / "c.parquet", row_group_size=7)
+    pq.write_table(
+        pa.table({"text": [r["text"] for r in records]}), tmp_path / "pq" / "c.parquet", row_group_size=7
+    )
     everything_train = {"validation_fraction": 0, "test_fraction": 0}
     reference = shard_bytes(build(tmp_path, tmp_path / "plain.jsonl", "plain", **everything_train))
     for name in ("gz", "zst", "pq"):
@@ -118,10 +122,15 @@ def test_hub_path_streams_through_datasets_offline(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sources_module, "hub_reachable", lambda: True)
     monkeypatch.setattr(datasets, "load_dataset", local_hub)
-    cfg = load_config([f"cache_dir={tmp_path / 'hub'}", "data=hub", "data.path=someone/corpus"] + tiny_overrides(tmp_path, corpus)[3:])
+    cfg = load_config(
+        [f"cache_dir={tmp_path / 'hub'}", "data=hub", "data.path=someone/corpus"]
+        + tiny_overrides(tmp_path, corpus)[3:]
+    )
     prepared = prepare_data(cfg, progress=False)
     assert calls and all(streaming for _, _, streaming in calls)
-    assert isinstance(real_load("json", data_files=str(corpus), split="train", streaming=True), datasets.IterableDataset)
+    assert isinstance(
+        real_load("json", data_files=str(corpus), split="train", streaming=True), datasets.IterableDataset
+    )
     assert sum(prepared.stats["splits"][s]["documents"] for s in SPLITS) == 30
 
 
@@ -170,15 +179,24 @@ def test_a_huge_text_file_streams_as_paragraph_aligned_documents(tmp_path, monke
     prepared = build(tmp_path, corpus, seq_len=64, max_sentence_len=64)
     assert prepared.stats["split_regime"] == "ranked", "the blocks are documents of their own"
     tokenizer = prepared.tokenizer()
-    decoded = [decode_sentence(tokenizer, u) for s in SPLITS for u in units_of(all_rows(prepared.split(s))) if u != [EOD_ID]]
+    decoded = [
+        decode_sentence(tokenizer, u)
+        for s in SPLITS
+        for u in units_of(all_rows(prepared.split(s)))
+        if u != [EOD_ID]
+    ]
     splitter = build_splitter()
-    assert sorted(decoded) == sorted(s for p in paragraphs for s in splitter.split(p)), "no sentence cut or lost"
+    assert sorted(decoded) == sorted(s for p in paragraphs for s in splitter.split(p)), (
+        "no sentence cut or lost"
+    )
 
 
 def test_literal_special_token_strings_are_ordinary_text(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("He wrote <eos> and <eod> and <pad> on the wall. " * 6 + "Then he left.")
-    prepared = build(tmp_path, corpus, seq_len=64, max_sentence_len=64, validation_fraction=0, test_fraction=0)
+    prepared = build(
+        tmp_path, corpus, seq_len=64, max_sentence_len=64, validation_fraction=0, test_fraction=0
+    )
     units = units_of(all_rows(prepared.split("train")))
     assert all(t not in (EOS_ID, EOD_ID) for u in units for t in u[:-1]), "specials only close units"
     assert "<eos> and <eod> and <pad>" in decode_sentence(prepared.tokenizer(), units[0])
@@ -188,7 +206,9 @@ def test_literal_special_token_strings_are_ordinary_text(tmp_path):
 def test_the_computed_permutation_visits_every_row_once(n):
     for seed, epoch in [(0, 0), (0, 1), (5, 0)]:
         assert sorted(Permutation(n, seed, epoch)(np.arange(n)).tolist()) == list(range(n))
-    assert not np.array_equal(Permutation(1000, 0, 0)(np.arange(1000)), Permutation(1000, 0, 1)(np.arange(1000)))
+    assert not np.array_equal(
+        Permutation(1000, 0, 0)(np.arange(1000)), Permutation(1000, 0, 1)(np.arange(1000))
+    )
 
 
 def test_row_order_resumes_exactly_across_epochs():
