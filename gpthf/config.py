@@ -59,7 +59,7 @@ class DataConfig:
     seq_len: int = 256
     max_sentence_len: int = 64
     max_bytes: int | None = None  # read only this much text (UTF-8 bytes, whole documents) of the corpus
-    tokenizer_sample_mb: float = 64.0  # the BPE is trained on the first this-many MB of the train split
+    tokenizer_sample_mb: float = 32.0  # the BPE is trained on the first this-many MB of the train split
     num_proc: int | None = None  # preparation worker processes (None: one per core); output is the same
 
 

@@ -31,7 +31,7 @@ from gpthf.data.sources import Document, SkippedRecords, corpus_size_hint, no_us
 from gpthf.data.special_tokens import SENTENCE_CLOSERS
 from gpthf.data.splits import SPLITS, SplitPlan
 from gpthf.data.splitter import SentenceSplitter, build_splitter
-from gpthf.data.tokenizer import encode_sentences, train_tokenizer
+from gpthf.data.tokenizer import SentenceEncoder, train_tokenizer
 
 CHUNK_BYTES = 1 << 20  # text per worker task; part of the output format (rows never span chunks)
 SHARD_CHUNKS = 256  # chunks per shard (~256 MB of text): the unit of files on disk and of reuse
@@ -66,13 +66,13 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(splitter: SentenceSplitter, tokenizer_json: str | None, data_cfg: dict) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one process per core already
     _WORKER.clear()
-    _WORKER.update(splitter=splitter, data=data_cfg, tokenizer=None)
+    _WORKER.update(splitter=splitter, data=data_cfg, encode=None)
     if tokenizer_json is not None:
         from tokenizers import Tokenizer
 
         tokenizer = Tokenizer.from_str(tokenizer_json)
         tokenizer.encode_special_tokens = True  # as gpthf.data.tokenizer does: literal "<eos>" is text
-        _WORKER["tokenizer"] = tokenizer
+        _WORKER["encode"] = SentenceEncoder(tokenizer)  # its word cache lives as long as the worker
 
 
 def _sentences(doc: Document) -> list[str]:
@@ -100,14 +100,14 @@ class SplitPart:
 
 def encode_chunk(chunk: Chunk) -> dict[str, SplitPart]:
     """Split into sentences, encode and pack a chunk, per split."""
-    data, tokenizer = _WORKER["data"], _WORKER["tokenizer"]
+    data, encode = _WORKER["data"], _WORKER["encode"]
     dtype = token_dtype(data["vocab_size"])
     parts = {}
     for split in SPLITS:
         docs = [_sentences(doc) for s, doc in chunk if s == split]
         if not docs:
             continue
-        encoded = encode_sentences(tokenizer, [s for sentences in docs for s in sentences])
+        encoded = encode([s for sentences in docs for s in sentences])
         units, i = [], 0
         for sentences in docs:
             units.extend(document_units(encoded[i : i + len(sentences)], data["max_sentence_len"]))

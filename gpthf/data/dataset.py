@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -159,6 +160,7 @@ def build_dataset(data_cfg: Any, out_dir: Path, progress: bool = True) -> dict:
     finished shards are kept); returns the stats, written last."""
     validate_data_config(data_cfg)
     num_proc = data_cfg.get("num_proc") or default_num_proc()
+    started = time.perf_counter()
     plan = plan_splits(data_cfg)
     splitter = make_splitter(plan, data_cfg)
     if (out_dir / TOKENIZER_FILE).is_file():
@@ -166,7 +168,10 @@ def build_dataset(data_cfg: Any, out_dir: Path, progress: bool = True) -> dict:
     else:
         tokenizer = train_sample_tokenizer(plan, data_cfg, splitter, num_proc)
         save_tokenizer(tokenizer, out_dir)
+    log.info("split plan (%s) and tokenizer ready in %.1f s", plan.regime, time.perf_counter() - started)
+    started = time.perf_counter()
     skipped = write_shards(plan, data_cfg, splitter, tokenizer, out_dir, num_proc, progress)
+    log.info("corpus encoded by %d worker(s) in %.1f s", num_proc, time.perf_counter() - started)
     names = sorted(p.name for p in (out_dir / SHARDS_DIR).iterdir() if (p / SHARD_META).is_file())
     if names != [shard_name(i) for i in range(len(names))]:
         raise DataError(

@@ -54,6 +54,29 @@ def _pretrained_parameters(language: str) -> PunktParameters | None:
     return params
 
 
+BREAK_CACHE_SIZE = 1 << 16
+
+
+class CachedPunkt(PunktSentenceTokenizer):
+    """Punkt with its slowest question remembered.
+
+    For every candidate sentence end Punkt asks whether the short context around it ("earth. And")
+    holds a sentence break — two thirds of its time. The answer depends on that context alone, and text
+    repeats its contexts, so answers are kept (bounded); the output is exactly Punkt's."""
+
+    def text_contains_sentbreak(self, text: str) -> bool:
+        cache = self.__dict__.setdefault("_break_cache", {})
+        answer = cache.get(text)
+        if answer is None:
+            if len(cache) >= BREAK_CACHE_SIZE:
+                cache.clear()
+            answer = cache[text] = super().text_contains_sentbreak(text)
+        return answer
+
+    def __getstate__(self) -> dict:  # sent to worker processes without the cache
+        return {k: v for k, v in self.__dict__.items() if k != "_break_cache"}
+
+
 class SentenceSplitter:
     """Turns a document's text into a list of clean sentences (no empty ones, no newlines)."""
 
@@ -92,4 +115,4 @@ def build_splitter(
         trainer.train(text or "", finalize=True)
         params = trainer.get_params()
     params.abbrev_types |= EXTRA_ABBREVIATIONS
-    return SentenceSplitter(PunktSentenceTokenizer(params))
+    return SentenceSplitter(CachedPunkt(params))

