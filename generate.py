@@ -10,14 +10,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from gpthf.cli import run_cli
+from gpthf.cli import ArgumentParser, run_cli
 from gpthf.errors import GpthfError
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="generate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ArgumentParser(prog="generate.py", description=__doc__)
     parser.add_argument(
         "--ckpt", required=True, help="checkpoint folder, or a run folder (its newest checkpoint)"
     )

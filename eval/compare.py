@@ -23,13 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gpthf.cli import run_cli
+from gpthf.cli import ArgumentParser, non_negative_int, positive_int, run_cli, writable_folder
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="compare.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ArgumentParser(prog="compare.py", description=__doc__)
     parser.add_argument(
         "--arch", default="small", help="size of the random-weight twins: gpthf-<arch> and gpt-<arch>"
     )
@@ -46,19 +44,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         choices=list(ALTERNATIVES),
         help="other generators measured beside GPTHF and GPT (cached decode and training only)",
     )
-    parser.add_argument("--contexts", type=int, nargs="+", default=[256, 1024, 2048, 4096])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--contexts", type=positive_int, nargs="+", default=[256, 1024, 2048, 4096])
+    parser.add_argument("--batches", type=positive_int, nargs="+", default=[1, 8])
     parser.add_argument(
-        "--new-tokens", type=int, default=16, help="timed decode steps of the cached strategies"
+        "--new-tokens", type=positive_int, default=16, help="timed decode steps of the cached strategies"
     )
     parser.add_argument(
-        "--full-new-tokens", type=int, default=2, help="timed decode steps of the full strategy"
+        "--full-new-tokens", type=positive_int, default=2, help="timed decode steps of the full strategy"
     )
     parser.add_argument(
-        "--max-full-tokens", type=int, default=16384, help="skip `full` above context × batch"
+        "--max-full-tokens", type=non_negative_int, default=16384, help="skip `full` above context × batch"
     )
-    parser.add_argument("--train-batch", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--train-batch", type=positive_int, default=8)
+    parser.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
     parser.add_argument("--no-hf", action="store_true", help="skip the Hugging Face peer")
     parser.add_argument(
         "--quick", action="store_true", help="tiny shape and a small grid: well under 2 minutes"
@@ -161,6 +159,7 @@ def plot(results: dict, path: Path) -> None:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    writable_folder(args.out)  # now, not after minutes of measuring
     torch.set_num_threads(args.threads)
     from gpthf.config import load_config
     from gpthf.data.dataset import prepare_data

@@ -17,29 +17,26 @@ import shutil
 import sys
 from pathlib import Path
 
-from gpthf.cli import run_cli
-from gpthf.errors import ConfigError
+from gpthf.cli import ArgumentParser, positive_float, positive_int, run_cli, writable_folder
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_STEP_TOKENS = 32 * 256  # train/default.yaml: 32 rows of 256 tokens per step
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="data_bench.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ArgumentParser(prog="data_bench.py", description=__doc__)
     parser.add_argument(
         "--sizes-mb",
-        type=float,
+        type=positive_float,
         nargs="+",
         default=[100, 400, 1000],
         help="corpus sizes (10^6 bytes of text)",
     )
     parser.add_argument(
-        "--num-proc", type=int, nargs="+", default=[1, 2], help="preparation workers to compare"
+        "--num-proc", type=positive_int, nargs="+", default=[1, 2], help="preparation workers to compare"
     )
     parser.add_argument(
-        "--train-steps", type=int, default=5, help="training steps run on each prepared corpus"
+        "--train-steps", type=positive_int, default=5, help="training steps run on each prepared corpus"
     )
     parser.add_argument(
         "--work", default="data_bench_work", help="where corpora and caches are written (reused)"
@@ -47,8 +44,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", default="outputs/data_bench")
     parser.add_argument("--keep-caches", action="store_true", help="keep the prepared data sets")
     args = parser.parse_args(argv)
-    if min(args.sizes_mb) <= 0 or min(args.num_proc) < 1 or args.train_steps < 1:
-        raise ConfigError("--sizes-mb must be positive, --num-proc and --train-steps at least 1")
     return args
 
 
@@ -140,8 +135,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     from gpthf.measure.data_scale import write_synthetic_corpus
 
-    work, out = Path(args.work).resolve(), Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    work, out = writable_folder(args.work, "--work").resolve(), writable_folder(args.out)
     rows = []
     for size_mb in args.sizes_mb:
         corpus = work / f"corpus-{size_mb:g}MB"

@@ -8,26 +8,28 @@ elsewhere. Prints a summary, then one JSON line.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-from gpthf.cli import run_cli
+from gpthf.cli import ArgumentParser, positive_float, positive_int, run_cli
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="downstream.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ArgumentParser(prog="downstream.py", description=__doc__)
     parser.add_argument("--ckpt", required=True)
     parser.add_argument("--task", default="sentiment")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-train", type=int, default=None, help="use only the first N training examples")
+    parser.add_argument("--epochs", type=positive_int, default=2)
+    parser.add_argument("--lr", type=positive_float, default=1e-4)
+    parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument(
-        "--max-eval", type=int, default=None, help="use only the first N test examples (cloze: examples)"
+        "--max-train", type=positive_int, default=None, help="use only the first N training examples"
+    )
+    parser.add_argument(
+        "--max-eval",
+        type=positive_int,
+        default=None,
+        help="use only the first N test examples (cloze: examples)",
     )
     args = parser.parse_args(argv)
 

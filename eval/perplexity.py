@@ -7,18 +7,15 @@ rest. Prints a table, then one JSON line.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from gpthf.cli import run_cli
+from gpthf.cli import ArgumentParser, non_negative_int, positive_int, run_cli
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="perplexity.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ArgumentParser(prog="perplexity.py", description=__doc__)
     parser.add_argument("--ckpt", required=True, help="checkpoint, run folder or folder of runs")
     parser.add_argument(
         "--data",
@@ -28,12 +25,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--split", default="test", choices=["train", "validation", "test"], help="with --data default"
     )
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-rows", type=int, default=None)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--max-rows", type=positive_int, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument(
         "--samples",
-        type=int,
+        type=non_negative_int,
         default=16,
         help="sampled continuations for the sentence/repetition checks (0: none)",
     )

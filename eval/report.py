@@ -7,12 +7,11 @@ validation bits per byte from training, and whatever `eval/perplexity.py`, `eval
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from gpthf.cli import run_cli
+from gpthf.cli import ArgumentParser, run_cli, writable_folder
 from gpthf.errors import GpthfError
 
 COLUMNS = [
@@ -109,16 +108,14 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="report.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ArgumentParser(prog="report.py", description=__doc__)
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (outputs/<name>/<timestamp>)")
     parser.add_argument("--compare", type=Path, default=None, help="compare.json of eval/compare.py")
     parser.add_argument("--out", type=Path, default=Path("outputs/report"))
     args = parser.parse_args(argv)
     compare = json.loads(args.compare.read_text()) if args.compare else None
     rows = [summarize(run, compare) for run in args.runs]
-    args.out.mkdir(parents=True, exist_ok=True)
+    writable_folder(args.out)
     (args.out / "report.json").write_text(json.dumps(rows, indent=2))
     plot(rows, args.out / "report.png")
     print(markdown(rows))

@@ -1,12 +1,16 @@
-"""What every command-line entry point shares: one-line errors instead of tracebacks."""
+"""What every command-line entry point shares: one-line errors instead of tracebacks, for bad
+arguments too, and argument types that refuse zero or negative counts up front."""
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
-from gpthf.errors import GpthfError
+from gpthf.errors import ConfigError, GpthfError
 
 EXIT_USER_ERROR = 2
 
@@ -22,3 +26,48 @@ def run_cli(main: Callable[[list[str]], int | None], argv: list[str] | None = No
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose mistakes are one `error:` line (exit 2) like every other error, not a usage dump."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(**kwargs)
+
+    def error(self, message: str):
+        raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _number(kind: type, minimum: float, strict: bool) -> Callable[[str], int | float]:
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value != value or (value <= minimum if strict else value < minimum):
+            raise argparse.ArgumentTypeError(f"{text} must be {'>' if strict else '≥'} {minimum}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+positive_int = _number(int, 0, strict=True)
+non_negative_int = _number(int, 0, strict=False)
+positive_float = _number(float, 0, strict=True)
+
+
+def writable_folder(path: str | Path, flag: str = "--out") -> Path:
+    """`path` created if needed and checked writable now, before any long work is done."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(
+            f"cannot write to {flag} {folder} ({err.strerror}); give a writable folder"
+        ) from None
+    return folder

@@ -8,6 +8,7 @@ in a file or an override is an error (naming the valid keys), never a silently i
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -127,6 +128,70 @@ def parse_budget_seconds(budget: str | float) -> float:
 CONFIG_GROUPS = ("arch", "data", "train", "impl")
 
 
+@dataclass(frozen=True)
+class Range:
+    """Where a numeric config value may lie; None is always allowed for optional keys."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low < x (else low <= x)
+    high_open: bool = False
+
+    def contains(self, x: float) -> bool:
+        if not math.isfinite(x):
+            return False
+        above = self.low is None or (x > self.low if self.low_open else x >= self.low)
+        below = self.high is None or (x < self.high if self.high_open else x <= self.high)
+        return above and below
+
+    def describe(self, key: str) -> str:
+        left = "" if self.low is None else f"{self.low:g} {'<' if self.low_open else '≤'} "
+        right = "" if self.high is None else f" {'<' if self.high_open else '≤'} {self.high:g}"
+        return f"{left}{key}{right}"
+
+
+AT_LEAST_1, AT_LEAST_0, POSITIVE = Range(1), Range(0), Range(0, low_open=True)
+FRACTION, SHARE = Range(0, 1, high_open=True), Range(0, 1)
+# Every numeric field of the schema (tests/test_config.py checks none is missing).
+NUMBER_RANGES: dict[str, Range] = {
+    "arch.d_model": AT_LEAST_1, "arch.n_heads": AT_LEAST_1, "arch.n_enc": AT_LEAST_1, "arch.n_body": AT_LEAST_1,
+    "arch.n_layers": AT_LEAST_1, "arch.mlp_hidden": AT_LEAST_0, "arch.feature_dim": AT_LEAST_1,
+    "arch.lstm_hidden": AT_LEAST_1, "arch.block_len": AT_LEAST_1, "arch.n_states": AT_LEAST_1,
+    "arch.recurrent_layer": AT_LEAST_0, "arch.truncate_blocks": AT_LEAST_1, "arch.dropout": FRACTION,
+    "arch.rope_base": Range(1, low_open=True), "arch.norm_eps": Range(0, 1, low_open=True),
+    "data.validation_fraction": FRACTION, "data.test_fraction": FRACTION, "data.split_seed": Range(),
+    "data.vocab_size": Range(260, 2**32), "data.seq_len": Range(8), "data.max_sentence_len": Range(2),
+    "data.max_bytes": AT_LEAST_1, "data.tokenizer_sample_mb": POSITIVE, "data.num_proc": Range(1, 1024),
+    "train.batch_size": AT_LEAST_1, "train.micro_batch_size": AT_LEAST_1, "train.lr": Range(0, 1, low_open=True),
+    "train.weight_decay": AT_LEAST_0, "train.beta1": FRACTION, "train.beta2": FRACTION, "train.grad_clip": AT_LEAST_0,
+    "train.warmup_fraction": SHARE, "train.cooldown_fraction": SHARE, "train.max_tokens": AT_LEAST_1,
+    "train.seed": Range(0, 2**32 - 1), "train.log_every_steps": AT_LEAST_1, "train.checkpoint_every_minutes": POSITIVE,
+    "train.keep_checkpoints": AT_LEAST_1, "train.eval_rows": AT_LEAST_1, "impl.zero_stage": Range(0, 3),
+}  # fmt: skip
+
+
+def validate_numbers(cfg: DictConfig) -> None:
+    """Every numeric value in its range and the values that depend on each other consistent, so a bad
+    number is one line naming the key at load time, never a NaN or a traceback minutes later."""
+    for key, valid in NUMBER_RANGES.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not valid.contains(value):
+            raise ConfigError(f"{key}={value} is out of range; valid: {valid.describe(key)}")
+    relations = [
+        (cfg.arch.d_model % cfg.arch.n_heads == 0 and (cfg.arch.d_model // cfg.arch.n_heads) % 2 == 0,
+         f"arch.d_model={cfg.arch.d_model} must split into arch.n_heads={cfg.arch.n_heads} heads of an even width"),
+        (cfg.data.max_sentence_len <= cfg.data.seq_len,
+         f"data.max_sentence_len={cfg.data.max_sentence_len} must be at most data.seq_len={cfg.data.seq_len}"),
+        (cfg.data.validation_fraction + cfg.data.test_fraction < 1,
+         "data.validation_fraction + data.test_fraction must be below 1"),
+        (cfg.train.micro_batch_size <= cfg.train.batch_size,
+         f"train.micro_batch_size={cfg.train.micro_batch_size} must be at most train.batch_size={cfg.train.batch_size}"),
+    ]  # fmt: skip
+    for holds, problem in relations:
+        if not holds:
+            raise ConfigError(problem)
+
+
 def _valid_keys(schema: type) -> list[str]:
     return [f.name for f in fields(schema)]
 
@@ -180,5 +245,6 @@ def load_config(overrides: Sequence[str] = (), config_name: str = "cfg_pretrain"
     if missing:
         raise ConfigError(f"config values missing: {', '.join(missing)}")
     parse_budget_seconds(cfg.budget)
+    validate_numbers(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg

@@ -21,3 +21,7 @@ class DataError(GpthfError):
 
 class CheckpointError(GpthfError):
     """A checkpoint that is missing, incomplete, corrupt or of another kind than asked for."""
+
+
+class TrainingError(GpthfError):
+    """Training cannot go on (the loss became NaN or infinite); the last good checkpoint is kept."""

@@ -124,7 +124,9 @@ class SentenceEncoder:
         slow = []
         for i, sentence in enumerate(sentences):
             if self.fast and sentence.isascii() and sentence.isprintable():
-                text = sentence if sentence.startswith(" ") or not sentence else " " + sentence  # prefix space
+                text = (
+                    sentence if sentence.startswith(" ") or not sentence else " " + sentence
+                )  # prefix space
                 encoded[i] = [t for w in _ASCII_WORDS.findall(text) for t in self._word_ids(w)]
             else:
                 slow.append(i)

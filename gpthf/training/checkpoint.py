@@ -13,6 +13,7 @@ end, so a kill at any moment leaves either the new checkpoint whole or only the 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from collections.abc import Callable
@@ -142,6 +143,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
     path = Path(path).expanduser()
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_file():  # a file of a checkpoint (model.safetensors, config.json): its folder
+        if (path.parent / CONFIG_FILE).is_file():
+            return path.parent
+        raise CheckpointError(f"{path} is a file; give a checkpoint folder (the one holding {CONFIG_FILE})")
     if (path / CONFIG_FILE).is_file():
         return path
     for run_dir in [path] + sorted((p for p in path.iterdir() if p.is_dir()), reverse=True):
@@ -184,9 +189,20 @@ def load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
 
 
 def load_train_state(checkpoint: Path) -> dict:
+    """The optimizer, data-order, progress and RNG state, read with `weights_only=True`: a crafted
+    train_state.pt cannot run code on `resume=true` (only tensors, numbers, strings and containers load)."""
+    import pickle
+
     try:
-        return torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
-    except Exception as err:  # pickle/zip errors of a damaged file
+        return torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            raise CheckpointError(
+                f"training state {checkpoint / STATE_FILE} holds objects other than tensors and numbers (written "
+                f"by an older gpthf, or crafted) and is not loaded; start a new run, e.g. with init_from={checkpoint}"
+            ) from None
+        raise CheckpointError(f"training state {checkpoint / STATE_FILE} is unreadable ({err})") from None
+    except Exception as err:  # zip errors of a damaged file
         raise CheckpointError(f"training state {checkpoint / STATE_FILE} is unreadable ({err})") from None
 
 
@@ -203,12 +219,44 @@ def load_checkpoint_tokenizer(checkpoint: Path, meta: dict):
     return tokenizer
 
 
+def check_shapes_before_allocating(meta: dict, checkpoint: Path) -> None:
+    """Compare the model config.json describes with the tensors model.safetensors holds, reading only
+    the weights file's header and building the model on the meta device: a config.json edited to
+    huge sizes is refused before any memory is allocated."""
+    from safetensors import safe_open
+
+    from gpthf.models import build_model
+
+    try:
+        with torch.device("meta"):
+            expected = {
+                k: tuple(v.shape)
+                for k, v in build_model(meta["arch"], meta["vocab_size"]).state_dict().items()
+            }
+    except Exception as err:  # an arch the model code cannot build: sizes of the wrong kind or sign
+        raise CheckpointError(f"{checkpoint / CONFIG_FILE} describes no buildable model ({err})") from None
+    try:
+        with safe_open(str(checkpoint / WEIGHTS_FILE), framework="pt") as weights:
+            stored = {k: tuple(weights.get_slice(k).get_shape()) for k in weights.keys()}
+    except Exception as err:  # safetensors raises its own types for a damaged header
+        raise CheckpointError(
+            f"{checkpoint / WEIGHTS_FILE} is unreadable ({err}); the checkpoint is damaged"
+        ) from None
+    if expected != stored:
+        n_expected, n_stored = (sum(math.prod(s) for s in d.values()) for d in (expected, stored))
+        raise CheckpointError(
+            f"{checkpoint / CONFIG_FILE} describes a model of {n_expected:,} parameters but {WEIGHTS_FILE} holds "
+            f"{n_stored:,} in other shapes: config.json does not belong to these weights"
+        )
+
+
 def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu", attention: str = "sdpa"):
     """(model in eval mode, checkpoint meta, checkpoint folder) for generation and evaluation."""
     from gpthf.models import build_model
 
     checkpoint = resolve_checkpoint(path)
     meta = read_meta(checkpoint)
+    check_shapes_before_allocating(meta, checkpoint)
     model = build_model(meta["arch"], meta["vocab_size"], attention)
     load_weights(model, checkpoint)
     return model.to(device).eval(), meta, checkpoint

@@ -17,7 +17,6 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +25,10 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from gpthf.config import parse_budget_seconds
-from gpthf.data.dataset import data_identity, prepare_data
+from gpthf.data.dataset import prepare_data
 from gpthf.data.special_tokens import PAD_ID
 from gpthf.data.tokenizer import TOKENIZER_FILE
-from gpthf.errors import ConfigError
+from gpthf.errors import ConfigError, TrainingError
 from gpthf.models import LanguageModel, build_model, next_token_loss
 from gpthf.training.batches import TrainBatches
 from gpthf.training.checkpoint import (
@@ -38,7 +37,6 @@ from gpthf.training.checkpoint import (
     load_train_state,
     load_weights,
     prune_checkpoints,
-    recover_interrupted_writes,
     save_checkpoint,
     staging_folder,
 )
@@ -46,10 +44,10 @@ from gpthf.training.convert import initialize_from
 from gpthf.training.distributed import Engine, Runtime, build_engine, setup_runtime, teardown_runtime
 from gpthf.training.metrics import BudgetBar, MetricsLog, plot_losses
 from gpthf.training.optim import build_optimizer
+from gpthf.training.run_dir import CONFIG_FILE, RunLock, check_same_data, create_run_dir, find_run_to_resume
 from gpthf.training.schedule import check_schedule, lr_at
 
 log = logging.getLogger(__name__)
-CONFIG_FILE = "config.yaml"
 
 
 @dataclass
@@ -86,7 +84,14 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """Every generator's state as tensors, numbers and lists: loadable with `weights_only=True`."""
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": [version, list(mt), gauss],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -94,8 +99,10 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -113,38 +120,6 @@ def _broadcast(runtime: Runtime, value):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def _find_run_to_resume(cfg) -> tuple[Path, Path]:
-    runs = sorted((Path(cfg.output_dir) / cfg.name).glob("*/"))
-    for run_dir in reversed(runs):
-        recover_interrupted_writes(run_dir)
-        checkpoint = latest_checkpoint(run_dir)
-        if checkpoint is None:
-            continue
-        if checkpoint.name == FINAL:
-            raise ConfigError(
-                f"the newest run of {cfg.name}, {run_dir}, has already finished; drop resume=true to start a new one"
-            )
-        saved = OmegaConf.load(run_dir / CONFIG_FILE)
-        identity = {"arch": lambda c: OmegaConf.to_container(c, resolve=True), "data": data_identity}
-        for group, identify in identity.items():
-            if identify(saved[group]) != identify(cfg[group]):
-                raise ConfigError(
-                    f"resume=true: {group} differs from the run being resumed ({run_dir}); use its config"
-                )
-        return run_dir, checkpoint
-    raise ConfigError(
-        f"resume=true but no run of {cfg.name} under {cfg.output_dir} has a complete checkpoint"
-    )
-
-
-def _new_run_dir(cfg) -> Path:
-    base = Path(cfg.output_dir) / cfg.name / datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir, n = base, 1
-    while run_dir.exists():
-        run_dir, n = base.with_name(f"{base.name}-{n}"), n + 1
-    return run_dir
 
 
 @torch.no_grad()
@@ -182,11 +157,43 @@ class Trainer:
         check_schedule(cfg.train)
         self.stop_requested = False
 
-        # Which run this is, before anything slow: a bad resume=true fails at once.
-        resume = _find_run_to_resume(cfg) if cfg.resume and runtime.is_main else None
+        # Which run this is, before anything slow: a bad resume=true fails at once. Rank 0 holds the
+        # run's lock until the run ends, so no other process writes into its folder.
+        self.lock = None
+        resume = None
+        if runtime.is_main:
+            resume = find_run_to_resume(cfg) if cfg.resume else None
+            run_dir = resume[0] if resume else create_run_dir(cfg)
+            self.lock = RunLock(run_dir)
+            try:
+                self.lock.acquire()
+                if resume:
+                    check_same_data(cfg, resume[1])
+                else:
+                    OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
+            except BaseException:
+                self._abandon(run_dir, new_run=resume is None)
+                raise
         self.run_dir, resume_from = _broadcast(
-            runtime, (resume or (_new_run_dir(cfg), None)) if runtime.is_main else None
+            runtime, (run_dir, resume[1] if resume else None) if runtime.is_main else None
         )
+        try:
+            self._build(resume_from)
+        except BaseException:
+            if runtime.is_main:
+                self._abandon(self.run_dir, new_run=resume_from is None)
+            raise
+
+    def _abandon(self, run_dir: Path, new_run: bool) -> None:
+        """A run that failed to start: a new run's folder holds nothing worth keeping; unlock."""
+        if new_run:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        if self.lock is not None:
+            self.lock.release()
+
+    def _build(self, resume_from: Path | None) -> None:
+        """Data, model, optimizer and, when resuming, their saved state."""
+        cfg, runtime = self.cfg, self.runtime
         # Data off the clock: rank 0 builds the cache while the other ranks wait.
         if runtime.is_main:
             self.data = prepare_data(cfg, progress=True)
@@ -194,11 +201,6 @@ class Trainer:
         if not runtime.is_main:
             self.data = prepare_data(cfg, progress=False)
         self.stats = self.data.stats
-
-        if runtime.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            if resume_from is None:
-                OmegaConf.save(cfg, self.run_dir / CONFIG_FILE, resolve=True)
 
         seed_everything(cfg.train.seed)
         self.model: LanguageModel = build_model(cfg.arch, self.stats["vocab_size"], cfg.impl.attention).to(
@@ -286,6 +288,7 @@ class Trainer:
                     "step": self.progress.step,
                     "tokens": self.progress.tokens,
                     "context": {"tokens": self.cfg.data.seq_len, "sentences": self.batches.max_sentences},
+                    "data_cache": self.data.path.name,  # what a resume must find again
                     "init_from": self.cfg.init_from,
                 }
                 save_checkpoint(target, self.model, meta, self.data.path / TOKENIZER_FILE, state, staged=True)
@@ -313,8 +316,19 @@ class Trainer:
         return float(loss_sum), step.targets, grad_norm
 
     def _request_stop(self, signum, frame) -> None:
-        log.warning("signal %d: saving a checkpoint after this step, then stopping", signum)
+        if signum == signal.SIGINT and self.stop_requested:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop at once, without the checkpoint
+        name = signal.Signals(signum).name
+        log.warning("%s: saving a checkpoint after this step, then stopping (Ctrl-C again: stop now)", name)
         self.stop_requested = True
+
+    def _diverged(self, loss: float, lr: float) -> TrainingError:
+        latest = latest_checkpoint(self.run_dir)
+        kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written before it"
+        return TrainingError(
+            f"the training loss became {loss} at step {self.progress.step} (lr {lr:.3g}); stopped without "
+            f"saving, {kept}; lower train.lr, raise train.warmup_fraction or check the data"
+        )
 
     def run(self, stop_after_steps: int | None = None) -> Path:
         """Train until the budget is spent (or a stop is requested); returns the run folder.
@@ -324,7 +338,7 @@ class Trainer:
         """
         cfg, runtime = self.cfg, self.runtime
         previous = (
-            {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGUSR1)}
+            {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
             if runtime.is_main
             else {}
         )
@@ -334,6 +348,7 @@ class Trainer:
         steps_this_session, window_tokens, window_start = 0, 0, self.clock()
         postfix: dict = {}
         interrupted = False
+        loss, lr = 0.0, 0.0
         try:
             while True:
                 self.progress.elapsed_s = self.clock() - start
@@ -342,13 +357,18 @@ class Trainer:
                     stop_after_steps is not None and steps_this_session >= stop_after_steps
                 )
                 finished = done >= 1.0 or self.progress.elapsed_s >= self.budget_s
-                done, finished, stop = _broadcast(runtime, (done, finished, stop))  # one decision for all
+                diverged = not math.isfinite(loss)
+                # One decision for all ranks (a NaN reaches every rank's weights through the gradients).
+                done, finished, stop, diverged = _broadcast(runtime, (done, finished, stop, diverged))
+                if diverged:
+                    raise self._diverged(loss, lr)
                 if finished or stop:
                     interrupted = not finished
                     break
                 lr = lr_at(done, cfg.train)
                 tokens_before = self.progress.tokens
                 loss_sum, targets, grad_norm = self._train_step(lr)
+                loss = loss_sum / max(targets, 1)
                 steps_this_session += 1
                 window_tokens += self.progress.tokens - tokens_before  # already summed over ranks
                 if self.progress.step % cfg.train.log_every_steps == 0:
@@ -443,6 +463,11 @@ def train(cfg, clock: Callable[[], float] = time.monotonic, stop_after_steps: in
     """Run `cfg` on this process's share of the machines; returns the run folder."""
     runtime = setup_runtime(cfg.impl)
     try:
-        return Trainer(cfg, runtime, clock).run(stop_after_steps)
+        trainer = Trainer(cfg, runtime, clock)
+        try:
+            return trainer.run(stop_after_steps)
+        finally:
+            if trainer.lock is not None:
+                trainer.lock.release()
     finally:
         teardown_runtime(runtime)
