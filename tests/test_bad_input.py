@@ -100,6 +100,10 @@ SCRIPTS: dict[str, Callable[[], Callable]] = {
     "prepare": lambda: __import__("gpthf.data.prepare", fromlist=["main"]).main,
     "pretrain": lambda: runpy.run_path(str(REPO / "pretrain.py"))["main"],
     "generate": lambda: runpy.run_path(str(REPO / "generate.py"))["main"],
+    **{
+        name: (lambda n=name: runpy.run_path(str(REPO / "eval" / f"{n}.py"))["main"])
+        for name in ("compare", "perplexity", "downstream")
+    },
 }
 
 
@@ -190,6 +194,12 @@ def truncate_weights(ckpt: Path) -> None:
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
 
 
+def huge_sizes(ckpt: Path) -> None:
+    meta = json.loads((ckpt / "config.json").read_text())
+    meta["arch"].update(d_model=1 << 20, mlp_hidden=1 << 22)  # ~10^13 parameters if it were allocated
+    (ckpt / "config.json").write_text(json.dumps(meta))
+
+
 def change_width(ckpt: Path) -> None:
     meta = json.loads((ckpt / "config.json").read_text())
     meta["arch"]["d_model"] *= 2
@@ -267,6 +277,82 @@ CASES = [
         "generate",
         lambda ws: generate_args(ws.broken_checkpoint("truncated", truncate_weights), "--prompt", "Hi."),
         error="are unreadable",
+    ),
+    Case(
+        "config.json edited to huge sizes",
+        "generate",
+        lambda ws: generate_args(ws.broken_checkpoint("huge", huge_sizes), "--prompt", "Hi."),
+        error="does not fit this model: its config.json describes",
+    ),
+    Case(
+        "--ckpt naming the weights file",
+        "generate",
+        lambda ws: generate_args(ws.checkpoint / "model.safetensors", "--prompt", "And God said."),
+        check=lambda ws, out: None if out.strip() else pytest.fail("no output"),
+    ),
+    Case(
+        "--ckpt naming a file outside any checkpoint",
+        "generate",
+        lambda ws: generate_args(batch_file(ws, "notes.txt", "hello"), "--prompt", "Hi."),
+        error="notes.txt is a file; give a checkpoint folder",
+    ),
+    Case(
+        "unknown generate option",
+        "generate",
+        lambda ws: ["--ckpt", str(ws.checkpoint), "--tempreature", "0"],
+        error="unrecognized arguments: --tempreature",
+    ),
+    Case(
+        "negative max_tokens",
+        "pretrain",
+        lambda ws: ["train.max_tokens=-1000"],
+        error="valid: 1 ≤ train.max_tokens",
+    ),
+    Case("a learning rate of 1e4", "pretrain", lambda ws: ["train.lr=1e4"], error="valid: 0 < train.lr ≤ 1"),
+    Case("rope_base=0", "pretrain", lambda ws: ["arch.rope_base=0"], error="valid: 1 < arch.rope_base"),
+    Case("seq_len=2", "pretrain", lambda ws: ["data.seq_len=2"], error="valid: 8 ≤ data.seq_len"),
+    Case(
+        "keep_checkpoints=0",
+        "pretrain",
+        lambda ws: ["train.keep_checkpoints=0"],
+        error="valid: 1 ≤ train.keep_checkpoints",
+    ),
+    Case("NaN learning rate", "pretrain", lambda ws: ["train.lr=nan"], error="train.lr=nan is out of range"),
+    Case(
+        "compare --threads 0",
+        "compare",
+        lambda ws: ["--threads", "0"],
+        error="argument --threads: 0 must be > 0",
+    ),
+    Case(
+        "compare --contexts 0",
+        "compare",
+        lambda ws: ["--contexts", "0"],
+        error="argument --contexts: 0 must be > 0",
+    ),
+    Case(
+        "compare into an unwritable --out",
+        "compare",
+        lambda ws: ["--out", str(ws.checkpoint / "config.json" / "x")],
+        error="cannot write to --out",
+    ),
+    Case(
+        "perplexity --batch-size 0",
+        "perplexity",
+        lambda ws: ["--ckpt", str(ws.checkpoint), "--batch-size", "0"],
+        error="argument --batch-size: 0 must be > 0",
+    ),
+    Case(
+        "downstream --batch-size 0",
+        "downstream",
+        lambda ws: ["--ckpt", str(ws.checkpoint), "--batch-size", "0"],
+        error="argument --batch-size: 0 must be > 0",
+    ),
+    Case(
+        "perplexity without --ckpt",
+        "perplexity",
+        lambda ws: [],
+        error="the following arguments are required: --ckpt",
     ),
     Case(
         "checkpoint of another arch",
@@ -431,6 +517,17 @@ def test_read_only_folders(tales_dir, tmp_path, capsys):
         and "cache_dir=" in err[0]
     )
     assert digest(cache) == before
+
+
+def test_unwritable_output_dir(data_cache, tmp_path, capsys):
+    main = runpy.run_path(str(REPO / "pretrain.py"))["main"]
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    with read_only(outputs):
+        assert run_cli(main, run_overrides(data_cache, outputs, "train.max_tokens=400")) == EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot create a run folder under") and "output_dir=" in err[0]
+    assert list(outputs.iterdir()) == []
 
 
 def _limit_file_size(max_bytes: int) -> Callable[[], None]:

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from omegaconf.errors import ReadonlyConfigError
 
@@ -40,3 +42,60 @@ def test_loaded_config_is_read_only():
     cfg = load_config()
     with pytest.raises(ReadonlyConfigError):
         cfg.data.seq_len = 5
+
+
+def _numeric_fields() -> set[str]:
+    import dataclasses
+
+    from gpthf.config import PretrainConfig
+
+    found = set()
+    for group in dataclasses.fields(PretrainConfig):
+        if not dataclasses.is_dataclass(group.default_factory):
+            continue
+        for f in dataclasses.fields(group.default_factory):
+            if any(t in str(f.type) for t in ("int", "float")):
+                found.add(f"{group.name}.{f.name}")
+    return found
+
+
+def test_every_numeric_field_has_a_range():
+    from gpthf.config import NUMBER_RANGES
+
+    assert _numeric_fields() == set(NUMBER_RANGES)
+
+
+def _out_of_range(key: str) -> str:
+    from gpthf.config import NUMBER_RANGES
+
+    valid = NUMBER_RANGES[key]
+    if valid.low is not None:
+        return str(valid.low - 1 if not valid.low_open else valid.low)
+    if valid.high is not None:
+        return str(valid.high + 1)
+    return "nan"
+
+
+@pytest.mark.parametrize("key", sorted(_numeric_fields() - {"data.split_seed"}))
+def test_an_out_of_range_number_is_one_error_naming_its_key_and_range(key):
+    value = _out_of_range(key)
+    with pytest.raises(ConfigError, match=rf"^{key}=\S+ is out of range; valid: .*{key}"):
+        load_config([f"{key}={value}"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lr=nan", "train.lr=nan is out of range"),
+        ("train.lr=inf", "train.lr=inf is out of range"),
+        ("train.lr=1e4", "valid: 0 < train.lr ≤ 1"),
+        ("arch.rope_base=0", "valid: 1 < arch.rope_base"),
+        ("train.max_tokens=-1000", "valid: 1 ≤ train.max_tokens"),
+        ("arch.n_heads=3", "must split into arch.n_heads=3 heads"),
+        ("train.micro_batch_size=64", "at most train.batch_size=32"),
+        ("data.max_sentence_len=512", "at most data.seq_len=256"),
+    ],
+)
+def test_values_that_would_end_in_nan_or_a_traceback_are_refused_at_load(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config([override])

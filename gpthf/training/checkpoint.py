@@ -245,8 +245,8 @@ def check_shapes_before_allocating(meta: dict, checkpoint: Path) -> None:
     if expected != stored:
         n_expected, n_stored = (sum(math.prod(s) for s in d.values()) for d in (expected, stored))
         raise CheckpointError(
-            f"{checkpoint / CONFIG_FILE} describes a model of {n_expected:,} parameters but {WEIGHTS_FILE} holds "
-            f"{n_stored:,} in other shapes: config.json does not belong to these weights"
+            f"checkpoint {checkpoint} does not fit this model: its {CONFIG_FILE} describes {n_expected:,} "
+            f"parameters, its {WEIGHTS_FILE} holds {n_stored:,} in other shapes (the files do not belong together)"
         )
 
 

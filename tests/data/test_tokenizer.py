@@ -30,3 +30,8 @@ def test_fast_path_equals_the_tokenizer_on_tricky_and_random_ascii(tokenizer):
     assert encoder(texts) == expected
     assert encoder(texts) == expected, "a warm word cache changes nothing"
     assert encode_sentences(tokenizer, texts[:50]) == expected[:50]
+
+
+def test_literal_special_strings_in_a_prompt_are_text(tokenizer):
+    (ids,) = encode_sentences(tokenizer, ["say <eos> or <eod> or <pad> aloud"])
+    assert min(ids) >= 4, "no special id comes from text"
