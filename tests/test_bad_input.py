@@ -299,7 +299,7 @@ CASES = [
     Case(
         "unknown generate option",
         "generate",
-        lambda ws: ["--ckpt", str(ws.checkpoint), "--tempreature", "0"],
+        lambda ws: ["--ckpt", str(ws.checkpoint), "--prompt", "Hi.", "--tempreature", "0"],
         error="unrecognized arguments: --tempreature",
     ),
     Case(
@@ -526,7 +526,11 @@ def test_unwritable_output_dir(data_cache, tmp_path, capsys):
     with read_only(outputs):
         assert run_cli(main, run_overrides(data_cache, outputs, "train.max_tokens=400")) == EXIT_USER_ERROR
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: cannot create a run folder under") and "output_dir=" in err[0]
+    assert (
+        len(err) == 1
+        and err[0].startswith("error: cannot create a run folder under")
+        and "output_dir=" in err[0]
+    )
     assert list(outputs.iterdir()) == []
 
 

@@ -229,10 +229,8 @@ def check_shapes_before_allocating(meta: dict, checkpoint: Path) -> None:
 
     try:
         with torch.device("meta"):
-            expected = {
-                k: tuple(v.shape)
-                for k, v in build_model(meta["arch"], meta["vocab_size"]).state_dict().items()
-            }
+            model = build_model(meta["arch"], meta["vocab_size"])
+            expected = {k: tuple(p.shape) for k, p in model.named_parameters()}  # as `_weights` saves them
     except Exception as err:  # an arch the model code cannot build: sizes of the wrong kind or sign
         raise CheckpointError(f"{checkpoint / CONFIG_FILE} describes no buildable model ({err})") from None
     try:
@@ -240,7 +238,7 @@ def check_shapes_before_allocating(meta: dict, checkpoint: Path) -> None:
             stored = {k: tuple(weights.get_slice(k).get_shape()) for k in weights.keys()}
     except Exception as err:  # safetensors raises its own types for a damaged header
         raise CheckpointError(
-            f"{checkpoint / WEIGHTS_FILE} is unreadable ({err}); the checkpoint is damaged"
+            f"checkpoint weights {checkpoint / WEIGHTS_FILE} are unreadable ({err})"
         ) from None
     if expected != stored:
         n_expected, n_stored = (sum(math.prod(s) for s in d.values()) for d in (expected, stored))

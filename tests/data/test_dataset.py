@@ -234,10 +234,24 @@ def test_missing_path_and_hub_offline_name_the_alternatives(tmp_path, monkeypatc
 
 
 def test_bad_data_config_values_are_refused(tmp_path, tales_dir):
-    with pytest.raises(DataError, match="max_sentence_len"):
-        prepare_data(load_config(tiny_overrides(tmp_path, tales_dir, max_sentence_len=64)), progress=False)
-    with pytest.raises(DataError, match="vocab_size"):
-        prepare_data(load_config(tiny_overrides(tmp_path, tales_dir, vocab_size=100)), progress=False)
+    """At load time from overrides, and by the data layer itself for configs built elsewhere."""
+    from omegaconf import OmegaConf
+
+    from gpthf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_sentence_len"):
+        load_config(tiny_overrides(tmp_path, tales_dir, max_sentence_len=64))
+    with pytest.raises(ConfigError, match="vocab_size"):
+        load_config(tiny_overrides(tmp_path, tales_dir, vocab_size=100))
+    cfg = OmegaConf.to_container(load_config(tiny_overrides(tmp_path, tales_dir)))
+    for bad, message in [
+        ({"max_sentence_len": 64}, "max_sentence_len"),
+        ({"vocab_size": 100}, "vocab_size"),
+        ({"max_bytes": 0}, "max_bytes"),
+    ]:
+        broken = OmegaConf.create({**cfg, "data": {**cfg["data"], **bad}})
+        with pytest.raises(DataError, match=message):
+            prepare_data(broken, progress=False)
 
 
 def test_tokenizer_missing_is_a_clear_error(tmp_path):

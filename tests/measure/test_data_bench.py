@@ -12,7 +12,8 @@ def test_data_bench_smoke(tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads(run.stdout.strip().splitlines()[-1])
-    assert 1.9 < summary["bytes_per_token_max"] < 2.2, "uint16 tokens plus a small row index"
+    # uint16 tokens plus a small row index; at 0.3 MB the ~270 KB tokenizer.json adds about one byte
+    assert 1.9 < summary["bytes_per_token_max"] < 4
     assert 0 < summary["prepare_peak_rss_mb_max"] < 1500
     assert 0 < summary["first_step_s_max"] < 120
     results = json.loads((tmp_path / "out" / "data_bench.json").read_text())
