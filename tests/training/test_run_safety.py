@@ -85,9 +85,9 @@ def test_resume_into_a_live_run_is_refused_and_works_once_it_stopped(data_cache,
     steps = steps_of(run_dir)
     assert steps == sorted(set(steps)), "the refused resume wrote nothing into the live run"
     resumed = subprocess.run(
-        [sys.executable, "pretrain.py", *args, "resume=true", "budget=62s"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=240
+        [sys.executable, "pretrain.py", *args, "resume=true", "budget=1s"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=240
     )  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr[-1500:]
+    assert resumed.returncode == 0, resumed.stderr[-1500:]  # its budget already spent: it only finishes
     assert latest_checkpoint(run_dir).name == "final"
 
 
