@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpthf.data.sources import kjv_path
+from gpthf.errors import ConfigError
 
 VERSES_PER_PARAGRAPH = 30
 
@@ -64,7 +65,10 @@ def run_measured(
 ) -> ProcessRun:
     """Run `command`, sampling its process tree's RSS every `interval_s`, and noting when each
     `watch` predicate (name → callable returning bool) first held."""
-    import psutil
+    try:
+        import psutil
+    except ImportError:
+        raise ConfigError('eval/data_bench.py measures memory with psutil: pip install -e ".[bench]"') from None
 
     marks: dict[str, float] = {}
     start = time.perf_counter()
