@@ -7,6 +7,7 @@ sentence punctuation starts a new sentence; otherwise its last sentence is conti
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -37,8 +38,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     # Checked before torch is imported, so a typo costs no model load.
     if args.max_new_tokens < 0:
         raise GpthfError(f"--max-new-tokens={args.max_new_tokens} must be >= 0 (max_new_tokens)")
-    if args.temperature < 0:
-        raise GpthfError(f"--temperature={args.temperature} must be >= 0 (0 = greedy)")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise GpthfError(f"--temperature={args.temperature} must be a finite number >= 0 (0 = greedy)")
+    if args.max_sentences is not None and args.max_sentences < 1:
+        raise GpthfError(f"--max-sentences={args.max_sentences} must be >= 1 (leave it out for no limit)")
     return args
 
 

@@ -428,6 +428,30 @@ CASES = [
         error="0 = greedy",
     ),
     Case(
+        "NaN temperature",
+        "generate",
+        lambda ws: generate_args(ws.checkpoint, "--prompt", "Hi.", "--temperature", "nan"),
+        error="must be a finite number",
+    ),
+    Case(
+        "infinite temperature",
+        "generate",
+        lambda ws: generate_args(ws.checkpoint, "--prompt", "Hi.", "--temperature", "inf"),
+        error="must be a finite number",
+    ),
+    Case(
+        "max_sentences=0",
+        "generate",
+        lambda ws: generate_args(ws.checkpoint, "--prompt", "Hi.", "--max-sentences", "0"),
+        error="--max-sentences=0 must be >= 1",
+    ),
+    Case(
+        "negative max_sentences",
+        "generate",
+        lambda ws: generate_args(ws.checkpoint, "--prompt", "Hi.", "--max-sentences", "-1"),
+        error="--max-sentences=-1 must be >= 1",
+    ),
+    Case(
         "max_new_tokens=0",
         "generate",
         lambda ws: generate_args(ws.checkpoint, "--prompt", "And God said.", "--max-new-tokens", "0"),

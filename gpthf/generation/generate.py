@@ -36,6 +36,14 @@ class GenerationSettings:
     limit: ContextLimit = field(default_factory=ContextLimit)
     record_logits: bool = False
 
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0:
+            raise GenerationError(f"max_new_tokens={self.max_new_tokens} must be >= 0")
+        if self.max_sentences is not None and self.max_sentences < 1:
+            raise GenerationError(
+                f"max_sentences={self.max_sentences} must be >= 1 (leave it unset for no limit)"
+            )
+
 
 @dataclass
 class GenerationResult:
@@ -70,8 +78,6 @@ def generate(
     on_token: Callable[[int, int], None] | None = None,
 ) -> GenerationResult:
     """Continue each prompt (token ids, as `encode_prompt` makes them); rows advance independently."""
-    if settings.max_new_tokens < 0:
-        raise GenerationError(f"max_new_tokens={settings.max_new_tokens} must be >= 0")
     _check_prompts(model, prompts, settings.limit)
     device = model.embed.weight.device
     batch = len(prompts)

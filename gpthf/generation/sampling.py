@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -16,8 +17,8 @@ class SamplingSettings:
     def __post_init__(self) -> None:
         from gpthf.errors import ConfigError
 
-        if self.temperature < 0:
-            raise ConfigError(f"temperature={self.temperature} must be >= 0 (0 = greedy)")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ConfigError(f"temperature={self.temperature} must be a finite number >= 0 (0 = greedy)")
         if self.top_k is not None and self.top_k < 1:
             raise ConfigError(f"top_k={self.top_k} must be >= 1")
         if self.top_p is not None and not 0 < self.top_p <= 1:

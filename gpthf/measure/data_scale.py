@@ -68,7 +68,9 @@ def run_measured(
     try:
         import psutil
     except ImportError:
-        raise ConfigError('eval/data_bench.py measures memory with psutil: pip install -e ".[bench]"') from None
+        raise ConfigError(
+            'eval/data_bench.py measures memory with psutil: pip install -e ".[bench]"'
+        ) from None
 
     marks: dict[str, float] = {}
     start = time.perf_counter()
