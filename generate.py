@@ -33,6 +33,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--strategy", choices=["cached", "full"], default="cached")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument(
+        "--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="weights and generation state"
+    )
     parser.add_argument("--no-stream", action="store_true", help="print only when done")
     args = parser.parse_args(argv)
     # Checked before torch is imported, so a typo costs no model load.
@@ -75,7 +78,9 @@ def main(argv: list[str]) -> int:
     from gpthf.training.checkpoint import load_checkpoint_tokenizer, load_model_from_checkpoint
     from gpthf.training.distributed import resolve_device
 
-    model, meta, checkpoint = load_model_from_checkpoint(args.ckpt, resolve_device(args.device, 0))
+    model, meta, checkpoint = load_model_from_checkpoint(
+        args.ckpt, resolve_device(args.device, 0), dtype=args.dtype
+    )
     tokenizer = load_checkpoint_tokenizer(checkpoint, meta)
     splitter = build_splitter(meta["data"]["language"])
     max_sentence_len = meta["data"]["max_sentence_len"]

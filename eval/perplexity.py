@@ -29,6 +29,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--max-rows", type=positive_int, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument(
+        "--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="weights and activations"
+    )
+    parser.add_argument(
         "--samples",
         type=non_negative_int,
         default=16,
@@ -41,10 +44,11 @@ def main(argv: list[str]) -> int:
 
     device = resolve_device(args.device, 0)
     result = evaluate_checkpoint(
-        args.ckpt, args.data, args.split, args.batch_size, args.max_rows, device, args.samples
+        args.ckpt, args.data, args.split, args.batch_size, args.max_rows, device, args.samples, args.dtype
     )
     if args.data == "default":
-        save_result(Path(result["checkpoint"]), f"perplexity-{args.split}", result)
+        suffix = "" if args.dtype == "fp32" else f"-{args.dtype}"  # report.py reads the fp32 one
+        save_result(Path(result["checkpoint"]), f"perplexity-{args.split}{suffix}", result)
     print(
         f"{result['model']} on {result['data']} ({result['split']}): {result['bits_per_byte']:.4f} bits/byte, "
         f"perplexity {result['perplexity']:.2f}, {result['tokens']:,} tokens at {result['tokens_per_s']:.0f} tokens/s"

@@ -126,11 +126,11 @@ def sample_sanity(model, meta: dict, input_ids: np.ndarray, n_samples: int, new_
 
 def evaluate_checkpoint(
     ckpt: str | Path, data: str = "default", split: str = "test", batch_size: int = 8,
-    max_rows: int | None = None, device="cpu", samples: int = 16,
+    max_rows: int | None = None, device="cpu", samples: int = 16, dtype: str = "fp32",
 ) -> dict:  # fmt: skip
     from gpthf.training.checkpoint import load_checkpoint_tokenizer, load_model_from_checkpoint
 
-    model, meta, checkpoint = load_model_from_checkpoint(ckpt, device)
+    model, meta, checkpoint = load_model_from_checkpoint(ckpt, device, dtype=dtype)
     tokenizer = load_checkpoint_tokenizer(checkpoint, meta)
     input_ids, sentence_ids, n_bytes = rows_for_text(
         meta, tokenizer, split, None if data == "default" else data, max_rows
@@ -141,6 +141,7 @@ def evaluate_checkpoint(
         "model": meta["arch"]["model"],
         "data": data,
         "split": split if data == "default" else "all",
+        "dtype": dtype,
     }
     summary.update(result.as_dict())
     if samples:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -9,6 +10,7 @@ import torch
 
 from gpthf.data.special_tokens import EOD_ID, EOS_ID, PAD_ID
 from gpthf.errors import GpthfError
+from gpthf.generation.rows import put_rows
 from gpthf.generation.sampling import SamplingSettings, sample
 from gpthf.generation.strategies import closes_sentence, get_strategy, pad_rows
 from gpthf.models import GPTHF, LanguageModel
@@ -69,6 +71,13 @@ def _check_prompts(model: LanguageModel, prompts: Sequence[Sequence[int]], limit
             )
 
 
+def _open_sentence_counters(tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of right-padded prompts: tokens of the sentence in progress, finished sentences."""
+    index = torch.arange(tokens.shape[1], device=tokens.device)
+    closes = closes_sentence(tokens) & (index[None, :] < lengths[:, None])
+    return lengths - (torch.where(closes, index, -1).amax(1) + 1), closes.sum(1)
+
+
 @torch.inference_mode()
 def generate(
     model: LanguageModel,
@@ -76,70 +85,96 @@ def generate(
     settings: GenerationSettings = GenerationSettings(),
     strategy: str = "cached",
     on_token: Callable[[int, int], None] | None = None,
+    slots: int | None = None,
+    on_finish: Callable[[int], None] | None = None,
 ) -> GenerationResult:
-    """Continue each prompt (token ids, as `encode_prompt` makes them); rows advance independently."""
+    """Continue each prompt (token ids, as `encode_prompt` makes them); rows advance independently.
+
+    `slots` rows run at once (default: every prompt). With more prompts than slots this is
+    continuous batching: the moment a row stops, its slot takes the next prompt (prefilled on its
+    own and written into the batch state), so no slot idles while a long row finishes.
+    `on_token(prompt, token)` sees every new token, `on_finish(prompt)` every finished prompt;
+    results are in prompt order whatever the order they finish in.
+    """
     _check_prompts(model, prompts, settings.limit)
+    if slots is not None and slots < 1:
+        raise GenerationError(f"slots={slots} must be >= 1")
     device = model.embed.weight.device
-    batch = len(prompts)
     outputs: list[list[int]] = [[] for _ in prompts]
-    reasons = ["max_new_tokens"] * batch
+    reasons = ["max_new_tokens"] * len(prompts)
     if settings.max_new_tokens == 0:
         return GenerationResult(outputs, reasons, 0)
 
-    tokens, lengths = pad_rows(prompts, device)
     runner = get_strategy(model, strategy)
+    width = min(slots or len(prompts), len(prompts))
+    pending = deque(range(len(prompts)))
+    prompt_of = [pending.popleft() for _ in range(width)]  # which prompt each slot is generating
+    tokens, lengths = pad_rows([prompts[i] for i in prompt_of], device)
     logits, state = runner.prefill(model, tokens, lengths)
     generator = torch.Generator(device=device)
     generator.manual_seed(settings.seed if settings.seed is not None else torch.seed())
 
-    # Per-row bookkeeping, identical for every strategy.
-    index = torch.arange(tokens.shape[1], device=device)
-    closes = closes_sentence(tokens) & (index[None, :] < lengths[:, None])
-    sentence_len = lengths - (torch.where(closes, index, -1).amax(1) + 1)  # tokens in the open sentence
-    sentences = closes.sum(1)  # finished sentences in the context
+    # Per-slot bookkeeping, identical for every strategy.
+    sentence_len, sentences = _open_sentence_counters(tokens, lengths)
     new_sentences = torch.zeros_like(sentences)
+    new_tokens = torch.zeros_like(sentences)
     context_tokens = lengths.clone()
-    active = torch.ones(batch, dtype=torch.bool, device=device)
+    active = torch.ones(width, dtype=torch.bool, device=device)
+    never = torch.zeros_like(active)
     step_logits = []
 
-    for step in range(settings.max_new_tokens):
+    while True:
         if settings.record_logits:
             step_logits.append(logits.float().cpu())
         next_token = sample(logits, settings.sampling, generator)
         if settings.max_sentence_len is not None:
             next_token = torch.where(sentence_len >= settings.max_sentence_len - 1, EOS_ID, next_token)
         next_token = torch.where(active, next_token, PAD_ID)
-        for row in active.nonzero().flatten().tolist():
-            outputs[row].append(int(next_token[row]))
+        for slot in active.nonzero().flatten().tolist():
+            outputs[prompt_of[slot]].append(int(next_token[slot]))
             if on_token is not None:
-                on_token(row, int(next_token[row]))
+                on_token(prompt_of[slot], int(next_token[slot]))
 
         closing = closes_sentence(next_token) & active
         sentence_len = torch.where(closing, 0, sentence_len + 1)
         sentences += closing.long()
         new_sentences += closing.long()
+        new_tokens += active.long()
         context_tokens += active.long()
+        limit = settings.limit
         stops = {
             "eod": next_token == EOD_ID,
-            "max_sentences": new_sentences >= settings.max_sentences
-            if settings.max_sentences
-            else torch.zeros_like(active),
+            "max_sentences": new_sentences >= settings.max_sentences if settings.max_sentences else never,
             "context": (
-                sentences >= settings.limit.sentences
-                if settings.limit.sentences and isinstance(model, GPTHF)
-                else torch.zeros_like(active)
+                sentences >= limit.sentences if limit.sentences and isinstance(model, GPTHF) else never
             )
-            | (
-                context_tokens >= settings.limit.tokens
-                if settings.limit.tokens and not isinstance(model, GPTHF)
-                else torch.zeros_like(active)
-            ),
+            | (context_tokens >= limit.tokens if limit.tokens and not isinstance(model, GPTHF) else never),
+            "max_new_tokens": new_tokens >= settings.max_new_tokens,
         }
+        finished: list[int] = []
         for reason, hit in stops.items():
-            for row in (hit & active).nonzero().flatten().tolist():
-                reasons[row] = reason
+            for slot in (hit & active).nonzero().flatten().tolist():
+                reasons[prompt_of[slot]] = reason
+                finished.append(slot)
             active = active & ~hit
-        if step == settings.max_new_tokens - 1 or not active.any():
+        for slot in finished:
+            if on_finish is not None:
+                on_finish(prompt_of[slot])
+        if active.any():
+            logits = runner.decode(model, state, next_token, active)
+        refill = finished[: len(pending)]
+        if refill:
+            arrivals = [pending.popleft() for _ in refill]
+            index = torch.tensor(refill, device=device)
+            tokens, lengths = pad_rows([prompts[i] for i in arrivals], device)
+            new_logits, new_state = runner.prefill(model, tokens, lengths)
+            state = put_rows(state, index, new_state)
+            logits[index] = new_logits.to(logits.dtype)
+            sentence_len[index], sentences[index] = _open_sentence_counters(tokens, lengths)
+            new_sentences[index], new_tokens[index], context_tokens[index] = 0, 0, lengths
+            active[index] = True
+            for slot, prompt in zip(refill, arrivals):
+                prompt_of[slot] = prompt
+        if not active.any():
             break
-        logits = runner.decode(model, state, next_token, active)
     return GenerationResult(outputs, reasons, state.nbytes(), step_logits)

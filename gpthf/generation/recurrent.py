@@ -58,6 +58,7 @@ class LinearRecurrentStrategy:
 class LSTMState:
     h: torch.Tensor  # (layers, B, hidden)
     c: torch.Tensor
+    batch_dim = 1  # for gpthf.generation.rows (not a field)
 
     def nbytes(self) -> int:
         return self.h.nbytes + self.c.nbytes

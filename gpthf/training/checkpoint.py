@@ -248,13 +248,22 @@ def check_shapes_before_allocating(meta: dict, checkpoint: Path) -> None:
         )
 
 
-def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu", attention: str = "sdpa"):
-    """(model in eval mode, checkpoint meta, checkpoint folder) for generation and evaluation."""
+def load_model_from_checkpoint(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    attention: str = "sdpa",
+    dtype: str = "fp32",
+):
+    """(model in eval mode, checkpoint meta, checkpoint folder) for generation and evaluation;
+    `dtype` (fp32, bf16, fp16) is the number format its weights and generation state use."""
     from gpthf.models import build_model
+    from gpthf.precision import resolve_dtype
+
+    torch_dtype = resolve_dtype(dtype, device)  # before anything is read
 
     checkpoint = resolve_checkpoint(path)
     meta = read_meta(checkpoint)
     check_shapes_before_allocating(meta, checkpoint)
     model = build_model(meta["arch"], meta["vocab_size"], attention)
     load_weights(model, checkpoint)
-    return model.to(device).eval(), meta, checkpoint
+    return model.to(device=device, dtype=torch_dtype).eval(), meta, checkpoint

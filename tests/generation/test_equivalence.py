@@ -101,3 +101,47 @@ def test_gpthf_state_is_far_smaller_than_the_gpt_cache():
     gpthf_bytes = generate(gpthf, prompts, settings).state_bytes
     gpt_bytes = generate(gpt, prompts, settings).state_bytes
     assert gpthf_bytes * 5 < gpt_bytes
+
+
+def mixed_prompts(count: int = 9) -> list[list[int]]:
+    ids, _ = synthetic_rows(count, 48, seed=321)
+    return [ids[i, : 3 + (i * 11) % 45].tolist() for i in range(count)]
+
+
+def test_continuous_batching_matches_every_prompt_alone(model):
+    """More prompts than slots: finished rows hand their slot to the next prompt mid-flight."""
+    prompts = mixed_prompts()
+    settings = GenerationSettings(max_new_tokens=40, max_sentences=2, max_sentence_len=8, sampling=GREEDY)
+    finished: list[int] = []
+    streamed: dict[int, list[int]] = {}
+    cached = generate(
+        model,
+        prompts,
+        settings,
+        slots=3,
+        on_finish=finished.append,
+        on_token=lambda p, t: streamed.setdefault(p, []).append(t),
+    )
+    alone = [generate(model, [p], settings) for p in prompts]
+    assert cached.tokens == [r.tokens[0] for r in alone]
+    assert cached.finish_reasons == [r.finish_reasons[0] for r in alone]
+    assert generate(model, prompts, settings, strategy="full", slots=3).tokens == cached.tokens
+    assert sorted(finished) == list(range(len(prompts))) and finished != sorted(finished)
+    assert streamed == dict(enumerate(cached.tokens))
+    assert len({len(t) for t in cached.tokens}) >= 3, "rows must finish at different steps"
+
+
+def test_taken_rows_decode_like_their_source(model):
+    from gpthf.generation.rows import take_rows
+    from gpthf.generation.strategies import get_strategy, pad_rows
+
+    runner = get_strategy(model, "cached")
+    tokens, lengths = pad_rows(ragged_prompts()[:2])
+    with torch.inference_mode():
+        logits, state = runner.prefill(model, tokens, lengths)
+        tiled = take_rows(state, torch.tensor([1, 1, 0]))
+        token = torch.tensor([5, 7])
+        step = runner.decode(model, state, token, torch.ones(2, dtype=torch.bool))
+        tiled_step = runner.decode(model, tiled, token[[1, 1, 0]], torch.ones(3, dtype=torch.bool))
+    torch.testing.assert_close(tiled_step, step[[1, 1, 0]], atol=1e-5, rtol=0)
+    assert tiled.nbytes() >= state.nbytes()

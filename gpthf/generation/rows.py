@@ -1,0 +1,65 @@
+"""Row surgery on any strategy's state: copy rows out of it, or write another state's rows into it.
+
+Continuous batching needs both: a finished row's slot takes the next prompt, whose state comes from
+its own prefill (`put_rows`); a throughput benchmark at a fixed memory budget fills thousands of rows
+from one prefill (`take_rows`). Every state is a tree of dataclasses, lists, tuples and tensors whose
+batch axis is 0, unless the object says otherwise (`batch_dim`, as the LSTM's (layers, B, hidden)).
+Buffers that differ in another axis (a cache's capacity, a token buffer) are grown to the larger
+size: what lies beyond a row's length is never read, so stale entries there are harmless.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, TypeVar
+
+import torch
+
+State = TypeVar("State")
+
+
+def _walk(target: Any, source: Any, leaf, batch_dim: int = 0) -> Any:
+    if isinstance(target, torch.Tensor):
+        return leaf(target, source, batch_dim)
+    if isinstance(target, list | tuple):
+        parts = [_walk(t, s, leaf, batch_dim) for t, s in zip(target, source)]
+        return type(target)(parts)
+    if target is None or isinstance(target, int | float | str | bool):
+        return target
+    node = copy.copy(target)
+    dim = getattr(target, "batch_dim", batch_dim)
+    for name, value in vars(target).items():
+        setattr(node, name, _walk(value, getattr(source, name), leaf, dim))
+    return node
+
+
+def take_rows(state: State, index: torch.Tensor) -> State:
+    """A new state holding rows `index` of `state` (repeats allowed): `state` is left as it was."""
+
+    def leaf(tensor: torch.Tensor, _, dim: int) -> torch.Tensor:
+        return tensor.index_select(dim, index.to(tensor.device))
+
+    return _walk(state, state, leaf)
+
+
+def put_rows(state: State, index: torch.Tensor, source: State) -> State:
+    """`state` with rows `index` replaced by the rows of `source` (len(index) rows, same strategy).
+
+    Returns the updated state; buffers of `state` are written in place where they are large enough.
+    """
+
+    def leaf(tensor: torch.Tensor, other: torch.Tensor, dim: int) -> torch.Tensor:
+        shape = [
+            a if axis == dim else max(a, b) for axis, (a, b) in enumerate(zip(tensor.shape, other.shape))
+        ]
+        if list(tensor.shape) != shape:
+            grown = tensor.new_zeros(shape)
+            grown[tuple(slice(0, n) for n in tensor.shape)] = tensor
+            tensor = grown
+        region = tuple(
+            index.to(tensor.device) if axis == dim else slice(0, n) for axis, n in enumerate(other.shape)
+        )
+        tensor[region] = other.to(tensor.dtype)
+        return tensor
+
+    return _walk(state, source, leaf)

@@ -1,0 +1,79 @@
+"""Where a decode step stands against the machine: the bytes and FLOPs it must move, and this
+machine's own peaks measured in the same run.
+
+A decode step must read every weight once (the tied embedding is read whole by the head) and its
+generation state; it must do the model's FLOPs per generated token for every row. Dividing by the
+measured step time gives achieved GB/s and GFLOP/s, which mean something only next to what the same
+machine reaches on the same threads and number format: a large copy (memory bandwidth), a
+batch-8 matmul over a weight that does not fit in cache (what a decode step's matmuls are) and a
+large square matmul (the arithmetic peak).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass
+class MachinePeaks:
+    dtype: str
+    copy_gb_s: float  # bytes read + written per second by a large tensor copy
+    matmul_b8_gflop_s: float  # (8, d) @ (d, 4d) over weights far larger than the caches
+    matmul_square_gflop_s: float  # (n, n) @ (n, n): the arithmetic peak
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _best_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up (allocation, kernel choice)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@torch.inference_mode()
+def measure_peaks(dtype: torch.dtype, name: str, copy_mb: int = 512, repeats: int = 5) -> MachinePeaks:
+    """The machine's peaks in `dtype` on the current threads (about 2 s on a CPU)."""
+    elements = copy_mb * 2**20 // torch.tensor([], dtype=dtype).element_size()
+    source, target = torch.ones(elements, dtype=dtype), torch.empty(elements, dtype=dtype)
+    copy_s = _best_seconds(lambda: target.copy_(source), repeats)
+    copy_gb_s = 2 * source.numel() * source.element_size() / copy_s / 1e9
+    del source, target
+
+    width, layers = 2048, 8  # 8 × 32 MiB of fp32 weights: no cache holds them
+    weights = [torch.randn(4 * width, width).to(dtype) for _ in range(layers)]
+    x = torch.randn(8, width).to(dtype)
+    b8_s = _best_seconds(lambda: [torch.nn.functional.linear(x, w) for w in weights], repeats)
+    b8_gflop_s = 2 * 8 * width * 4 * width * layers / b8_s / 1e9
+
+    n = 2048
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    square_s = _best_seconds(lambda: a @ b, repeats)
+    return MachinePeaks(name, copy_gb_s, b8_gflop_s, 2 * n**3 / square_s / 1e9)
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the distinct parameters (a tied head counts once)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def roofline(step_bytes: float, step_flops: float, ms_per_step: float, peaks: MachinePeaks) -> dict:
+    """Achieved rates of one decode step and their share of the measured peaks."""
+    seconds = ms_per_step / 1000
+    gb_s, gflop_s = step_bytes / seconds / 1e9, step_flops / seconds / 1e9
+    return {
+        "step_bytes": int(step_bytes),
+        "step_flops": float(step_flops),
+        "achieved_gb_s": gb_s,
+        "achieved_gflop_s": gflop_s,
+        "pct_of_copy_bandwidth": 100 * gb_s / peaks.copy_gb_s,
+        "pct_of_matmul_b8": 100 * gflop_s / peaks.matmul_b8_gflop_s,
+        "pct_of_matmul_peak": 100 * gflop_s / peaks.matmul_square_gflop_s,
+    }
