@@ -38,14 +38,17 @@ def _best_seconds(fn, repeats: int) -> float:
     return best
 
 
+def _copy_gb_s(dtype: torch.dtype, megabytes: int, repeats: int) -> float:
+    elements = megabytes * 2**20 // torch.tensor([], dtype=dtype).element_size()
+    source, target = torch.ones(elements, dtype=dtype), torch.empty(elements, dtype=dtype)
+    seconds = _best_seconds(lambda: target.copy_(source), repeats)
+    return 2 * source.numel() * source.element_size() / seconds / 1e9
+
+
 @torch.inference_mode()
 def measure_peaks(dtype: torch.dtype, name: str, copy_mb: int = 512, repeats: int = 5) -> MachinePeaks:
     """The machine's peaks in `dtype` on the current threads (about 2 s on a CPU)."""
-    elements = copy_mb * 2**20 // torch.tensor([], dtype=dtype).element_size()
-    source, target = torch.ones(elements, dtype=dtype), torch.empty(elements, dtype=dtype)
-    copy_s = _best_seconds(lambda: target.copy_(source), repeats)
-    copy_gb_s = 2 * source.numel() * source.element_size() / copy_s / 1e9
-    del source, target
+    copy_gb_s = _copy_gb_s(dtype, copy_mb, repeats)
 
     width, layers = 2048, 8  # 8 × 32 MiB of fp32 weights: no cache holds them
     weights = [torch.randn(4 * width, width).to(dtype) for _ in range(layers)]
