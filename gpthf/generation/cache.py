@@ -41,9 +41,10 @@ class KVCache:
 
     def write_at_lengths(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store one entry (B, H, 1, hd) per row at index lengths[b]."""
-        index = self.lengths[:, None, None, None].expand(k.shape[0], k.shape[1], 1, k.shape[3])
-        self.k[layer].scatter_(2, index, k)
-        self.v[layer].scatter_(2, index, v)
+        # Indexed assignment, not scatter_: on CPU, scatter_ of bf16 copies the whole buffer.
+        rows = torch.arange(k.shape[0], device=k.device)
+        self.k[layer][rows, :, self.lengths] = k[:, :, 0]
+        self.v[layer][rows, :, self.lengths] = v[:, :, 0]
 
     def window(self, layer: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The first `size` entries of every row: (B, H, size, hd) views."""
