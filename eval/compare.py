@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gpthf.cli import ArgumentParser, non_negative_int, positive_int, run_cli, writable_folder
+from gpthf.cli import ArgumentParser, byte_size, non_negative_int, positive_int, run_cli, writable_folder
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -59,6 +59,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
     parser.add_argument("--no-hf", action="store_true", help="skip the Hugging Face peer")
     parser.add_argument(
+        "--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="weights and generation state"
+    )
+    parser.add_argument(
+        "--state-budget",
+        type=byte_size,
+        default=None,
+        help="also give GPTHF and GPT the largest batch whose generation state fits this (e.g. 4GiB)",
+    )
+    parser.add_argument(
+        "--max-budget-batch",
+        type=positive_int,
+        default=512,
+        help="cap on the batch the state budget grants (time per step grows with it)",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="tiny shape and a small grid: well under 2 minutes"
     )
     parser.add_argument("--out", type=Path, default=Path("outputs/compare"))
@@ -92,18 +107,21 @@ def load_models(args, vocab_size: int) -> dict:
     from gpthf.config import load_config
     from gpthf.errors import ConfigError
     from gpthf.models import build_model
+    from gpthf.precision import DTYPES
     from gpthf.training.checkpoint import load_model_from_checkpoint
 
     models = {}
     for path in args.ckpt:
-        model, meta, _ = load_model_from_checkpoint(path)
+        model, meta, _ = load_model_from_checkpoint(path, dtype=args.dtype)
         models[meta["arch"]["model"]] = model
     for kind in ("gpthf", "gpt", *args.models):
         if kind not in models:
             torch.manual_seed(0)
-            models[kind] = build_model(
-                load_config([f"arch={kind.replace('_', '-')}-{args.arch}"]).arch, vocab_size
-            ).eval()
+            models[kind] = (
+                build_model(load_config([f"arch={kind.replace('_', '-')}-{args.arch}"]).arch, vocab_size)
+                .to(DTYPES[args.dtype])
+                .eval()
+            )
     if models["gpthf"].num_parameters() != models["gpt"].num_parameters():
         raise ConfigError("the GPTHF and GPT being compared must have equal parameter counts")
     return models
@@ -157,6 +175,30 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def state_budget_rows(args, models: dict, stream: list[int], with_roofline) -> list[dict]:
+    """At each context, GPTHF and GPT at the largest batch whose generation state fits the budget."""
+    from gpthf.errors import ConfigError
+    from gpthf.measure.speed import batch_of_contexts, state_bytes_per_row, time_decode
+
+    rows = []
+    for context in args.contexts:
+        tokens = batch_of_contexts(stream, context, args.new_tokens, 1)
+        for kind in ("gpthf", "gpt"):
+            per_row = state_bytes_per_row(models[kind], tokens)
+            fits = args.state_budget // per_row
+            if fits < 1:
+                raise ConfigError(
+                    f"--state-budget {args.state_budget:,} bytes holds no row of {kind} at context {context} "
+                    f"(one row needs {per_row:,}); give a larger budget or smaller --contexts"
+                )
+            batch = min(fits, args.max_budget_batch)
+            row = time_decode(models[kind], kind, "cached", tokens, context, tile_to=batch).as_dict()
+            row.update(state_budget=args.state_budget, state_bytes_per_row=per_row, batch_fits=int(fits))
+            rows.append(with_roofline(row))
+            print(f"  budget: {kind} at context {context}, batch {batch} (fits {fits})", file=sys.stderr)
+    return rows
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     writable_folder(args.out)  # now, not after minutes of measuring
@@ -164,6 +206,7 @@ def main(argv: list[str]) -> int:
     from gpthf.config import load_config
     from gpthf.data.dataset import prepare_data
     from gpthf.measure import flops
+    from gpthf.measure.roofline import measure_peaks, roofline, weight_bytes
     from gpthf.measure.speed import (
         batch_of_contexts,
         corpus_stream,
@@ -172,8 +215,16 @@ def main(argv: list[str]) -> int:
         time_hf_generate,
         time_training,
     )
+    from gpthf.precision import DTYPES, resolve_dtype
 
+    resolve_dtype(args.dtype, "cpu")
     started = time.time()
+    peaks = measure_peaks(DTYPES[args.dtype], args.dtype)  # this machine, these threads, this format
+    print(
+        f"  peaks ({args.dtype}): copy {peaks.copy_gb_s:.1f} GB/s, batch-8 matmul {peaks.matmul_b8_gflop_s:.0f} GFLOP/s, "
+        f"square matmul {peaks.matmul_square_gflop_s:.0f} GFLOP/s",
+        file=sys.stderr,
+    )
     data = prepare_data(load_config([f"cache_dir={args.cache_dir}"] if args.cache_dir else []))
     stats = data.stats
     train = data.split("train")
@@ -192,7 +243,19 @@ def main(argv: list[str]) -> int:
             )
         else:
             torch.manual_seed(0)
-            hf = hf_llama_twin(models["gpt"])
+            hf = hf_llama_twin(models["gpt"]).to(DTYPES[args.dtype])
+
+    def with_roofline(row: dict) -> dict:
+        """The row plus the bytes and FLOPs its step must move and their share of the peaks."""
+        kind = "gpt" if row["model"] == "hf-llama" else row["model"]
+        model = models[kind]
+        count = flops.full_recompute_flops if row["strategy"] == "full" else flops.decode_flops
+        per_token = count(model.arch, stats["vocab_size"], row["context"], tokens_per_sentence)
+        state = row["state_bytes"] if row["strategy"] != "full" else 0  # full re-reads tokens only
+        row["roofline"] = roofline(
+            weight_bytes(model) + state, per_token * row["batch"], row["ms_per_token"], peaks
+        )
+        return row
 
     decode = []
     for context in args.contexts:
@@ -213,6 +276,9 @@ def main(argv: list[str]) -> int:
                 f"  measured context {context}, batch {batch} ({time.time() - started:.0f} s)",
                 file=sys.stderr,
             )
+
+    decode = [with_roofline(row) for row in decode]
+    budget = state_budget_rows(args, models, stream, with_roofline) if args.state_budget else []
 
     def find(model: str, strategy: str, context: int, batch: int) -> dict | None:
         return next(
@@ -260,6 +326,11 @@ def main(argv: list[str]) -> int:
                 )
                 ratios[-1][f"{kind}_state_over_gpt_state"] = ratio(other["state_bytes"], gpt["state_bytes"])
 
+    budget_ratios = {}
+    for context in args.contexts if budget else []:
+        pair = {r["model"]: r for r in budget if r["context"] == context}
+        budget_ratios[str(context)] = ratio(pair["gpthf"]["tokens_per_s"], pair["gpt"]["tokens_per_s"])
+
     seq_len = train_ids.shape[1]
     rows = torch.from_numpy(train_ids[: args.train_batch])
     sids = torch.from_numpy(train_sids[: args.train_batch])
@@ -289,6 +360,10 @@ def main(argv: list[str]) -> int:
         },
         "training_tokens_per_s": training,
         "training_gpthf_over_gpt": training["gpthf"] / training["gpt"],
+        "dtype": args.dtype,
+        "peaks": peaks.as_dict(),
+        "state_budget": budget,
+        "state_budget_ratios": budget_ratios,
         "peak_rss_mb": max(r["peak_rss_mb"] for r in decode),
         "seconds": time.time() - started,
     }
@@ -323,10 +398,36 @@ def main(argv: list[str]) -> int:
                 f"{row['tokens_per_s']:>8.1f} ({row['state_bytes'] / 2**20:>6.2f})" if row else f"{'-':>17}"
             )
         print(f"{kind:>15} {model.num_parameters():>12,} " + " ".join(cells) + f" {training[kind]:>12.0f}")
+    print(
+        f"\nroofline of cached decode at batch {batch} ({args.dtype}; peaks measured now: copy "
+        f"{peaks.copy_gb_s:.1f} GB/s, batch-8 matmul {peaks.matmul_b8_gflop_s:.0f}, square {peaks.matmul_square_gflop_s:.0f} GFLOP/s)"
+    )
+    print(
+        f"{'model':>15} {'context':>8} {'ms/step':>8} {'MB/step':>8} {'GB/s':>6} {'%copy':>6} {'GFLOP/s':>8} {'%b8mm':>6}"
+    )
+    for row in decode:
+        if row["batch"] == batch and row["strategy"] in ("cached", "generate"):
+            line = row["roofline"]
+            print(
+                f"{row['model']:>15} {row['context']:>8} {row['ms_per_token']:>8.1f} {line['step_bytes'] / 1e6:>8.1f} "
+                f"{line['achieved_gb_s']:>6.1f} {line['pct_of_copy_bandwidth']:>6.1f} {line['achieved_gflop_s']:>8.1f} "
+                f"{line['pct_of_matmul_b8']:>6.1f}"
+            )
+    if budget:
+        print(
+            f"\nat a generation-state budget of {args.state_budget / 2**30:.2f} GiB (batch capped at {args.max_budget_batch})"
+        )
+        print(f"{'model':>8} {'context':>8} {'batch':>6} {'fits':>7} {'state/row MiB':>14} {'tokens/s':>9}")
+        for row in budget:
+            print(
+                f"{row['model']:>8} {row['context']:>8} {row['batch']:>6} {row['batch_fits']:>7} "
+                f"{row['state_bytes_per_row'] / 2**20:>14.3f} {row['tokens_per_s']:>9.1f}"
+            )
     print(f"written to {args.out}")
     headline = max(ratios, key=lambda r: (r["batch"], r["context"]))
     training_ratios = {f"training_{k}_over_gpt": training[k] / training["gpt"] for k in models if k != "gpt"}
-    print(json.dumps({"arch": args.arch, **headline, **training_ratios}))
+    at_budget = {f"budget_gpthf_over_gpt_at_{c}": r for c, r in budget_ratios.items()}
+    print(json.dumps({"arch": args.arch, "dtype": args.dtype, **headline, **training_ratios, **at_budget}))
     return 0
 
 

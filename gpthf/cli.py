@@ -58,6 +58,22 @@ non_negative_int = _number(int, 0, strict=False)
 positive_float = _number(float, 0, strict=True)
 
 
+BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def byte_size(text: str) -> int:
+    """`4GiB`, `512MB`, `1e9`: a positive number of bytes."""
+    number = text.strip().rstrip("BbIiKkMmGg")
+    unit = text.strip()[len(number) :].lower()
+    try:
+        value = float(number) * BYTE_UNITS[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; use e.g. 4GiB, 512MiB or 2e9") from None
+    if not value >= 1 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1 byte")
+    return int(value)
+
+
 def writable_folder(path: str | Path, flag: str = "--out") -> Path:
     """`path` created if needed and checked writable now, before any long work is done."""
     folder = Path(path)

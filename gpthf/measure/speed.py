@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from gpthf.data.special_tokens import PAD_ID
+from gpthf.generation.rows import take_rows
 from gpthf.generation.strategies import get_strategy
 from gpthf.models import LanguageModel, next_token_loss
 
@@ -56,18 +57,31 @@ def batch_of_contexts(stream: list[int], context: int, new_tokens: int, batch: i
 
 @torch.inference_mode()
 def time_decode(
-    model: LanguageModel, name: str, strategy: str, tokens: torch.Tensor, context: int, warmup: int = 2
+    model: LanguageModel,
+    name: str,
+    strategy: str,
+    tokens: torch.Tensor,
+    context: int,
+    warmup: int = 2,
+    tile_to: int | None = None,
 ) -> DecodeTiming:
-    """Prefill `context` tokens per row, then decode the remaining columns of `tokens` one by one."""
+    """Prefill `context` tokens per row, then decode the remaining columns of `tokens` one by one.
+
+    `tile_to=N`: prefill the one row of `tokens` once and copy its state into N rows, so a batch of
+    thousands costs one prefill (the step's cost does not depend on what the rows hold).
+    """
     batch, total = tokens.shape
     new_tokens = total - context
     runner = get_strategy(model, strategy)
     lengths = torch.full((batch,), context, dtype=torch.long)
-    active = torch.ones(batch, dtype=torch.bool)
 
     start = time.perf_counter()
     logits, state = runner.prefill(model, tokens[:, :context], lengths)
     prefill_s = time.perf_counter() - start
+    if tile_to is not None:
+        state = take_rows(state, torch.zeros(tile_to, dtype=torch.long))
+        tokens, batch = tokens.expand(tile_to, -1), tile_to
+    active = torch.ones(batch, dtype=torch.bool)
     for step in range(min(warmup, new_tokens - 1)):  # warm-up steps, excluded from the timing
         logits = runner.decode(model, state, tokens[:, context + step], active)
     timed = range(min(warmup, new_tokens - 1), new_tokens)
@@ -89,6 +103,13 @@ def time_decode(
         state.nbytes(),
         peak_rss_mb(),
     )
+
+
+def state_bytes_per_row(model: LanguageModel, tokens: torch.Tensor) -> int:
+    """Generation state of one row after the whole of `tokens` (1, T): what each extra row costs."""
+    with torch.inference_mode():
+        _, state = get_strategy(model, "cached").prefill(model, tokens, torch.tensor([tokens.shape[1]]))
+    return state.nbytes()
 
 
 def hf_llama_twin(model: LanguageModel):
@@ -144,7 +165,8 @@ def time_hf_generate(hf_model, tokens: torch.Tensor, context: int) -> DecodeTimi
     per_step = (clock.times[-1] - clock.times[1]) / new_tokens
     layers, heads = hf_model.config.num_hidden_layers, hf_model.config.num_attention_heads
     head_dim = hf_model.config.hidden_size // heads
-    state = 2 * layers * batch * heads * (context + new_tokens) * head_dim * 4  # their fp32 KV cache
+    element = next(hf_model.parameters()).element_size()
+    state = 2 * layers * batch * heads * (context + new_tokens) * head_dim * element  # their KV cache
     return DecodeTiming(
         "hf-llama",
         "generate",
