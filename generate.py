@@ -7,11 +7,14 @@ sentence punctuation starts a new sentence; otherwise its last sentence is conti
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import sys
+import time
 from pathlib import Path
 
-from gpthf.cli import ArgumentParser, run_cli
+from gpthf.cli import ArgumentParser, positive_int, run_cli, writable_folder
 from gpthf.errors import GpthfError
 
 
@@ -23,7 +26,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="text to continue")
     source.add_argument(
-        "--batch-file", type=Path, help="one prompt per line (blank lines skipped), generated as one batch"
+        "--batch-file",
+        type=Path,
+        help="one prompt per line (blank lines skipped), generated --batch-size at a time",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=16,
+        help="rows generated at once; with more prompts, a finished row's slot takes the next prompt",
+    )
+    parser.add_argument(
+        "--output", type=Path, default=None, help="write results as JSON lines (input order) to this file"
     )
     parser.add_argument("--max-new-tokens", type=int, default=100)
     parser.add_argument("--max-sentences", type=int, default=None, help="stop after this many new sentences")
@@ -45,6 +59,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         raise GpthfError(f"--temperature={args.temperature} must be a finite number >= 0 (0 = greedy)")
     if args.max_sentences is not None and args.max_sentences < 1:
         raise GpthfError(f"--max-sentences={args.max_sentences} must be >= 1 (leave it out for no limit)")
+    if args.output is not None:
+        if args.output.is_dir():
+            raise GpthfError(f"--output {args.output} is a folder; give a file name (results.jsonl)")
+        writable_folder(args.output.parent or Path("."), flag="--output's folder")
     return args
 
 
@@ -66,6 +84,8 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     prompts = read_prompts(args)
+    from tqdm import tqdm
+
     from gpthf.data.splitter import build_splitter
     from gpthf.generation import (
         ContextLimit,
@@ -108,14 +128,62 @@ def main(argv: list[str]) -> int:
 
     if stream:
         sys.stdout.write(prompts[0])
-    result = generate(model, encoded, settings, strategy=args.strategy, on_token=show if stream else None)
+    progress = tqdm(total=len(prompts), unit="prompt", disable=len(prompts) == 1, file=sys.stderr)
+    started = time.perf_counter()
+    result = generate(
+        model,
+        encoded,
+        settings,
+        strategy=args.strategy,
+        on_token=show if stream else None,
+        slots=args.batch_size,
+        on_finish=lambda _: progress.update(),
+    )
+    elapsed = time.perf_counter() - started
+    progress.close()
     if stream:
         sys.stdout.write("\n")
-    else:
-        for i, (prompt, tokens) in enumerate(zip(prompts, result.tokens)):
+    completions = [decode_continuation(tokenizer, tokens) for tokens in result.tokens]
+    if args.output is not None:
+        write_results(args.output, prompts, completions, result)
+    elif not stream:
+        for i, (prompt, completion) in enumerate(zip(prompts, completions)):
             prefix = f"[{i}] " if len(prompts) > 1 else ""
-            print(f"{prefix}{prompt}{decode_continuation(tokenizer, tokens)}")
+            print(f"{prefix}{prompt}{completion}")
+    if len(prompts) > 1:
+        new_tokens = sum(len(t) for t in result.tokens)
+        print(
+            f"{len(prompts)} prompts, {new_tokens:,} new tokens in {elapsed:.1f} s: "
+            f"{new_tokens / elapsed:.1f} tokens/s with {min(args.batch_size, len(prompts))} slots",
+            file=sys.stderr,
+        )
     return 0
+
+
+def write_results(path: Path, prompts: list[str], completions: list[str], result) -> None:
+    """One JSON object per prompt, in input order; written to a temporary file, then renamed."""
+    lines = [
+        json.dumps(
+            {
+                "index": i,
+                "prompt": prompt,
+                "completion": completion,
+                "new_tokens": len(tokens),
+                "finish_reason": reason,
+            },
+            ensure_ascii=False,
+        )
+        for i, (prompt, completion, tokens, reason) in enumerate(
+            zip(prompts, completions, result.tokens, result.finish_reasons)
+        )
+    ]
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        partial.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        os.replace(partial, path)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        raise GpthfError(f"cannot write --output {path} ({err.strerror}); give a writable path") from None
 
 
 if __name__ == "__main__":
