@@ -175,12 +175,13 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def state_budget_rows(args, models: dict, stream: list[int], with_roofline) -> list[dict]:
-    """At each context, GPTHF and GPT at the largest batch whose generation state fits the budget."""
+def plan_state_budget(args, models: dict, stream: list[int]) -> list[dict]:
+    """Per context and model, the largest batch whose generation state fits --state-budget; checked
+    before anything is timed, so a budget that holds no row fails at once."""
     from gpthf.errors import ConfigError
-    from gpthf.measure.speed import batch_of_contexts, state_bytes_per_row, time_decode
+    from gpthf.measure.speed import batch_of_contexts, state_bytes_per_row
 
-    rows = []
+    plan = []
     for context in args.contexts:
         tokens = batch_of_contexts(stream, context, args.new_tokens, 1)
         for kind in ("gpthf", "gpt"):
@@ -191,11 +192,26 @@ def state_budget_rows(args, models: dict, stream: list[int], with_roofline) -> l
                     f"--state-budget {args.state_budget:,} bytes holds no row of {kind} at context {context} "
                     f"(one row needs {per_row:,}); give a larger budget or smaller --contexts"
                 )
-            batch = min(fits, args.max_budget_batch)
-            row = time_decode(models[kind], kind, "cached", tokens, context, tile_to=batch).as_dict()
-            row.update(state_budget=args.state_budget, state_bytes_per_row=per_row, batch_fits=int(fits))
-            rows.append(with_roofline(row))
-            print(f"  budget: {kind} at context {context}, batch {batch} (fits {fits})", file=sys.stderr)
+            plan.append(
+                {"kind": kind, "context": context, "tokens": tokens, "per_row": per_row, "fits": fits}
+            )
+    return plan
+
+
+def time_state_budget(args, models: dict, plan: list[dict], with_roofline) -> list[dict]:
+    """Cached decode of each planned (model, context) at its batch (capped by --max-budget-batch)."""
+    from gpthf.measure.speed import time_decode
+
+    rows = []
+    for item in plan:
+        batch = min(item["fits"], args.max_budget_batch)
+        kind, context = item["kind"], item["context"]
+        row = time_decode(models[kind], kind, "cached", item["tokens"], context, tile_to=batch).as_dict()
+        row.update(
+            state_budget=args.state_budget, state_bytes_per_row=item["per_row"], batch_fits=int(item["fits"])
+        )
+        rows.append(with_roofline(row))
+        print(f"  budget: {kind} at context {context}, batch {batch} (fits {item['fits']})", file=sys.stderr)
     return rows
 
 
@@ -234,6 +250,7 @@ def main(argv: list[str]) -> int:
     tokens_per_sentence = stats["splits"]["train"]["tokens_per_sentence_mean"]
     models = load_models(args, stats["vocab_size"])
     stream = corpus_stream(train_ids, stream_length)
+    plan = plan_state_budget(args, models, stream) if args.state_budget else []
     hf = None
     if not args.no_hf:
         if importlib.util.find_spec("transformers") is None:
@@ -278,7 +295,7 @@ def main(argv: list[str]) -> int:
             )
 
     decode = [with_roofline(row) for row in decode]
-    budget = state_budget_rows(args, models, stream, with_roofline) if args.state_budget else []
+    budget = time_state_budget(args, models, plan, with_roofline) if args.state_budget else []
 
     def find(model: str, strategy: str, context: int, batch: int) -> dict | None:
         return next(

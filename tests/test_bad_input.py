@@ -331,6 +331,42 @@ CASES = [
         error="argument --contexts: 0 must be > 0",
     ),
     Case(
+        "compare --state-budget 0",
+        "compare",
+        lambda ws: ["--state-budget", "0"],
+        error="argument --state-budget: 0 must be at least 1 byte",
+    ),
+    Case(
+        "compare --state-budget that is not a size",
+        "compare",
+        lambda ws: ["--state-budget", "4 lots"],
+        error="is not a size",
+    ),
+    Case(
+        "compare --dtype fp16 on a CPU",
+        "compare",
+        lambda ws: ["--dtype", "fp16", "--out", str(ws.root / "cmp")],
+        error="--dtype=fp16 is for CUDA devices",
+    ),
+    Case(
+        "generate --dtype fp16 on a CPU",
+        "generate",
+        lambda ws: generate_args(ws.checkpoint, "--prompt", "Hi.", "--dtype", "fp16"),
+        error="--dtype=fp16 is for CUDA devices",
+    ),
+    Case(
+        "generate --batch-size 0",
+        "generate",
+        lambda ws: generate_args(ws.checkpoint, "--prompt", "Hi.", "--batch-size", "0"),
+        error="argument --batch-size: 0 must be > 0",
+    ),
+    Case(
+        "generate --output into a folder",
+        "generate",
+        lambda ws: generate_args(ws.checkpoint, "--prompt", "Hi.", "--output", str(ws.root)),
+        error="is a folder; give a file name",
+    ),
+    Case(
         "compare into an unwritable --out",
         "compare",
         lambda ws: ["--out", str(ws.checkpoint / "config.json" / "x")],

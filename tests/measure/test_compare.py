@@ -8,7 +8,7 @@ from tests.conftest import run_script
 def test_compare_quick_smoke(tmp_path):
     run = run_script(
         "eval/compare.py", "--quick", "--no-hf", "--threads", "1", "--out", str(tmp_path),
-        "--cache-dir", str(tmp_path / "cache"), timeout=300,
+        "--cache-dir", str(tmp_path / "cache"), "--state-budget", "32MiB", timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     headline = json.loads(run.stdout.strip().splitlines()[-1])
@@ -31,6 +31,22 @@ def test_compare_quick_smoke(tmp_path):
             and headline[f"{kind}_cached_over_gpt_cached"] > 0
         )
     assert (tmp_path / "compare.png").stat().st_size > 10_000
+    peaks = results["peaks"]
+    assert peaks["copy_gb_s"] > 0 and peaks["matmul_square_gflop_s"] > peaks["matmul_b8_gflop_s"] > 0
+    for row in results["decode"]:
+        line = row["roofline"]
+        assert line["step_bytes"] > row["state_bytes"] and line["step_flops"] > 0
+        assert 0 < line["pct_of_copy_bandwidth"] and 0 < line["pct_of_matmul_peak"] < 100
+    budget = {(r["model"], r["context"]): r for r in results["state_budget"]}
+    assert set(budget) == {(k, c) for k in ("gpthf", "gpt") for c in (128, 512)}
+    for row in budget.values():
+        assert row["batch_fits"] * row["state_bytes_per_row"] <= 32 * 2**20
+        assert (row["batch_fits"] + 1) * row["state_bytes_per_row"] > 32 * 2**20, (
+            "the largest batch that fits"
+        )
+        assert row["batch"] == min(row["batch_fits"], 512) and row["tokens_per_s"] > 0
+    assert budget[("gpthf", 512)]["batch"] > 5 * budget[("gpt", 512)]["batch"]
+    assert headline["budget_gpthf_over_gpt_at_512"] > 0
 
 
 def test_hf_peer_has_our_gpt_shape_and_times_decoding():
@@ -51,3 +67,37 @@ def test_hf_peer_has_our_gpt_shape_and_times_decoding():
     ours = time_decode(gpt, "gpt", "cached", tokens, context=40)
     assert theirs.tokens_per_s > 0 and ours.tokens_per_s > 0
     assert theirs.state_bytes == ours.state_bytes, "same fp32 KV cache size for the same shape and length"
+
+
+def test_a_state_budget_that_holds_no_row_is_refused_before_timing():
+    import runpy
+    from argparse import Namespace
+
+    import pytest
+
+    from gpthf.errors import ConfigError
+    from tests.conftest import REPO
+    from tests.models.helpers import tiny_model
+
+    plan = runpy.run_path(str(REPO / "eval" / "compare.py"))["plan_state_budget"]
+    models = {"gpthf": tiny_model("gpthf"), "gpt": tiny_model("gpt")}
+    args = Namespace(contexts=[64], new_tokens=4, state_budget=1000)
+    with pytest.raises(ConfigError, match="holds no row of gpthf at context 64"):
+        plan(args, models, list(range(4, 200)))
+    args.state_budget = 2**30
+    rows = plan(args, models, list(range(4, 200)))
+    assert rows[0]["fits"] > rows[1]["fits"] >= 1  # gpthf's rows are smaller
+
+
+def test_bf16_halves_the_state_and_decodes(tmp_path):
+    import torch
+
+    from gpthf.measure.speed import batch_of_contexts, time_decode
+    from tests.models.helpers import tiny_model
+
+    tokens = batch_of_contexts(list(range(4, 90)) * 3, context=40, new_tokens=4, batch=2)
+    for kind in ("gpthf", "gpt"):
+        model = tiny_model(kind)
+        fp32 = time_decode(model, kind, "cached", tokens, context=40)
+        bf16 = time_decode(model.to(torch.bfloat16), kind, "cached", tokens, context=40)
+        assert bf16.state_bytes * 2 == fp32.state_bytes and bf16.tokens_per_s > 0

@@ -1,0 +1,123 @@
+"""`python eval/batching.py --ckpt PATH [--prompts 256] [--slots 16]`: continuous against fixed batches.
+
+Serving a batch job of many prompts: fixed batches of `--slots` rows wait for their longest row
+before the next batch starts; continuous batching hands a finished row's slot to the next prompt at
+once. Prompts of mixed lengths come from the checkpoint's held-out text, generation is greedy and
+stops at the first finished sentence (or `--new-tokens`), so rows finish at different steps as they
+do in practice. Both runs must produce the same tokens for every prompt. Prints one JSON line and
+writes batching.json and batching.png to --out.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from gpthf.cli import ArgumentParser, positive_int, run_cli, writable_folder
+
+
+def main(argv: list[str]) -> int:
+    parser = ArgumentParser(prog="batching.py", description=__doc__)
+    parser.add_argument("--ckpt", required=True, help="checkpoint or run folder")
+    parser.add_argument("--prompts", type=positive_int, default=256)
+    parser.add_argument("--slots", type=positive_int, default=16)
+    parser.add_argument("--new-tokens", type=positive_int, default=64, help="cap per prompt")
+    parser.add_argument("--max-sentences", type=positive_int, default=1)
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=Path("outputs/batching"))
+    args = parser.parse_args(argv)
+    writable_folder(args.out)
+    import numpy as np
+    import torch
+
+    from gpthf.data.special_tokens import PAD_ID
+    from gpthf.evaluation.perplexity import rows_for_text
+    from gpthf.generation import GenerationSettings, SamplingSettings, generate
+    from gpthf.training.checkpoint import load_checkpoint_tokenizer, load_model_from_checkpoint
+    from gpthf.training.distributed import resolve_device
+
+    model, meta, checkpoint = load_model_from_checkpoint(
+        args.ckpt, resolve_device(args.device, 0), dtype=args.dtype
+    )
+    tokenizer = load_checkpoint_tokenizer(checkpoint, meta)
+    input_ids, _, _ = rows_for_text(meta, tokenizer, "test")
+    stream = [t for t in input_ids.reshape(-1).tolist() if t != PAD_ID]
+    rng = np.random.default_rng(0)
+    prompts = []
+    for _ in range(args.prompts):  # mixed lengths, from 4 to 128 tokens, at random places in the text
+        length = int(rng.integers(4, 129))
+        start = int(rng.integers(0, max(len(stream) - length, 1)))
+        prompts.append(stream[start : start + length])
+    settings = GenerationSettings(
+        max_new_tokens=args.new_tokens,
+        max_sentences=args.max_sentences,
+        sampling=SamplingSettings(temperature=0),
+        max_sentence_len=meta["data"]["max_sentence_len"],
+    )
+    generate(model, prompts[: args.slots], GenerationSettings(max_new_tokens=2))  # warm-up
+
+    started = time.perf_counter()
+    fixed = []
+    for begin in range(0, len(prompts), args.slots):
+        fixed += generate(model, prompts[begin : begin + args.slots], settings).tokens
+    fixed_s = time.perf_counter() - started
+    started = time.perf_counter()
+    continuous = generate(model, prompts, settings, slots=args.slots).tokens
+    continuous_s = time.perf_counter() - started
+
+    new_tokens = sum(len(t) for t in continuous)
+    lengths = [len(t) for t in continuous]
+    result = {
+        "checkpoint": str(checkpoint),
+        "model": meta["arch"]["model"],
+        "dtype": args.dtype,
+        "threads": torch.get_num_threads(),
+        "prompts": len(prompts),
+        "slots": args.slots,
+        "new_tokens": new_tokens,
+        "new_tokens_per_prompt": {
+            "min": min(lengths),
+            "mean": new_tokens / len(prompts),
+            "max": max(lengths),
+        },
+        "fixed_tokens_per_s": new_tokens / fixed_s,
+        "continuous_tokens_per_s": new_tokens / continuous_s,
+        "continuous_over_fixed": fixed_s / continuous_s,
+        "same_tokens": continuous == fixed,
+    }
+    (args.out / "batching.json").write_text(json.dumps(result, indent=2))
+    plot(result, lengths, args.out / "batching.png")
+    print(
+        f"{len(prompts)} prompts, {args.slots} slots, {new_tokens:,} new tokens: fixed batches "
+        f"{result['fixed_tokens_per_s']:.1f} tokens/s, continuous {result['continuous_tokens_per_s']:.1f} tokens/s "
+        f"({result['continuous_over_fixed']:.2f}×); same tokens: {result['same_tokens']}"
+    )
+    print(json.dumps(result))
+    return 0 if result["same_tokens"] else 1
+
+
+def plot(result: dict, lengths: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (hist, bars) = plt.subplots(1, 2, figsize=(9, 3.5))
+    hist.hist(lengths, bins=30, color="C0")
+    hist.set(xlabel="new tokens per prompt", ylabel="prompts", title="where rows stop")
+    bars.bar(
+        ["fixed", "continuous"],
+        [result["fixed_tokens_per_s"], result["continuous_tokens_per_s"]],
+        color=["C1", "C0"],
+    )
+    bars.set(ylabel="generated tokens/s", title=f"{result['prompts']} prompts, {result['slots']} slots")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,129 @@
+"""`python eval/precision.py --ckpt PATH [--dtype bf16]`: what a lower number format costs in quality.
+
+On a trained checkpoint, against fp32 in the same run, over several prompts from the held-out split
+with a few hundred greedy tokens each:
+- teacher-forced agreement: on fp32's greedy continuation, the share of positions where the lower
+  format's argmax is the same token (each position judged on the same context);
+- free-running agreement: each format generates on its own; the share of equal positions and where
+  each row first differs (one near-tie flip changes everything after it, so this is the harsher one);
+- bits per byte on the held-out split in both formats. Prints a table, then one JSON line; writes
+precision.json and precision.png to --out.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from gpthf.cli import ArgumentParser, positive_int, run_cli, writable_folder
+
+
+def main(argv: list[str]) -> int:
+    parser = ArgumentParser(prog="precision.py", description=__doc__)
+    parser.add_argument("--ckpt", required=True, help="checkpoint or run folder")
+    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"], help="compared with fp32")
+    parser.add_argument("--prompts", type=positive_int, default=8)
+    parser.add_argument("--new-tokens", type=positive_int, default=300)
+    parser.add_argument("--max-rows", type=positive_int, default=None, help="rows scored for bits per byte")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=Path("outputs/precision"))
+    args = parser.parse_args(argv)
+    writable_folder(args.out)
+    import torch
+
+    from gpthf.data.special_tokens import PAD_ID
+    from gpthf.evaluation.perplexity import rows_for_text, score
+    from gpthf.generation import GenerationSettings, SamplingSettings, generate
+    from gpthf.generation.strategies import sentence_ids_for
+    from gpthf.training.checkpoint import load_checkpoint_tokenizer, load_model_from_checkpoint
+    from gpthf.training.distributed import resolve_device
+
+    device = resolve_device(args.device, 0)
+    models = {
+        name: load_model_from_checkpoint(args.ckpt, device, dtype=name) for name in ("fp32", args.dtype)
+    }
+    _, meta, checkpoint = models["fp32"]
+    tokenizer = load_checkpoint_tokenizer(checkpoint, meta)
+    input_ids, sentence_ids, n_bytes = rows_for_text(meta, tokenizer, "test", None, args.max_rows)
+    prompts = [[t for t in row[:64].tolist() if t != PAD_ID] for row in input_ids[: args.prompts]]
+    settings = GenerationSettings(
+        max_new_tokens=args.new_tokens,
+        sampling=SamplingSettings(temperature=0),
+        max_sentence_len=meta["data"]["max_sentence_len"],
+    )
+    tokens = {name: generate(model, prompts, settings).tokens for name, (model, _, _) in models.items()}
+    forced_same = forced_total = 0
+    with torch.inference_mode():
+        for prompt, continuation in zip(prompts, tokens["fp32"]):
+            sequence = torch.tensor([prompt + continuation], device=device)
+            lengths = torch.tensor([sequence.shape[1]], device=device)
+            picks = {
+                name: model(sequence, sentence_ids_for(sequence, lengths))[0, len(prompt) - 1 : -1].argmax(-1)
+                for name, (model, _, _) in models.items()
+            }
+            forced_same += int((picks[args.dtype] == picks["fp32"]).sum())
+            forced_total += len(continuation)
+    same = total = 0
+    first_difference = []
+    for ours, reference in zip(tokens[args.dtype], tokens["fp32"]):
+        pairs = list(zip(ours, reference))
+        same += sum(a == b for a, b in pairs)
+        total += len(pairs)
+        first_difference.append(next((i for i, (a, b) in enumerate(pairs) if a != b), len(pairs)))
+    bpb = {
+        name: score(model, input_ids, sentence_ids, n_bytes).bits_per_byte
+        for name, (model, _, _) in models.items()
+    }
+    result = {
+        "checkpoint": str(checkpoint),
+        "model": meta["arch"]["model"],
+        "dtype": args.dtype,
+        "prompts": len(prompts),
+        "new_tokens": args.new_tokens,
+        "teacher_forced_same_share": forced_same / forced_total,
+        "greedy_same_share": same / total,
+        "first_difference": first_difference,
+        "bits_per_byte": bpb,
+        "bpb_relative_change": bpb[args.dtype] / bpb["fp32"] - 1,
+        "torch": torch.__version__,
+    }
+    (args.out / "precision.json").write_text(json.dumps(result, indent=2))
+    plot(result, args.out / "precision.png")
+    print(
+        f"{result['model']} {args.dtype} against fp32 ({len(prompts)} prompts × {args.new_tokens} greedy tokens)"
+    )
+    print(f"  teacher-forced: same argmax at {100 * result['teacher_forced_same_share']:.2f} % of positions")
+    print(
+        f"  free-running: same greedy token at {100 * result['greedy_same_share']:.1f} % of positions; first difference at {first_difference}"
+    )
+    print(
+        f"  bits per byte: fp32 {bpb['fp32']:.4f}, {args.dtype} {bpb[args.dtype]:.4f} "
+        f"({100 * result['bpb_relative_change']:+.3f} %)"
+    )
+    print(json.dumps(result))
+    return 0
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(range(len(result["first_difference"])), result["first_difference"], color="C0")
+    ax.axhline(result["new_tokens"], color="grey", linestyle=":", label="tokens generated")
+    ax.set(
+        xlabel="prompt",
+        ylabel="first position that differs",
+        title=f"{result['dtype']} vs fp32: {100 * result['greedy_same_share']:.1f} % same greedy tokens",
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
