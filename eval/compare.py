@@ -39,10 +39,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--models",
-        nargs="+",
+        nargs="*",
         default=list(ALTERNATIVES),
         choices=list(ALTERNATIVES),
-        help="other generators measured beside GPTHF and GPT (cached decode and training only)",
+        help="other generators measured beside GPTHF and GPT (cached decode and training only); "
+        "--models alone: none",
     )
     parser.add_argument("--contexts", type=positive_int, nargs="+", default=[256, 1024, 2048, 4096])
     parser.add_argument("--batches", type=positive_int, nargs="+", default=[1, 8])

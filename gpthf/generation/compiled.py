@@ -1,0 +1,67 @@
+"""`--compile`: the per-token decode step as one compiled graph, gpt-fast's recipe on our strategies.
+
+A compiled step needs the same shapes at every step. The eager cached strategies attend over each
+row's filled window, which grows by one entry a step; here the caches are allocated once, at the
+largest size this generation can reach (`Horizon`), and every step attends over the whole buffer
+with the entries beyond a row's length masked out, which gives exactly the same result (a masked key
+has weight zero) at the price of reading the unfilled part. With no Python-visible sizes left in the
+step, `torch.compile` traces it once per batch size (on CUDA with CUDA graphs, `reduce-overhead`).
+
+Models whose state never grows (linear attention, LSTM, Block-Recurrent) compile their step as is.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+
+import torch
+
+from gpthf.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Horizon:
+    """The most a generation can need: what the static caches are sized for."""
+
+    tokens: int  # longest prompt + new tokens: a GPT's KV entries
+    sentence_tokens: int  # tokens of a sentence in progress: GPTHF's encoder entries
+    sentences: int  # finished sentences: GPTHF's body entries
+
+
+def check_compiler(device: torch.device) -> None:
+    """One error naming the fix when `torch.compile` cannot build kernels on `device`."""
+    if device.type == "cuda":
+        if importlib.util.find_spec("triton") is None:
+            raise ConfigError("--compile on CUDA needs triton (pip install triton); or leave out --compile")
+        return
+    compiler = os.environ.get("CXX", "g++")
+    if shutil.which(compiler) is None:
+        raise ConfigError(
+            f"--compile on CPU needs a C++ compiler ({compiler} not found: apt-get install g++, or set CXX); "
+            "or leave out --compile"
+        )
+
+
+class CompiledStrategy:
+    """Wraps a cached strategy: its prefill as is (then the caches grown to the horizon), its decode
+    compiled over static shapes."""
+
+    def __init__(self, inner, horizon: Horizon, device: torch.device):
+        check_compiler(device)
+        self.inner = inner
+        self.horizon = horizon
+        mode = "reduce-overhead" if device.type == "cuda" else None
+        self.step = torch.compile(inner.decode, dynamic=False, mode=mode)
+
+    def prefill(self, model, tokens: torch.Tensor, lengths: torch.Tensor):
+        logits, state = self.inner.prefill(model, tokens, lengths)
+        fix_capacity = getattr(state, "fix_capacity", None)
+        if fix_capacity is not None:
+            fix_capacity(self.horizon)
+        return logits, state
+
+    def decode(self, model, state, token: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        return self.step(model, state, token, active)
