@@ -63,6 +63,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="weights and generation state"
     )
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time GPTHF's and GPT's cached step compiled over static caches (torch.compile)",
+    )
+    parser.add_argument(
         "--state-budget",
         type=byte_size,
         default=None,
@@ -94,6 +99,8 @@ ALTERNATIVES = ("linear", "t2r", "lstm", "block_recurrent")
 STYLES = {
     ("gpthf", "cached"): "C0-o",
     ("gpthf", "full"): "C0:o",
+    ("gpthf", "compiled"): "C0--x",
+    ("gpt", "compiled"): "C1--x",
     ("gpt", "cached"): "C1-s",
     ("gpt", "full"): "C1:s",
     ("hf-llama", "generate"): "C2--^",
@@ -281,6 +288,10 @@ def main(argv: list[str]) -> int:
             tokens = batch_of_contexts(stream, context, args.new_tokens, batch)
             for kind in ("gpthf", "gpt"):
                 decode.append(time_decode(models[kind], kind, "cached", tokens, context).as_dict())
+                if args.compile:
+                    decode.append(
+                        time_decode(models[kind], kind, "cached", tokens, context, compile=True).as_dict()
+                    )
                 if context * batch <= args.max_full_tokens:
                     full_tokens = tokens[:, : context + args.full_new_tokens + 1]
                     decode.append(
@@ -343,6 +354,12 @@ def main(argv: list[str]) -> int:
                     other["tokens_per_s"], gpt["tokens_per_s"]
                 )
                 ratios[-1][f"{kind}_state_over_gpt_state"] = ratio(other["state_bytes"], gpt["state_bytes"])
+            if args.compile:
+                for kind, eager in (("gpthf", ours), ("gpt", gpt)):
+                    compiled = find(kind, "compiled", context, batch)
+                    ratios[-1][f"{kind}_compiled_over_eager"] = ratio(
+                        compiled["tokens_per_s"], eager["tokens_per_s"]
+                    )
 
     budget_ratios = {}
     for context in args.contexts if budget else []:
@@ -421,13 +438,14 @@ def main(argv: list[str]) -> int:
         f"{peaks.copy_gb_s:.1f} GB/s, batch-8 matmul {peaks.matmul_b8_gflop_s:.0f}, square {peaks.matmul_square_gflop_s:.0f} GFLOP/s)"
     )
     print(
-        f"{'model':>15} {'context':>8} {'ms/step':>8} {'MB/step':>8} {'GB/s':>6} {'%copy':>6} {'GFLOP/s':>8} {'%b8mm':>6}"
+        f"{'model':>18} {'context':>8} {'ms/step':>8} {'MB/step':>8} {'GB/s':>6} {'%copy':>6} {'GFLOP/s':>8} {'%b8mm':>6}"
     )
     for row in decode:
-        if row["batch"] == batch and row["strategy"] in ("cached", "generate"):
+        if row["batch"] == batch and row["strategy"] in ("cached", "compiled", "generate"):
             line = row["roofline"]
+            label = f"{row['model']} (compiled)" if row["strategy"] == "compiled" else row["model"]
             print(
-                f"{row['model']:>15} {row['context']:>8} {row['ms_per_token']:>8.1f} {line['step_bytes'] / 1e6:>8.1f} "
+                f"{label:>18} {row['context']:>8} {row['ms_per_token']:>8.1f} {line['step_bytes'] / 1e6:>8.1f} "
                 f"{line['achieved_gb_s']:>6.1f} {line['pct_of_copy_bandwidth']:>6.1f} {line['achieved_gflop_s']:>8.1f} "
                 f"{line['pct_of_matmul_b8']:>6.1f}"
             )

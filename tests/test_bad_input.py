@@ -23,7 +23,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -114,6 +114,7 @@ class Case:
     args: Callable[[Workspace], list[str]]
     error: str | None = None  # the problem the one-line error must name; None: the command succeeds
     check: Callable[[Workspace, str], None] | None = None  # (workspace, stdout) of a successful command
+    env: dict[str, str] = field(default_factory=dict)  # environment variables set while it runs
 
 
 def prepare_args(ws: Workspace, name: str, content: bytes, file: str = "corpus.txt") -> list[str]:
@@ -355,6 +356,19 @@ CASES = [
         error="--dtype=fp16 is for CUDA devices",
     ),
     Case(
+        "generate --compile with --strategy full",
+        "generate",
+        lambda ws: generate_args(ws.checkpoint, "--prompt", "Hi.", "--compile", "--strategy", "full"),
+        error="--compile applies to --strategy cached",
+    ),
+    Case(
+        "generate --compile without a C++ compiler",
+        "generate",
+        lambda ws: generate_args(ws.checkpoint, "--prompt", "Hi.", "--compile"),
+        error="--compile on CPU needs a C++ compiler",
+        env={"CXX": "no-such-compiler-gpthf"},
+    ),
+    Case(
         "generate --batch-size 0",
         "generate",
         lambda ws: generate_args(ws.checkpoint, "--prompt", "Hi.", "--batch-size", "0"),
@@ -513,7 +527,9 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_bad_input(case: Case, workspace: Workspace, capsys):
+def test_bad_input(case: Case, workspace: Workspace, capsys, monkeypatch):
+    for name, value in case.env.items():
+        monkeypatch.setenv(name, value)
     before = digest(workspace.root)
     main = SCRIPTS[case.script]()
     capsys.readouterr()

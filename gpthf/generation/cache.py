@@ -17,6 +17,7 @@ class KVCache:
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
+        self.static = False  # True: the capacity is fixed and every step attends over all of it
 
     @property
     def capacity(self) -> int:
@@ -32,6 +33,24 @@ class KVCache:
                 grown = old.new_zeros(old.shape[0], old.shape[1], new_capacity, old.shape[3])
                 grown[:, :, : old.shape[2]] = old
                 buffers[i] = grown
+
+    def fix_capacity(self, capacity: int) -> None:
+        """Grow to `capacity` entries once and keep that shape: what a compiled decode step needs."""
+        if capacity > self.capacity:
+            self.reserve(capacity)
+            for buffers in (self.k, self.v):
+                for i, old in enumerate(buffers):
+                    buffers[i] = old[:, :, :capacity].contiguous()
+        self.static = True
+
+    def next_window(self) -> int:
+        """Entries the next decode step attends over, with room for every row's next write: each
+        row's filled part (eager), or the whole fixed buffer (static, masked beyond each length)."""
+        if self.static:
+            return self.capacity
+        size = int(self.lengths.max()) + 1
+        self.reserve(size)
+        return size
 
     def write_prefix(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store (B, H, T, hd) at indices 0..T-1 of every row."""

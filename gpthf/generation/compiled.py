@@ -45,6 +45,23 @@ def check_compiler(device: torch.device) -> None:
         )
 
 
+RECOMPILE_LIMIT = 64
+_COMPILED: dict[tuple[type, str], object] = {}  # one compiled step per strategy class and device type
+
+
+def compiled_step(strategy_class: type, device: torch.device):
+    """`strategy_class.decode` compiled once per process: a new generation reuses its kernels."""
+    key = (strategy_class, device.type)
+    if key not in _COMPILED:
+        # Every (batch, cache size) is its own graph; past dynamo's default of 8 it would silently
+        # fall back to eager, which a benchmark over a grid of shapes reaches.
+        config = torch._dynamo.config
+        config.recompile_limit = max(getattr(config, "recompile_limit", 8), RECOMPILE_LIMIT)
+        mode = "reduce-overhead" if device.type == "cuda" else None
+        _COMPILED[key] = torch.compile(strategy_class.decode, dynamic=False, mode=mode)
+    return _COMPILED[key]
+
+
 class CompiledStrategy:
     """Wraps a cached strategy: its prefill as is (then the caches grown to the horizon), its decode
     compiled over static shapes."""
@@ -53,8 +70,8 @@ class CompiledStrategy:
         check_compiler(device)
         self.inner = inner
         self.horizon = horizon
-        mode = "reduce-overhead" if device.type == "cuda" else None
-        self.step = torch.compile(inner.decode, dynamic=False, mode=mode)
+        self._step = compiled_step(type(inner), device)
+        self.step = lambda model, state, token, active: self._step(inner, model, state, token, active)
 
     def prefill(self, model, tokens: torch.Tensor, lengths: torch.Tensor):
         logits, state = self.inner.prefill(model, tokens, lengths)

@@ -10,6 +10,7 @@ import torch
 
 from gpthf.data.special_tokens import EOD_ID, EOS_ID, PAD_ID
 from gpthf.errors import GpthfError
+from gpthf.generation.compiled import Horizon
 from gpthf.generation.rows import put_rows
 from gpthf.generation.sampling import SamplingSettings, sample
 from gpthf.generation.strategies import closes_sentence, get_strategy, pad_rows
@@ -78,6 +79,23 @@ def _open_sentence_counters(tokens: torch.Tensor, lengths: torch.Tensor) -> tupl
     return lengths - (torch.where(closes, index, -1).amax(1) + 1), closes.sum(1)
 
 
+def horizon(prompts: Sequence[Sequence[int]], settings: GenerationSettings) -> Horizon:
+    """The largest state any row of this generation can reach (each new token closes at most one
+    sentence; a forced <eos> bounds the sentence in progress)."""
+    tokens, lengths = pad_rows(prompts)
+    open_tokens, finished = _open_sentence_counters(tokens, lengths)
+    longest_open = int(open_tokens.max())
+    if settings.max_sentence_len is not None:
+        sentence_tokens = max(settings.max_sentence_len, longest_open + 1)
+    else:
+        sentence_tokens = longest_open + settings.max_new_tokens
+    return Horizon(
+        tokens=int(lengths.max()) + settings.max_new_tokens,
+        sentence_tokens=sentence_tokens,
+        sentences=int(finished.max()) + settings.max_new_tokens,
+    )
+
+
 @torch.inference_mode()
 def generate(
     model: LanguageModel,
@@ -87,6 +105,7 @@ def generate(
     on_token: Callable[[int, int], None] | None = None,
     slots: int | None = None,
     on_finish: Callable[[int], None] | None = None,
+    compile: bool = False,
 ) -> GenerationResult:
     """Continue each prompt (token ids, as `encode_prompt` makes them); rows advance independently.
 
@@ -94,7 +113,8 @@ def generate(
     continuous batching: the moment a row stops, its slot takes the next prompt (prefilled on its
     own and written into the batch state), so no slot idles while a long row finishes.
     `on_token(prompt, token)` sees every new token, `on_finish(prompt)` every finished prompt;
-    results are in prompt order whatever the order they finish in.
+    results are in prompt order whatever the order they finish in. `compile=True` runs the decode
+    step compiled over caches sized for this call's horizon (gpthf.generation.compiled).
     """
     _check_prompts(model, prompts, settings.limit)
     if slots is not None and slots < 1:
@@ -105,7 +125,7 @@ def generate(
     if settings.max_new_tokens == 0:
         return GenerationResult(outputs, reasons, 0)
 
-    runner = get_strategy(model, strategy)
+    runner = get_strategy(model, strategy, compile_for=horizon(prompts, settings) if compile else None)
     width = min(slots or len(prompts), len(prompts))
     pending = deque(range(len(prompts)))
     prompt_of = [pending.popleft() for _ in range(width)]  # which prompt each slot is generating

@@ -116,6 +116,9 @@ class GPTCacheState:
     def nbytes(self) -> int:
         return self.kv.nbytes()
 
+    def fix_capacity(self, horizon) -> None:
+        self.kv.fix_capacity(horizon.tokens + 1)
+
 
 def causal_forward_capturing(model: GPT, tokens: torch.Tensor) -> tuple[torch.Tensor, list, list]:
     """The training forward of a GPT-shaped model (last block's output), with every layer's k and v."""
@@ -151,8 +154,7 @@ class GPTCachedStrategy:
         self, model: GPT, state: GPTCacheState, token: torch.Tensor, active: torch.Tensor
     ) -> torch.Tensor:
         kv = state.kv
-        size = int(kv.lengths.max()) + 1
-        kv.reserve(size)
+        size = kv.next_window()
         visible = (torch.arange(size, device=token.device)[None, :] <= kv.lengths[:, None])[
             :, None, None, :
         ]  # (B, 1, 1, size)
@@ -171,6 +173,10 @@ class GPTHFCacheState:
 
     def nbytes(self) -> int:
         return self.encoder.nbytes() + self.body.nbytes()
+
+    def fix_capacity(self, horizon) -> None:
+        self.encoder.fix_capacity(horizon.sentence_tokens + 1)
+        self.body.fix_capacity(horizon.sentences + 1)
 
 
 class GPTHFCachedStrategy:
@@ -220,8 +226,7 @@ class GPTHFCachedStrategy:
         device = token.device
         x = model.embed(token[:, None])  # (B, 1, d)
 
-        size = int(encoder.lengths.max()) + 1
-        encoder.reserve(size)
+        size = encoder.next_window()
         visible = (torch.arange(size, device=device)[None, :] <= encoder.lengths[:, None])[:, None, None, :]
         cos, sin = rope_angles(
             encoder.lengths[:, None], model.head_dim, model.arch.rope_base
@@ -229,8 +234,7 @@ class GPTHFCachedStrategy:
         for layer, block in enumerate(model.wlt_encoder):
             x = block(x, _cached_pattern(encoder, layer, cos, sin, visible))
 
-        slots = max(int(body.lengths.max()), 1)
-        body.reserve(int(body.lengths.max()) + 1)
+        slots = body.next_window()  # the slot at each row's length is written, counted only on <eos>
         visible_ends = (torch.arange(slots, device=device)[None, :] < body.lengths[:, None])[
             :, None, :
         ]  # (B, 1, S)
@@ -255,7 +259,15 @@ class GPTHFCachedStrategy:
 STRATEGIES = ("cached", "full")
 
 
-def get_strategy(model: LanguageModel, name: str):
+def get_strategy(model: LanguageModel, name: str, compile_for=None):
+    """The strategy `name` for this model; `compile_for=Horizon(...)` compiles its decode step
+    (gpthf.generation.compiled) over caches sized for that horizon."""
+    if compile_for is not None:
+        if name != "cached":
+            raise ConfigError("--compile applies to --strategy cached (full recomputes a growing context)")
+        from gpthf.generation.compiled import CompiledStrategy
+
+        return CompiledStrategy(get_strategy(model, name), compile_for, model.embed.weight.device)
     if name == "full":
         return FullStrategy()
     if name == "cached":

@@ -14,8 +14,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from gpthf.data.special_tokens import PAD_ID
+from gpthf.generation.compiled import Horizon
 from gpthf.generation.rows import take_rows
-from gpthf.generation.strategies import get_strategy
+from gpthf.generation.strategies import closes_sentence, get_strategy
 from gpthf.models import LanguageModel, next_token_loss
 
 
@@ -64,15 +65,17 @@ def time_decode(
     context: int,
     warmup: int = 2,
     tile_to: int | None = None,
+    compile: bool = False,
 ) -> DecodeTiming:
     """Prefill `context` tokens per row, then decode the remaining columns of `tokens` one by one.
 
     `tile_to=N`: prefill the one row of `tokens` once and copy its state into N rows, so a batch of
     thousands costs one prefill (the step's cost does not depend on what the rows hold).
+    `compile=True`: the cached step compiled over static caches (compile time is in the warm-up).
     """
     batch, total = tokens.shape
     new_tokens = total - context
-    runner = get_strategy(model, strategy)
+    runner = get_strategy(model, strategy, compile_for=horizon_of(tokens) if compile else None)
     lengths = torch.full((batch,), context, dtype=torch.long)
 
     start = time.perf_counter()
@@ -93,7 +96,7 @@ def time_decode(
     steps = max(len(timed), 1)
     return DecodeTiming(
         name,
-        strategy,
+        "compiled" if compile else strategy,
         context,
         batch,
         steps,
@@ -103,6 +106,17 @@ def time_decode(
         state.nbytes(),
         peak_rss_mb(),
     )
+
+
+def horizon_of(tokens: torch.Tensor) -> Horizon:
+    """What decoding all of `tokens` (B, T) can reach: its length, longest sentence, most sentences."""
+    closes = closes_sentence(tokens)
+    longest = 1
+    for row in closes.tolist():
+        ends = [i for i, closed in enumerate(row) if closed]
+        gaps = [b - a for a, b in zip([-1, *ends], [*ends, len(row) - 1])]
+        longest = max(longest, *gaps)
+    return Horizon(tokens.shape[1], longest + 1, int(closes.sum(1).max()) + 1)
 
 
 def state_bytes_per_row(model: LanguageModel, tokens: torch.Tensor) -> int:
