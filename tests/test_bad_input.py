@@ -399,6 +399,12 @@ CASES = [
         error="argument --batch-size: 0 must be > 0",
     ),
     Case(
+        "perplexity --dtype fp16 on a CPU",
+        "perplexity",
+        lambda ws: ["--ckpt", str(ws.checkpoint), "--dtype", "fp16", "--device", "cpu"],
+        error="--dtype=fp16 is for CUDA devices",
+    ),
+    Case(
         "perplexity without --ckpt",
         "perplexity",
         lambda ws: [],
