@@ -26,6 +26,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--new-tokens", type=positive_int, default=64, help="cap per prompt")
     parser.add_argument("--max-sentences", type=positive_int, default=1)
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument(
+        "--repeats", type=positive_int, default=3, help="timed runs of each, interleaved; medians reported"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=Path("outputs/batching"))
     args = parser.parse_args(argv)
@@ -59,14 +62,17 @@ def main(argv: list[str]) -> int:
     )
     generate(model, prompts[: args.slots], GenerationSettings(max_new_tokens=2))  # warm-up
 
-    started = time.perf_counter()
-    fixed = []
-    for begin in range(0, len(prompts), args.slots):
-        fixed += generate(model, prompts[begin : begin + args.slots], settings).tokens
-    fixed_s = time.perf_counter() - started
-    started = time.perf_counter()
-    continuous = generate(model, prompts, settings, slots=args.slots).tokens
-    continuous_s = time.perf_counter() - started
+    fixed_times, continuous_times = [], []
+    for _ in range(args.repeats):  # interleaved, so a slow spell of a shared machine hits both
+        started = time.perf_counter()
+        fixed = []
+        for begin in range(0, len(prompts), args.slots):
+            fixed += generate(model, prompts[begin : begin + args.slots], settings).tokens
+        fixed_times.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        continuous = generate(model, prompts, settings, slots=args.slots).tokens
+        continuous_times.append(time.perf_counter() - started)
+    fixed_s, continuous_s = float(np.median(fixed_times)), float(np.median(continuous_times))
 
     new_tokens = sum(len(t) for t in continuous)
     lengths = [len(t) for t in continuous]
@@ -86,6 +92,8 @@ def main(argv: list[str]) -> int:
         "fixed_tokens_per_s": new_tokens / fixed_s,
         "continuous_tokens_per_s": new_tokens / continuous_s,
         "continuous_over_fixed": fixed_s / continuous_s,
+        "fixed_seconds": fixed_times,
+        "continuous_seconds": continuous_times,
         # Decode steps: fixed batches take their longest row's length each; continuous batching
         # can at best keep every slot busy, so this ratio bounds its gain on this workload.
         "step_bound": sum(max(lengths[b : b + args.slots]) for b in range(0, len(lengths), args.slots))

@@ -20,7 +20,7 @@ def test_precision_compares_bf16_with_fp32(trained_runs, tmp_path):
 def test_continuous_batching_bench_gives_the_same_tokens(trained_runs, tmp_path):
     run = run_script(
         "eval/batching.py", "--ckpt", str(trained_runs["gpthf"]), "--prompts", "20", "--slots", "4",
-        "--new-tokens", "12", "--out", str(tmp_path), timeout=300,
+        "--new-tokens", "12", "--repeats", "1", "--out", str(tmp_path), timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
