@@ -163,9 +163,11 @@ def main(argv: list[str]) -> int:
             print(f"{prefix}{prompt}{completion}")
     if len(prompts) > 1:
         new_tokens = sum(len(t) for t in result.tokens)
+        slots = min(args.batch_size, len(prompts))
         print(
             f"{len(prompts)} prompts, {new_tokens:,} new tokens in {elapsed:.1f} s: "
-            f"{new_tokens / elapsed:.1f} tokens/s with {min(args.batch_size, len(prompts))} slots",
+            f"{new_tokens / elapsed:.1f} tokens/s with {slots} slot{'s' if slots > 1 else ''}"
+            + (" (compilation included)" if args.compile else ""),
             file=sys.stderr,
         )
     return 0
