@@ -16,6 +16,7 @@ from pathlib import Path
 
 from gpthf.cli import ArgumentParser, positive_int, run_cli, writable_folder
 from gpthf.errors import GpthfError
+from gpthf.precision import DEFAULT_DTYPE, DTYPE_NAMES
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -48,7 +49,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--strategy", choices=["cached", "full"], default="cached")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument(
-        "--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="weights and generation state"
+        "--dtype", default=DEFAULT_DTYPE, choices=DTYPE_NAMES, help="weights and generation state"
     )
     parser.add_argument("--no-stream", action="store_true", help="print only when done")
     parser.add_argument(

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from gpthf.cli import ArgumentParser, positive_int, run_cli, writable_folder
+from gpthf.precision import DEFAULT_DTYPE, DTYPE_NAMES
 
 
 def main(argv: list[str]) -> int:
@@ -25,7 +26,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--slots", type=positive_int, default=16)
     parser.add_argument("--new-tokens", type=positive_int, default=64, help="cap per prompt")
     parser.add_argument("--max-sentences", type=positive_int, default=1)
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--dtype", default=DEFAULT_DTYPE, choices=DTYPE_NAMES)
     parser.add_argument(
         "--repeats", type=positive_int, default=3, help="timed runs of each, interleaved; medians reported"
     )

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from gpthf.cli import ArgumentParser, byte_size, non_negative_int, positive_int, run_cli, writable_folder
+from gpthf.precision import DEFAULT_DTYPE, DTYPE_NAMES
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -60,7 +61,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
     parser.add_argument("--no-hf", action="store_true", help="skip the Hugging Face peer")
     parser.add_argument(
-        "--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="weights and generation state"
+        "--dtype", default=DEFAULT_DTYPE, choices=DTYPE_NAMES, help="weights and generation state"
     )
     parser.add_argument(
         "--compile",
@@ -115,7 +116,7 @@ def load_models(args, vocab_size: int) -> dict:
     from gpthf.config import load_config
     from gpthf.errors import ConfigError
     from gpthf.models import build_model
-    from gpthf.precision import DTYPES
+    from gpthf.precision import torch_dtype
     from gpthf.training.checkpoint import load_model_from_checkpoint
 
     models = {}
@@ -127,7 +128,7 @@ def load_models(args, vocab_size: int) -> dict:
             torch.manual_seed(0)
             models[kind] = (
                 build_model(load_config([f"arch={kind.replace('_', '-')}-{args.arch}"]).arch, vocab_size)
-                .to(DTYPES[args.dtype])
+                .to(torch_dtype(args.dtype))
                 .eval()
             )
     if models["gpthf"].num_parameters() != models["gpt"].num_parameters():
@@ -239,11 +240,11 @@ def main(argv: list[str]) -> int:
         time_hf_generate,
         time_training,
     )
-    from gpthf.precision import DTYPES, resolve_dtype
+    from gpthf.precision import resolve_dtype
 
-    resolve_dtype(args.dtype, "cpu")
+    dtype = resolve_dtype(args.dtype, "cpu")
     started = time.time()
-    peaks = measure_peaks(DTYPES[args.dtype], args.dtype)  # this machine, these threads, this format
+    peaks = measure_peaks(dtype, args.dtype)  # this machine, these threads, this format
     print(
         f"  peaks ({args.dtype}): copy {peaks.copy_gb_s:.1f} GB/s, batch-8 matmul {peaks.matmul_b8_gflop_s:.0f} GFLOP/s, "
         f"square matmul {peaks.matmul_square_gflop_s:.0f} GFLOP/s",
@@ -268,7 +269,7 @@ def main(argv: list[str]) -> int:
             )
         else:
             torch.manual_seed(0)
-            hf = hf_llama_twin(models["gpt"]).to(DTYPES[args.dtype])
+            hf = hf_llama_twin(models["gpt"]).to(dtype)
 
     def with_roofline(row: dict) -> dict:
         """The row plus the bytes and FLOPs its step must move and their share of the peaks."""

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from gpthf.cli import ArgumentParser, non_negative_int, positive_int, run_cli
+from gpthf.precision import DEFAULT_DTYPE, DTYPE_NAMES
 
 
 def main(argv: list[str]) -> int:
@@ -28,9 +29,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--max-rows", type=positive_int, default=None)
     parser.add_argument("--device", default="auto")
-    parser.add_argument(
-        "--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="weights and activations"
-    )
+    parser.add_argument("--dtype", default=DEFAULT_DTYPE, choices=DTYPE_NAMES, help="weights and activations")
     parser.add_argument(
         "--samples",
         type=non_negative_int,
@@ -47,7 +46,7 @@ def main(argv: list[str]) -> int:
         args.ckpt, args.data, args.split, args.batch_size, args.max_rows, device, args.samples, args.dtype
     )
     if args.data == "default":
-        suffix = "" if args.dtype == "fp32" else f"-{args.dtype}"  # report.py reads the fp32 one
+        suffix = "" if args.dtype == DEFAULT_DTYPE else f"-{args.dtype}"  # report.py reads the fp32 one
         save_result(Path(result["checkpoint"]), f"perplexity-{args.split}{suffix}", result)
     print(
         f"{result['model']} on {result['data']} ({result['split']}): {result['bits_per_byte']:.4f} bits/byte, "

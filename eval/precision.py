@@ -17,12 +17,14 @@ import sys
 from pathlib import Path
 
 from gpthf.cli import ArgumentParser, positive_int, run_cli, writable_folder
+from gpthf.precision import DTYPE_NAMES
 
 
 def main(argv: list[str]) -> int:
     parser = ArgumentParser(prog="precision.py", description=__doc__)
     parser.add_argument("--ckpt", required=True, help="checkpoint or run folder")
-    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"], help="compared with fp32")
+    lower = [name for name in DTYPE_NAMES if name != "fp32"]  # fp32 is the reference
+    parser.add_argument("--dtype", default="bf16", choices=lower, help="compared with fp32")
     parser.add_argument("--prompts", type=positive_int, default=8)
     parser.add_argument("--new-tokens", type=positive_int, default=300)
     parser.add_argument("--max-rows", type=positive_int, default=None, help="rows scored for bits per byte")

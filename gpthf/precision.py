@@ -3,23 +3,34 @@
 Training keeps fp32 weights with bf16 autocast (`impl.amp`); inference can store the weights
 themselves in bf16, halving the bytes every decode step must read. Norms, RoPE, attention
 softmax and the loss still accumulate in fp32 inside the layers, so bf16 changes rounding, not
-the algorithm.
+the algorithm. The names are importable without torch, so scripts list them before loading it.
 """
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from gpthf.errors import ConfigError
 
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+if TYPE_CHECKING:
+    import torch
+
+DTYPE_NAMES = ("fp32", "bf16", "fp16")
 DEFAULT_DTYPE = "fp32"
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
 def resolve_dtype(name: str, device: str | torch.device) -> torch.dtype:
     """The torch dtype for `--dtype NAME` on `device`, or one error naming what runs there instead."""
-    if name not in DTYPES:
-        raise ConfigError(f"--dtype={name!r} is not a number format; choose one of: {', '.join(DTYPES)}")
+    import torch
+
+    if name not in DTYPE_NAMES:
+        raise ConfigError(f"--dtype={name!r} is not a number format; choose one of: {', '.join(DTYPE_NAMES)}")
     device = torch.device(device)
     if device.type == "cuda" and name == "bf16" and not torch.cuda.is_bf16_supported():
         raise ConfigError(
@@ -27,4 +38,4 @@ def resolve_dtype(name: str, device: str | torch.device) -> torch.dtype:
         )
     if device.type == "cpu" and name == "fp16":
         raise ConfigError("--dtype=fp16 is for CUDA devices; on CPU use --dtype bf16 (or fp32)")
-    return DTYPES[name]
+    return torch_dtype(name)

@@ -22,6 +22,7 @@ from gpthf.attention.sentences import positions_in_sentence
 from gpthf.data.dataset import SPLITS, pack_split_in_memory
 from gpthf.data.special_tokens import EOS_ID, PAD_ID
 from gpthf.errors import DataError
+from gpthf.precision import DEFAULT_DTYPE
 
 GROUPS = ("first_in_sentence", "later_in_sentence", "sentence_end")
 
@@ -126,7 +127,7 @@ def sample_sanity(model, meta: dict, input_ids: np.ndarray, n_samples: int, new_
 
 def evaluate_checkpoint(
     ckpt: str | Path, data: str = "default", split: str = "test", batch_size: int = 8,
-    max_rows: int | None = None, device="cpu", samples: int = 16, dtype: str = "fp32",
+    max_rows: int | None = None, device="cpu", samples: int = 16, dtype: str = DEFAULT_DTYPE,
 ) -> dict:  # fmt: skip
     from gpthf.training.checkpoint import load_checkpoint_tokenizer, load_model_from_checkpoint
 

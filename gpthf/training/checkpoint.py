@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from gpthf import __version__
 from gpthf.errors import CheckpointError
+from gpthf.precision import DEFAULT_DTYPE
 
 CHECKPOINT_FORMAT = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -252,7 +253,7 @@ def load_model_from_checkpoint(
     path: str | Path,
     device: str | torch.device = "cpu",
     attention: str = "sdpa",
-    dtype: str = "fp32",
+    dtype: str = DEFAULT_DTYPE,
 ):
     """(model in eval mode, checkpoint meta, checkpoint folder) for generation and evaluation;
     `dtype` (fp32, bf16, fp16) is the number format its weights and generation state use."""
