@@ -70,7 +70,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.output is not None:
         if args.output.is_dir():
             raise GpthfError(f"--output {args.output} is a folder; give a file name (results.jsonl)")
-        writable_folder(args.output.parent or Path("."), flag="--output's folder")
+        writable_folder(args.output.parent, flag="--output's folder")
     return args
 
 

@@ -70,8 +70,7 @@ class CompiledStrategy:
         check_compiler(device)
         self.inner = inner
         self.horizon = horizon
-        self._step = compiled_step(type(inner), device)
-        self.step = lambda model, state, token, active: self._step(inner, model, state, token, active)
+        self.step = compiled_step(type(inner), device)  # unbound: called with the inner strategy
 
     def prefill(self, model, tokens: torch.Tensor, lengths: torch.Tensor):
         logits, state = self.inner.prefill(model, tokens, lengths)
@@ -81,4 +80,4 @@ class CompiledStrategy:
         return logits, state
 
     def decode(self, model, state, token: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-        return self.step(model, state, token, active)
+        return self.step(self.inner, model, state, token, active)

@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from gpthf.data.special_tokens import PAD_ID
-from gpthf.generation.compiled import Horizon
+from gpthf.generation.generate import GenerationSettings, horizon
 from gpthf.generation.rows import take_rows
-from gpthf.generation.strategies import closes_sentence, get_strategy
+from gpthf.generation.strategies import get_strategy
 from gpthf.models import LanguageModel, next_token_loss
 
 
@@ -75,7 +75,8 @@ def time_decode(
     """
     batch, total = tokens.shape
     new_tokens = total - context
-    runner = get_strategy(model, strategy, compile_for=horizon_of(tokens) if compile else None)
+    reach = horizon(tokens[:, :context].tolist(), GenerationSettings(max_new_tokens=new_tokens))
+    runner = get_strategy(model, strategy, compile_for=reach if compile else None)
     lengths = torch.full((batch,), context, dtype=torch.long)
 
     start = time.perf_counter()
@@ -106,17 +107,6 @@ def time_decode(
         state.nbytes(),
         peak_rss_mb(),
     )
-
-
-def horizon_of(tokens: torch.Tensor) -> Horizon:
-    """What decoding all of `tokens` (B, T) can reach: its length, longest sentence, most sentences."""
-    closes = closes_sentence(tokens)
-    longest = 1
-    for row in closes.tolist():
-        ends = [i for i, closed in enumerate(row) if closed]
-        gaps = [b - a for a, b in zip([-1, *ends], [*ends, len(row) - 1])]
-        longest = max(longest, *gaps)
-    return Horizon(tokens.shape[1], longest + 1, int(closes.sum(1).max()) + 1)
 
 
 def state_bytes_per_row(model: LanguageModel, tokens: torch.Tensor) -> int:
