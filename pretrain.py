@@ -1,7 +1,8 @@
 """`python pretrain.py [arch=gpthf-tiny] [data=default] [budget=24h] [key=value ...]`
 
 Trains until the wall-clock budget is spent, evaluates on the validation split and writes the final
-checkpoint under outputs/<name>/<timestamp>/. Configs: cramming_cfg/ (see README).
+checkpoint under outputs/<name>/<timestamp>/. A hydra application (gpthf/training/app.py): `--help`,
+`--cfg job`, `-m` sweeps, `hydra/launcher=joblib`. Configs: cramming_cfg/ (see README).
 Distributed: `torchrun --nproc_per_node=N pretrain.py impl=ddp ...` or `impl=deepspeed`.
 """
 
@@ -10,19 +11,7 @@ from __future__ import annotations
 import sys
 
 from gpthf.cli import run_cli
-from gpthf.config import load_config
-
-
-def main(argv: list[str]) -> int:
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        return 0
-    cfg = load_config(argv)
-    from gpthf.training.trainer import train  # after the config is known to be valid: torch is slow to import
-
-    train(cfg)
-    return 0
-
+from gpthf.training.app import main
 
 if __name__ == "__main__":
     sys.exit(run_cli(main))

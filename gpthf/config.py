@@ -220,7 +220,6 @@ def _diagnose_override(override: str) -> str | None:
 def load_config(overrides: Sequence[str] = (), config_name: str = "cfg_pretrain") -> DictConfig:
     """Compose `cramming_cfg/<config_name>.yaml` with hydra-style overrides and validate it."""
     from hydra import compose, initialize_config_dir
-    from hydra.core.config_store import ConfigStore
     from hydra.core.global_hydra import GlobalHydra
 
     if not CONFIG_DIR.is_dir():
@@ -231,7 +230,7 @@ def load_config(overrides: Sequence[str] = (), config_name: str = "cfg_pretrain"
         problem = _diagnose_override(override)
         if problem:
             raise ConfigError(problem)
-    ConfigStore.instance().store(name="schema", node=PretrainConfig)
+    register_schema()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -241,6 +240,18 @@ def load_config(overrides: Sequence[str] = (), config_name: str = "cfg_pretrain"
         raise ConfigError("invalid config: " + ": ".join(" ".join(r.split()) for r in reasons)) from None
     finally:
         GlobalHydra.instance().clear()
+    return finalize_config(cfg)
+
+
+def register_schema() -> None:
+    """The dataclasses above as hydra's `schema` config, which `cfg_pretrain.yaml` starts from."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="schema", node=PretrainConfig)
+
+
+def finalize_config(cfg: DictConfig) -> DictConfig:
+    """A composed config checked for what hydra's types cannot say, then frozen."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"config values missing: {', '.join(missing)}")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -91,19 +93,84 @@ def find_run_to_resume(cfg) -> tuple[Path, Path]:
     for run_dir in reversed(runs):
         if not (run_dir / CONFIG_FILE).is_file():
             continue  # a run that never got past its start, or one starting right now
-        recover_interrupted_writes(run_dir)
-        checkpoint = latest_checkpoint(run_dir)
-        if checkpoint is None:
-            continue
-        if checkpoint.name == FINAL:
-            raise ConfigError(
-                f"the newest run of {cfg.name}, {run_dir}, has already finished; drop resume=true to start a new one"
-            )
-        check_resumable(OmegaConf.load(run_dir / CONFIG_FILE), cfg, run_dir)
-        return run_dir, checkpoint
+        checkpoint = resumable_checkpoint(cfg, run_dir)
+        if checkpoint is not None:
+            return run_dir, checkpoint
     raise ConfigError(
         f"resume=true but no run of {cfg.name} under {cfg.output_dir} has a complete checkpoint"
     )
+
+
+def resumable_checkpoint(cfg, run_dir: Path) -> Path | None:
+    """The checkpoint `cfg` may resume in `run_dir` (None: it has none); refuses a finished run or
+    one whose model, data or optimisation differ."""
+    recover_interrupted_writes(run_dir)
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        return None
+    if checkpoint.name == FINAL:
+        raise ConfigError(
+            f"the newest run of {cfg.name}, {run_dir}, has already finished; drop resume=true to start a new one"
+        )
+    check_resumable(OmegaConf.load(run_dir / CONFIG_FILE), cfg, run_dir)
+    return checkpoint
+
+
+@dataclass
+class RunClaim:
+    """The folder this process trains in, locked for the process's life, and where it resumes from."""
+
+    run_dir: Path
+    lock: RunLock
+    resume_from: Path | None  # None: a new run
+    created: bool  # this process made the folder, so a failed start removes it whole
+
+    def abandon(self) -> None:
+        """A run that failed to start: a new run leaves nothing that looks like a run; unlock."""
+        if self.resume_from is None:
+            if self.created:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            else:  # a folder someone else made (hydra.run.dir, a sweep's job folder): keep their files
+                (self.run_dir / CONFIG_FILE).unlink(missing_ok=True)
+        self.lock.release()
+
+
+def claim_run(cfg, folder: Path | None = None) -> RunClaim:
+    """Lock the run folder before anything slow or anything else writes there: a new folder under
+    `<output_dir>/<name>/`, the newest run of that name for `resume=true`, or the given `folder`
+    (hydra.run.dir, a sweep's job folder), which must not hold another run unless resuming it."""
+    if folder is None:
+        run_dir, checkpoint = find_run_to_resume(cfg) if cfg.resume else (create_run_dir(cfg), None)
+        created = not cfg.resume
+    else:
+        run_dir, checkpoint, created = Path(folder), None, not Path(folder).exists()
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"cannot create the run folder {run_dir} ({err.strerror}); give a writable one") from None
+    claim = RunClaim(run_dir, RunLock(run_dir), checkpoint, created)
+    try:
+        claim.lock.acquire()
+        if folder is not None:
+            if cfg.resume:
+                has_config = (run_dir / CONFIG_FILE).is_file()
+                claim.resume_from = resumable_checkpoint(cfg, run_dir) if has_config else None
+                if claim.resume_from is None:
+                    raise ConfigError(f"resume=true but {run_dir} holds no complete checkpoint to resume")
+            elif (run_dir / CONFIG_FILE).is_file():
+                raise ConfigError(
+                    f"{run_dir} already holds a run; choose another hydra.run.dir, or add resume=true to continue it"
+                )
+        if claim.resume_from is not None:
+            check_same_data(cfg, claim.resume_from)
+        else:
+            OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
+    except BaseException:
+        claim.lock.release()
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return claim
 
 
 def check_resumable(saved, cfg, run_dir: Path) -> None:

@@ -44,7 +44,7 @@ from gpthf.training.convert import initialize_from
 from gpthf.training.distributed import Engine, Runtime, build_engine, setup_runtime, teardown_runtime
 from gpthf.training.metrics import BudgetBar, MetricsLog, plot_losses
 from gpthf.training.optim import build_optimizer
-from gpthf.training.run_dir import CONFIG_FILE, RunLock, check_same_data, create_run_dir, find_run_to_resume
+from gpthf.training.run_dir import RunClaim, claim_run
 from gpthf.training.schedule import check_schedule, lr_at
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,14 @@ def bits_per_byte(nats_per_token: float, split_stats: dict) -> float:
 
 
 class Trainer:
-    def __init__(self, cfg, runtime: Runtime, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        cfg,
+        runtime: Runtime,
+        clock: Callable[[], float] = time.monotonic,
+        claim: RunClaim | None = None,
+        run_folder: Path | None = None,
+    ):
         self.cfg, self.runtime, self.clock = cfg, runtime, clock
         self.budget_s = parse_budget_seconds(cfg.budget)
         check_schedule(cfg.train)
@@ -159,37 +166,18 @@ class Trainer:
 
         # Which run this is, before anything slow: a bad resume=true fails at once. Rank 0 holds the
         # run's lock until the run ends, so no other process writes into its folder.
-        self.lock = None
-        resume = None
+        self.claim = None
         if runtime.is_main:
-            resume = find_run_to_resume(cfg) if cfg.resume else None
-            run_dir = resume[0] if resume else create_run_dir(cfg)
-            self.lock = RunLock(run_dir)
-            try:
-                self.lock.acquire()
-                if resume:
-                    check_same_data(cfg, resume[1])
-                else:
-                    OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
-            except BaseException:
-                self._abandon(run_dir, new_run=resume is None)
-                raise
+            self.claim = claim or claim_run(cfg, run_folder)
         self.run_dir, resume_from = _broadcast(
-            runtime, (run_dir, resume[1] if resume else None) if runtime.is_main else None
+            runtime, (self.claim.run_dir, self.claim.resume_from) if runtime.is_main else None
         )
         try:
             self._build(resume_from)
         except BaseException:
-            if runtime.is_main:
-                self._abandon(self.run_dir, new_run=resume_from is None)
+            if self.claim is not None:
+                self.claim.abandon()
             raise
-
-    def _abandon(self, run_dir: Path, new_run: bool) -> None:
-        """A run that failed to start: a new run's folder holds nothing worth keeping; unlock."""
-        if new_run:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        if self.lock is not None:
-            self.lock.release()
 
     def _build(self, resume_from: Path | None) -> None:
         """Data, model, optimizer and, when resuming, their saved state."""
@@ -459,15 +447,28 @@ class Trainer:
             )
 
 
-def train(cfg, clock: Callable[[], float] = time.monotonic, stop_after_steps: int | None = None) -> Path:
-    """Run `cfg` on this process's share of the machines; returns the run folder."""
-    runtime = setup_runtime(cfg.impl)
+def train(
+    cfg,
+    clock: Callable[[], float] = time.monotonic,
+    stop_after_steps: int | None = None,
+    claim: RunClaim | None = None,
+    run_folder: Path | None = None,
+) -> Path:
+    """Run `cfg` on this process's share of the machines; returns the run folder. `claim`: a run folder
+    the caller already locked (pretrain.py does, before hydra writes into it); `run_folder`: train in
+    this folder (a sweep's job folder) instead of a new one under `<output_dir>/<name>/`."""
     try:
-        trainer = Trainer(cfg, runtime, clock)
+        runtime = setup_runtime(cfg.impl)
+    except BaseException:
+        if claim is not None:
+            claim.abandon()
+        raise
+    try:
+        trainer = Trainer(cfg, runtime, clock, claim, run_folder)
         try:
             return trainer.run(stop_after_steps)
         finally:
-            if trainer.lock is not None:
-                trainer.lock.release()
+            if trainer.claim is not None:
+                trainer.claim.lock.release()
     finally:
         teardown_runtime(runtime)

@@ -1,0 +1,260 @@
+"""`pretrain.py` as a hydra application: multirun sweeps, `--cfg`, `--help`, launchers, with gpthf's
+own guarantees kept around hydra's machinery.
+
+Hydra composes and launches; gpthf adds three things before and after it:
+- every job of a command line is composed and validated before anything runs (`preflight`), so a
+  typo or a malformed sweep is one `error:` line, not a traceback after the first job trained;
+- a single run locks its run folder before hydra writes its `.hydra/` files there (a folder claimed
+  like `create_run_dir` does, so two runs started in the same second never share one, and a resume
+  into a live run writes nothing into it);
+- a sweep whose job fails keeps going: each job leaves `outcome.json` in its folder, and the sweep
+  ends with `sweep.json` and a summary naming every failed job (exit 2 if any failed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gpthf.config import CONFIG_DIR, finalize_config, load_config, register_schema
+from gpthf.errors import ConfigError, GpthfError, TrainingError
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "cfg_pretrain"
+OUTCOME_FILE = "outcome.json"  # in every sweep job's folder
+SWEEP_FILE = "sweep.json"  # in the sweep folder: every job's outcome, in job order
+HYDRA_PREFIXES = ("hydra.", "hydra/", "+hydra", "~hydra")
+# Launcher plugins a user may name with hydra/launcher=..., and where they come from.
+LAUNCHER_PACKAGES = {"joblib": "hydra-joblib-launcher", "submitit_local": "hydra-submitit-launcher",
+                     "submitit_slurm": "hydra-submitit-launcher", "slurm": "hydra-submitit-launcher", "ray": "hydra-ray-launcher", "rq": "hydra-rq-launcher"}  # fmt: skip
+
+
+class _JobFailed(BaseException):
+    """Carries a single run's `GpthfError` past hydra's handler (which catches `Exception` and prints a
+    traceback) to `run_cli`, which prints it as one line."""
+
+    def __init__(self, error: GpthfError):
+        super().__init__(str(error))
+        self.error = error
+
+
+_claims: dict[str, object] = {}  # run folder -> RunClaim taken by preflight, handed to the single run's job
+
+
+def _is_hydra_override(override: str) -> bool:
+    return override.startswith(HYDRA_PREFIXES)
+
+
+def _override_value(overrides: Sequence[str], key: str) -> str | None:
+    for override in overrides:
+        name, _, value = override.partition("=")
+        if name.lstrip("+") == key:
+            return value
+    return None
+
+
+def _argument_parser():
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+
+    def error(message: str):
+        raise ConfigError(f"pretrain.py: {message} (see python pretrain.py --help)")
+
+    parser.error = error  # argparse's usage dump becomes one line like every other mistake
+    return parser
+
+
+def expand_jobs(overrides: Sequence[str]) -> list[list[str]]:
+    """The job overrides a sweep stands for (the cartesian product of its comma lists and ranges,
+    as hydra's basic sweeper makes it); a single run is one job."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser, parsed = OverridesParser.create(), []
+    for override in overrides:
+        try:
+            parsed += parser.parse_overrides([override])
+        except Exception as err:  # hydra's parser raises several types; each is a malformed override
+            reason = " ".join(str(err).split()).split(" See https://")[0]
+            raise ConfigError(
+                f"malformed override {override!r}: {reason} (grammar: https://hydra.cc/docs/advanced/override_grammar/basic)"
+            ) from None
+    try:
+        return BasicSweeper.split_arguments(parsed, None)[0]
+    except Exception as err:
+        raise ConfigError(f"cannot sweep over these overrides: {' '.join(str(err).split())}") from None
+
+
+def check_hydra_overrides(overrides: Sequence[str]) -> None:
+    """Compose hydra's own config with the `hydra...` overrides, so a wrong launcher or key is one line."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    hydra_overrides = [o for o in overrides if _is_hydra_override(o)]
+    if not hydra_overrides:
+        return
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            compose(config_name=CONFIG_NAME, overrides=hydra_overrides, return_hydra_config=True)
+    except Exception as err:
+        launcher = _override_value(hydra_overrides, "hydra/launcher")
+        if launcher in LAUNCHER_PACKAGES and "Could not find" in str(err):
+            raise ConfigError(f"hydra/launcher={launcher} needs its plugin: pip install {LAUNCHER_PACKAGES[launcher]}") from None
+        first = " ".join(str(err).split("\n\n")[0].split())
+        raise ConfigError(f"invalid hydra override: {first}") from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def preflight(args) -> list[str]:
+    """Validate every job of the command line; for a single run, claim its folder. Returns the
+    hydra overrides to add (where the single run writes, or quiet settings for ranks > 0)."""
+    overrides = list(args.overrides)
+    if args.shell_completion:
+        return []  # `-sc install=bash`: hydra's own words, not overrides
+    job_overrides = [o for o in overrides if not _is_hydra_override(o)]
+    jobs = expand_jobs(job_overrides)
+    if len(jobs) > 1 and not args.multirun:
+        raise ConfigError(
+            f"the overrides describe {len(jobs)} runs (a comma list or a range); add -m to sweep over them"
+        )
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if args.multirun and distributed:
+        raise ConfigError("a sweep (-m) cannot run under torchrun; sweep with a launcher, one torchrun per job")
+    check_hydra_overrides(overrides)
+    configs, shared = [], set.intersection(*(set(job) for job in jobs))
+    for number, job in enumerate(jobs):
+        try:
+            configs.append(load_config(job))
+        except ConfigError as err:
+            varying = " ".join(o for o in job if o not in shared)  # a job is named by what the sweep varies
+            raise ConfigError(f"run #{number} ({varying}): {err}" if len(jobs) > 1 else str(err)) from None
+    info_only = args.cfg or args.help or args.hydra_help or args.info
+    if args.multirun or info_only:
+        return []
+    if os.environ.get("RANK", "0") != "0":  # rank 0 owns the run folder and tells the others
+        return ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+    from gpthf.training.run_dir import claim_run
+
+    given = _override_value(overrides, "hydra.run.dir")
+    if given is not None and "${" in given:
+        return []  # an interpolated folder: known only inside hydra, claimed by the trainer there
+    claim = claim_run(configs[0], Path(given) if given is not None else None)
+    _claims[str(claim.run_dir)] = claim
+    return [] if given is not None else [f"hydra.run.dir={_quote(str(claim.run_dir))}"]
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def task(cfg) -> str | None:
+    """One hydra job: train `cfg` in hydra's output folder. In a sweep a failure is recorded, not
+    raised, so the sweep's other jobs still run; a single run's failure reaches `run_cli`."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from gpthf.training.trainer import train  # torch is slow to import: only once a job runs
+
+    hydra_cfg = HydraConfig.get()
+    folder = Path(hydra_cfg.runtime.output_dir)
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        claim = _claims.pop(str(folder), None)
+        main_rank = os.environ.get("RANK", "0") == "0"
+        try:
+            cfg = finalize_config(cfg)
+            return str(train(cfg, claim=claim, run_folder=folder if main_rank and claim is None else None))
+        except GpthfError as err:
+            raise _JobFailed(err) from None
+    outcome = {"job": hydra_cfg.job.num, "overrides": list(hydra_cfg.overrides.task), "folder": str(folder)}
+    try:
+        run_dir = train(finalize_config(cfg), run_folder=folder)
+        outcome.update(status="finished", run_dir=str(run_dir))
+    except Exception as err:  # every failure of one job: recorded, and the sweep goes on
+        message = str(err) if isinstance(err, GpthfError) else f"{type(err).__name__}: {err}"
+        if not isinstance(err, GpthfError):
+            log.exception("job #%s failed", hydra_cfg.job.num)
+        log.error("job #%s (%s) failed: %s", hydra_cfg.job.num, " ".join(outcome["overrides"]), message)
+        outcome.update(status="failed", error=message)
+    _write_json(folder / OUTCOME_FILE, outcome)
+    return outcome.get("run_dir")
+
+
+def _write_json(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    partial.write_text(json.dumps(value, indent=1) + "\n")
+    partial.replace(path)
+
+
+try:
+    from hydra.experimental.callback import Callback
+except ImportError:  # hydra-core is a dependency; this only keeps `import gpthf` light without it
+    Callback = object
+
+
+class SweepSummary(Callback):
+    """Remembers the sweep folder (the launcher may run jobs in other processes, so their outcomes
+    are read back from their folders afterwards)."""
+
+    sweep_dir: Path | None = None
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        SweepSummary.sweep_dir = Path(str(config.hydra.sweep.dir))
+
+
+def summarize_sweep(sweep_dir: Path) -> list[dict]:
+    """Every job's outcome in job order, written to `sweep.json`; a job that left no outcome (killed)
+    is listed as such."""
+    outcomes = []
+    for path in sorted(sweep_dir.glob(f"*/{OUTCOME_FILE}")):
+        outcomes.append(json.loads(path.read_text()))
+    known = {str(Path(o["folder"]).resolve()) for o in outcomes}
+    for folder in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and str(p.resolve()) not in known):
+        if (folder / ".hydra").is_dir():
+            outcomes.append({"job": None, "folder": str(folder), "status": "failed", "error": "no outcome (killed?)"})
+    outcomes.sort(key=lambda o: (o["job"] is None, o["job"] if o["job"] is not None else 0))
+    _write_json(sweep_dir / SWEEP_FILE, outcomes)
+    return outcomes
+
+
+def main(argv: list[str]) -> int:
+    import hydra
+
+    args = _argument_parser().parse_args(argv)
+    register_schema()
+    extra = preflight(args)
+    SweepSummary.sweep_dir = None
+    hydra_main = hydra.main(config_path=str(CONFIG_DIR), config_name=CONFIG_NAME, version_base="1.3")(task)
+    saved_argv = sys.argv
+    sys.argv = [saved_argv[0] if saved_argv else "pretrain.py", *argv, *extra]
+    try:
+        hydra_main()
+    except _JobFailed as failed:
+        raise failed.error from None
+    finally:
+        sys.argv = saved_argv
+        for claim in _claims.values():  # claimed but never run (hydra stopped first)
+            claim.abandon()
+        _claims.clear()
+    if not args.multirun or SweepSummary.sweep_dir is None:
+        return 0
+    outcomes = summarize_sweep(SweepSummary.sweep_dir)
+    failed = [o for o in outcomes if o["status"] != "finished"]
+    print(f"sweep {SweepSummary.sweep_dir}: {len(outcomes) - len(failed)} of {len(outcomes)} runs finished "
+          f"(outcomes in {SweepSummary.sweep_dir / SWEEP_FILE})")  # fmt: skip
+    if failed:
+        shared = set.intersection(*(set(o.get("overrides", [])) for o in outcomes))  # name a job by what varies
+        named = "; ".join(
+            f"#{o['job']} {' '.join(v for v in o.get('overrides', []) if v not in shared)} ({o['folder']}): {o['error']}"
+            for o in failed
+        )
+        raise TrainingError(f"{len(failed)} of {len(outcomes)} sweep runs failed: {named}")
+    return 0
