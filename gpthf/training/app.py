@@ -106,7 +106,9 @@ def check_hydra_overrides(overrides: Sequence[str]) -> None:
     except Exception as err:
         launcher = _override_value(hydra_overrides, "hydra/launcher")
         if launcher in LAUNCHER_PACKAGES and "Could not find" in str(err):
-            raise ConfigError(f"hydra/launcher={launcher} needs its plugin: pip install {LAUNCHER_PACKAGES[launcher]}") from None
+            raise ConfigError(
+                f"hydra/launcher={launcher} needs its plugin: pip install {LAUNCHER_PACKAGES[launcher]}"
+            ) from None
         first = " ".join(str(err).split("\n\n")[0].split())
         raise ConfigError(f"invalid hydra override: {first}") from None
     finally:
@@ -127,7 +129,9 @@ def preflight(args) -> list[str]:
         )
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if args.multirun and distributed:
-        raise ConfigError("a sweep (-m) cannot run under torchrun; sweep with a launcher, one torchrun per job")
+        raise ConfigError(
+            "a sweep (-m) cannot run under torchrun; sweep with a launcher, one torchrun per job"
+        )
     check_hydra_overrides(overrides)
     configs, shared = [], set.intersection(*(set(job) for job in jobs))
     for number, job in enumerate(jobs):
@@ -140,7 +144,12 @@ def preflight(args) -> list[str]:
     if args.multirun or info_only:
         return []
     if os.environ.get("RANK", "0") != "0":  # rank 0 owns the run folder and tells the others
-        return ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+        return [
+            "hydra.run.dir=.",
+            "hydra.output_subdir=null",
+            "hydra/job_logging=none",
+            "hydra/hydra_logging=none",
+        ]
     from gpthf.training.run_dir import claim_run
 
     given = _override_value(overrides, "hydra.run.dir")
@@ -219,7 +228,9 @@ def summarize_sweep(sweep_dir: Path) -> list[dict]:
     known = {str(Path(o["folder"]).resolve()) for o in outcomes}
     for folder in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and str(p.resolve()) not in known):
         if (folder / ".hydra").is_dir():
-            outcomes.append({"job": None, "folder": str(folder), "status": "failed", "error": "no outcome (killed?)"})
+            outcomes.append(
+                {"job": None, "folder": str(folder), "status": "failed", "error": "no outcome (killed?)"}
+            )
     outcomes.sort(key=lambda o: (o["job"] is None, o["job"] if o["job"] is not None else 0))
     _write_json(sweep_dir / SWEEP_FILE, outcomes)
     return outcomes
@@ -251,7 +262,9 @@ def main(argv: list[str]) -> int:
     print(f"sweep {SweepSummary.sweep_dir}: {len(outcomes) - len(failed)} of {len(outcomes)} runs finished "
           f"(outcomes in {SweepSummary.sweep_dir / SWEEP_FILE})")  # fmt: skip
     if failed:
-        shared = set.intersection(*(set(o.get("overrides", [])) for o in outcomes))  # name a job by what varies
+        shared = set.intersection(
+            *(set(o.get("overrides", [])) for o in outcomes)
+        )  # name a job by what varies
         named = "; ".join(
             f"#{o['job']} {' '.join(v for v in o.get('overrides', []) if v not in shared)} ({o['folder']}): {o['error']}"
             for o in failed

@@ -147,7 +147,9 @@ def claim_run(cfg, folder: Path | None = None) -> RunClaim:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise ConfigError(f"cannot create the run folder {run_dir} ({err.strerror}); give a writable one") from None
+            raise ConfigError(
+                f"cannot create the run folder {run_dir} ({err.strerror}); give a writable one"
+            ) from None
     claim = RunClaim(run_dir, RunLock(run_dir), checkpoint, created)
     try:
         claim.lock.acquire()

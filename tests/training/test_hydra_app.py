@@ -69,7 +69,12 @@ def test_a_malformed_command_line_is_one_error_line_and_runs_nothing(tmp_path, c
 
 def test_sweep_with_a_range_and_a_failing_job_keeps_the_others(data_cache, tmp_path, capsys):
     # init_from=/nonexistent fails when its job starts: jobs 0 and 2 must still finish.
-    args = ["-m", *run_overrides(data_cache, tmp_path, *QUICK), "train.seed=range(0,2)", "init_from=null,/nonexistent"]
+    args = [
+        "-m",
+        *run_overrides(data_cache, tmp_path, *QUICK),
+        "train.seed=range(0,2)",
+        "init_from=null,/nonexistent",
+    ]
     assert run_cli(main, args) == EXIT_USER_ERROR
     captured = capsys.readouterr()
     line = one_error_line(captured.err)
