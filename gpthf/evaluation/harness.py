@@ -69,6 +69,8 @@ class GpthfLM(LM):
             raise ConfigError("--model gpthf needs a checkpoint: --model_args ckpt=outputs/gpthf-kjv")
         if dtype not in DTYPE_NAMES:
             raise ConfigError(f"dtype={dtype!r} is not one of {', '.join(DTYPE_NAMES)}")
+        if str(batch_size).startswith("auto"):  # lm-eval's `auto[:N]`: no search here, the default size
+            batch_size = 8
         self.batch_size = _positive("batch_size", batch_size)
         try:
             self._device = resolve_device(device or "auto", 0)

@@ -160,6 +160,15 @@ def test_bad_model_args_name_the_problem(trained_runs, not_ours, model_args, mes
     assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
+def test_batch_size_auto_is_accepted(trained_runs):
+    from gpthf.evaluation.harness import GpthfLM
+
+    lm = GpthfLM.create_from_arg_string(
+        f"ckpt={trained_runs['gpt']}", {"batch_size": "auto:4", "device": "cuda"}
+    )
+    assert lm.batch_size == 8 and str(lm.device) == "cpu"
+
+
 def test_a_bad_model_arg_is_one_line_on_the_command_line(trained_runs, tmp_path):
     run = run_script(
         "-m", "gpthf", "lm-eval", "--model", "gpthf", "--model_args", f"ckpt={trained_runs['gpthf']},batchsize=4",
