@@ -156,7 +156,7 @@ def preflight(args) -> list[str]:
     if given is not None and "${" in given:
         return []  # an interpolated folder: known only inside hydra, claimed by the trainer there
     claim = claim_run(configs[0], Path(given) if given is not None else None)
-    _claims[str(claim.run_dir)] = claim
+    _claims[str(claim.run_dir.resolve())] = claim
     return [] if given is not None else [f"hydra.run.dir={_quote(str(claim.run_dir))}"]
 
 
@@ -175,7 +175,7 @@ def task(cfg) -> str | None:
     hydra_cfg = HydraConfig.get()
     folder = Path(hydra_cfg.runtime.output_dir)
     if hydra_cfg.mode != RunMode.MULTIRUN:
-        claim = _claims.pop(str(folder), None)
+        claim = _claims.pop(str(folder.resolve()), None)
         main_rank = os.environ.get("RANK", "0") == "0"
         try:
             cfg = finalize_config(cfg)

@@ -128,9 +128,11 @@ def test_hydra_run_dir_is_the_run_folder_and_is_never_shared(data_cache, tmp_pat
     assert after == before, "the refused run wrote nothing into the folder"
 
 
-def test_default_layout_and_resume_into_the_same_folder(data_cache, tmp_path, capsys):
-    args = run_overrides(data_cache, tmp_path, "budget=1h", "train.max_tokens=1500")
-    assert run_cli(main, args) == 0
+def test_default_layout_and_resume_into_the_same_folder(data_cache, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # output_dir relative to the working folder, as the default `outputs`
+    args = run_overrides(data_cache, Path("outputs"), "budget=1h", "train.max_tokens=1500")
+    assert run_cli(main, args) == 0, capsys.readouterr().err[-2000:]
+    tmp_path = tmp_path / "outputs"
     (run_dir,) = (tmp_path / "gpthf-kjv").iterdir()
     assert (run_dir / ".hydra" / "config.yaml").is_file() and (run_dir / "pretrain.log").is_file()
     assert run_cli(main, [*args, "resume=true"]) == EXIT_USER_ERROR, "a finished run is not resumed"
