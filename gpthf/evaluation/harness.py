@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from gpthf.data.special_tokens import EOD_ID
+from gpthf.data.special_tokens import EOD_ID, SENTENCE_CLOSERS
 from gpthf.errors import ConfigError, DataError
 
 try:
@@ -125,9 +125,12 @@ class GpthfLM(LM):
         start = min(common_prefix(self.encode(context), whole), len(whole) - 1)
         tokens = [EOD_ID, *whole]  # the model saw every document begin after another one's <eod>
         start += 1
-        if len(tokens) > self.max_length:  # keep the continuation and as much recent context as fits
+        if len(tokens) > self.max_length:  # keep the continuation and the most recent whole sentences
             cut = len(tokens) - self.max_length
-            tokens, start = tokens[cut:], max(start - cut, 1)
+            if cut >= start:  # the continuation alone is too long: its oldest tokens go unscored
+                return tokens[cut:], 1
+            cut = next((i + 1 for i in range(cut, start - 1) if tokens[i] in SENTENCE_CLOSERS), cut)
+            tokens, start = tokens[cut:], start - cut
         return tokens, start
 
     # ---- lm-eval's three requests -------------------------------------------------------------------

@@ -199,3 +199,23 @@ def test_shipped_task_data_is_what_the_builder_builds(tmp_path):
         shipped = (REPO / "eval" / "tasks" / "data" / f"{name}.jsonl").read_bytes()
         assert (tmp_path / f"{name}.jsonl").read_bytes() == shipped, f"{name}: rebuild and commit the data"
         assert len(shipped.splitlines()) >= 200
+
+
+def test_a_long_context_keeps_the_continuation_and_whole_recent_sentences(trained_runs):
+    from gpthf.data.special_tokens import SENTENCE_CLOSERS
+    from gpthf.evaluation.harness import GpthfLM
+
+    lm = GpthfLM(ckpt=str(trained_runs["gpthf"]), max_length=40)
+    context = " ".join(f"And it was good, said the {n}th voice." for n in range(20))  # short sentences
+    continuation = " And the evening and the morning were the first day."
+    tokens, start = lm._pair(context, continuation)
+    whole = lm.encode(context + continuation)
+    assert len(tokens) <= 40 and tokens == whole[len(whole) - len(tokens) :], "the most recent tokens"
+    assert tokens[start:] == lm.encode(continuation.strip()), "the whole continuation is scored"
+    assert lm.encode(context)[-len(tokens[:start]) - 1] in SENTENCE_CLOSERS, (
+        "the cut falls after a sentence end"
+    )
+    ((logprob, _),) = lm.loglikelihood([Request(context, continuation)])
+    assert logprob < 0
+    tokens, start = lm._pair("", " ".join([continuation.strip()] * 6))  # the continuation alone is too long
+    assert len(tokens) == 40 and start == 1
