@@ -20,6 +20,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
+
 from gpthf.config import CONFIG_DIR, finalize_config, load_config, register_schema
 from gpthf.errors import ConfigError, GpthfError, TrainingError
 
@@ -201,12 +203,6 @@ def _write_json(path: Path, value) -> None:
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
     partial.write_text(json.dumps(value, indent=1) + "\n")
     partial.replace(path)
-
-
-try:
-    from hydra.experimental.callback import Callback
-except ImportError:  # hydra-core is a dependency; this only keeps `import gpthf` light without it
-    Callback = object
 
 
 class SweepSummary(Callback):
