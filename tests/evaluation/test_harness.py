@@ -124,10 +124,13 @@ def test_simple_evaluate_from_python(trained_runs):
     import gpthf.evaluation.harness  # noqa: F401  registers the model
 
     out = lm_eval.simple_evaluate(
-        model="gpthf", model_args=f"ckpt={trained_runs['gpt']}", tasks=["gpthf_cloze"], limit=4,
-        task_manager=TaskManager(include_path=str(REPO / "eval" / "tasks")),
+        model="gpthf", model_args=f"ckpt={trained_runs['gpt']}", tasks=["gpthf_cloze", "gpthf_lastword"],
+        limit=4, log_samples=True, task_manager=TaskManager(include_path=str(REPO / "eval" / "tasks")),
     )  # fmt: skip
     assert 0 <= out["results"]["gpthf_cloze"]["acc,none"] <= 1
+    for task in ("gpthf_cloze", "gpthf_lastword"):  # a continuation glued to its context is another word
+        for sample in out["samples"][task]:
+            assert all(continuation.startswith(" ") for _, continuation in sample["arguments"]), task
 
 
 BAD_MODEL_ARGS = [
