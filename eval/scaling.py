@@ -175,8 +175,8 @@ def plot(rows: list[dict], front: list[int], path: Path, args) -> None:
             [r["train_flops"] for r in mine], [r["test_bits_per_byte"] for r in mine], STYLE[kind], label=kind
         )
         right.plot(
-            [1000 / r["decode_tokens_per_s"] for r in mine], [r["test_bits_per_byte"] for r in mine], STYLE[kind][:2],
-            linestyle="none", label=kind,
+            [1000 / r["decode_tokens_per_s"] for r in mine], [r["test_bits_per_byte"] for r in mine],
+            color=STYLE[kind][:2], marker=STYLE[kind][-1], linestyle="none", label=kind,
         )  # fmt: skip
         for r in mine:
             right.annotate(r["arch"].rsplit("-", 1)[1], (1000 / r["decode_tokens_per_s"], r["test_bits_per_byte"]),
