@@ -33,7 +33,12 @@ COLUMNS = [
 ]
 
 
-LM_EVAL_METRICS = ("acc", "acc_norm", "perplexity")  # of each lm-eval task, where it reports them
+LM_EVAL_METRICS = (
+    "acc",
+    "acc_norm",
+    "acc_mutual_info",
+    "perplexity",
+)  # of each lm-eval task, where it reports them
 
 
 def lm_eval_metrics(results_file: Path) -> dict[str, float]:

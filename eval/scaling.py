@@ -94,7 +94,9 @@ def measure_run(run, args, stream_cache: dict) -> dict:
 
     checkpoint = run.folder / "checkpoints" / "final"
     model, meta, _ = load_model_from_checkpoint(checkpoint)
-    key = f"perplexity-test-{args.eval_rows or 'all'}"
+    key = (
+        "perplexity-test" if args.eval_rows is None else f"perplexity-test-{args.eval_rows}-rows"
+    )  # as perplexity.py names it
     scored = load_results(run.folder).get(key)
     if scored is None:  # scored once per run; a rerun of this script reads it back
         scored = evaluate_checkpoint(checkpoint, max_rows=args.eval_rows, samples=0)
