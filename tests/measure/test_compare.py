@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from tests.conftest import run_script
 
 
+@pytest.mark.slow  # CI time: run with `pytest -m slow`
 def test_compare_quick_smoke(tmp_path):
     run = run_script(
         "eval/compare.py", "--quick", "--no-hf", "--threads", "1", "--out", str(tmp_path),

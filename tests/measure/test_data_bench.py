@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from tests.conftest import run_script
 
 
+@pytest.mark.slow  # CI time: run with `pytest -m slow`
 def test_data_bench_smoke(tmp_path):
     run = run_script(
         "eval/data_bench.py", "--sizes-mb", "0.3", "--num-proc", "1", "2", "--train-steps", "1",

@@ -43,6 +43,7 @@ def test_scaling_runs_its_sweep_and_measures_every_run(data_cache, tmp_path):
     ).read_text()
 
 
+@pytest.mark.slow  # CI time: run with `pytest -m slow`
 def test_a_failed_run_of_the_sweep_is_named_and_the_rest_measured(data_cache, tmp_path):
     sweep_dir = tmp_path / "sweep"
     trained = run_script(

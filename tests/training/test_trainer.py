@@ -133,6 +133,7 @@ def test_torchrun_ddp_two_processes_agree_with_one_process(data_cache, tmp_path)
     importlib.util.find_spec("deepspeed") is None,
     reason='deepspeed is not installed (pip install ".[distributed]")',
 )
+@pytest.mark.slow  # CI time: run with `pytest -m slow`
 def test_deepspeed_zero1_single_process_run_finishes(data_cache, tmp_path):
     run = cli(
         sys.executable,
