@@ -268,7 +268,9 @@ def default_output_path(argv: list[str]) -> list[str]:
 
     if _flag(argv, "--output_path", "-o") is not None or _flag(argv, "--model") != MODEL_NAME:
         return []
-    args = dict(a.split("=", 1) for a in (_flag(argv, "--model_args", "-a") or "").split(",") if "=" in a)
+    from lm_eval.utils import simple_parse_args_string
+
+    args = simple_parse_args_string(_flag(argv, "--model_args", "-a") or "")
     if "ckpt" not in args:
         return []
     try:
