@@ -3,8 +3,8 @@
 Its keys are only the S sentence-end states plus the query's own key, so instead of a T×T mask we
 gather the ends, score every query against them (T×S), score the self term on the diagonal (T×1),
 and normalise both together. Cost O(T·S). Every backend uses this same function: it is a few
-matmuls that no fused kernel would do better at S ≪ T. Cached generation calls `attend_ends_and_self`
-directly with the ends kept in its cache.
+matmuls that no fused kernel would do better at S ≪ T. Cached generation needs none of this: its
+cache holds the ends with the token's own key after them, so one masked attention call does it.
 """
 
 from __future__ import annotations

@@ -52,6 +52,12 @@ class KVCache:
         self.reserve(size)
         return size
 
+    def visible_through_lengths(self, size: int) -> torch.Tensor:
+        """(B, 1, 1, size) mask of the entries 0..lengths[b] of each row: what the token being
+        written at lengths[b] attends over."""
+        index = torch.arange(size, device=self.lengths.device)
+        return (index[None, :] <= self.lengths[:, None])[:, None, None, :]
+
     def write_prefix(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store (B, H, T, hd) at indices 0..T-1 of every row."""
         self.reserve(k.shape[2])

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from gpthf.attention.body import attend_ends_and_self
 from gpthf.attention.sentences import sentence_end_positions
 from gpthf.data.special_tokens import PAD_ID, SENTENCE_CLOSERS
 from gpthf.errors import ConfigError
@@ -154,10 +153,7 @@ class GPTCachedStrategy:
         self, model: GPT, state: GPTCacheState, token: torch.Tensor, active: torch.Tensor
     ) -> torch.Tensor:
         kv = state.kv
-        size = kv.next_window()
-        visible = (torch.arange(size, device=token.device)[None, :] <= kv.lengths[:, None])[
-            :, None, None, :
-        ]  # (B, 1, 1, size)
+        visible = kv.visible_through_lengths(kv.next_window())
         cos, sin = rope_angles(kv.lengths[:, None], model.head_dim, model.arch.rope_base)
         x = model.embed(token[:, None])  # (B, 1, d)
         for layer, block in enumerate(model.blocks):
@@ -223,31 +219,21 @@ class GPTHFCachedStrategy:
         self, model: GPTHF, state: GPTHFCacheState, token: torch.Tensor, active: torch.Tensor
     ) -> torch.Tensor:
         encoder, body = state.encoder, state.body
-        device = token.device
         x = model.embed(token[:, None])  # (B, 1, d)
-
-        size = encoder.next_window()
-        visible = (torch.arange(size, device=device)[None, :] <= encoder.lengths[:, None])[:, None, None, :]
+        visible = encoder.visible_through_lengths(encoder.next_window())
         cos, sin = rope_angles(
             encoder.lengths[:, None], model.head_dim, model.arch.rope_base
         )  # position in sentence
         for layer, block in enumerate(model.wlt_encoder):
             x = block(x, _cached_pattern(encoder, layer, cos, sin, visible))
 
-        slots = body.next_window()  # the slot at each row's length is written, counted only on <eos>
-        visible_ends = (torch.arange(slots, device=device)[None, :] < body.lengths[:, None])[
-            :, None, :
-        ]  # (B, 1, S)
+        # The token's own k/v go to the slot at each row's length (counted only if it closes its
+        # sentence), so "the finished sentences' ends and itself" is exactly the entries up to that
+        # length: the same cached attention as the encoder's.
+        visible = body.visible_through_lengths(body.next_window())
         cos, sin = rope_angles(body.lengths[:, None], model.head_dim, model.arch.rope_base)  # sentence index
-
         for layer, block in enumerate(model.slt_body):
-
-            def attend(q, k, v, dropout_p=0.0, layer=layer):
-                body.write_at_lengths(layer, k, v)  # counts only if this token closes its sentence
-                k_ends, v_ends = body.window(layer, slots)
-                return attend_ends_and_self(q, k, v, k_ends, v_ends, visible_ends)
-
-            x = block(x, AttentionPattern(cos, sin, attend))
+            x = block(x, _cached_pattern(body, layer, cos, sin, visible))
         logits = model.logits(x[:, 0])
 
         closing = closes_sentence(token) & active
