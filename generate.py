@@ -57,6 +57,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="compile the decode step (torch.compile; pays ~15-60 s once, wins on long or many generations)",
     )
+    parser.add_argument(
+        "--no-pack",
+        action="store_true",
+        help="multiply from the weights as stored, not packed for the CPU's kernels (changes rounding only)",
+    )
     args = parser.parse_args(argv)
     # Checked before torch is imported, so a typo costs no model load.
     if args.max_new_tokens < 0:
@@ -150,6 +155,7 @@ def main(argv: list[str]) -> int:
         slots=args.batch_size,
         on_finish=lambda _: progress.update(),
         compile=args.compile,
+        pack=not args.no_pack,
     )
     elapsed = time.perf_counter() - started
     progress.close()

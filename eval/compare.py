@@ -69,6 +69,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="also time GPTHF's and GPT's cached step compiled over static caches (torch.compile)",
     )
     parser.add_argument(
+        "--no-pack",
+        action="store_true",
+        help="decode from the weights as stored, not packed for the CPU's matrix kernels (eval/formats.py compares both)",
+    )
+    parser.add_argument(
         "--state-budget",
         type=byte_size,
         default=None,
@@ -215,7 +220,9 @@ def time_state_budget(args, models: dict, plan: list[dict], with_roofline) -> li
     for item in plan:
         batch = min(item["fits"], args.max_budget_batch)
         kind, context = item["kind"], item["context"]
-        row = time_decode(models[kind], kind, "cached", item["tokens"], context, tile_to=batch).as_dict()
+        row = time_decode(
+            models[kind], kind, "cached", item["tokens"], context, tile_to=batch, pack=not args.no_pack
+        ).as_dict()
         row.update(
             state_budget=args.state_budget, state_bytes_per_row=item["per_row"], batch_fits=int(item["fits"])
         )
@@ -288,7 +295,11 @@ def main(argv: list[str]) -> int:
         for batch in args.batches:
             tokens = batch_of_contexts(stream, context, args.new_tokens, batch)
             for kind in ("gpthf", "gpt"):
-                decode.append(time_decode(models[kind], kind, "cached", tokens, context).as_dict())
+                decode.append(
+                    time_decode(
+                        models[kind], kind, "cached", tokens, context, pack=not args.no_pack
+                    ).as_dict()
+                )
                 if args.compile:
                     decode.append(
                         time_decode(models[kind], kind, "cached", tokens, context, compile=True).as_dict()
@@ -299,7 +310,11 @@ def main(argv: list[str]) -> int:
                         time_decode(models[kind], kind, "full", full_tokens, context, warmup=1).as_dict()
                     )
             for kind in args.models:  # `full` is the oracle and the GPT's fallback; not needed here
-                decode.append(time_decode(models[kind], kind, "cached", tokens, context).as_dict())
+                decode.append(
+                    time_decode(
+                        models[kind], kind, "cached", tokens, context, pack=not args.no_pack
+                    ).as_dict()
+                )
             if hf is not None:
                 decode.append(time_hf_generate(hf, tokens, context).as_dict())
             print(
@@ -397,6 +412,7 @@ def main(argv: list[str]) -> int:
         "training_tokens_per_s": training,
         "training_gpthf_over_gpt": training["gpthf"] / training["gpt"],
         "dtype": args.dtype,
+        "packed": not args.no_pack,
         "peaks": peaks.as_dict(),
         "state_budget": budget,
         "state_budget_ratios": budget_ratios,

@@ -134,18 +134,16 @@ def measure_run(run, args, stream_cache: dict) -> dict:
 def time_decodes(rows: list[dict], args) -> None:
     """Decode timings of every model, interleaved over `--repeats` rounds so a slow spell of a shared
     machine hits all of them; each row gets its median."""
-    import numpy as np
+    from gpthf.measure.speed import interleaved_timings, time_decode
 
-    from gpthf.measure.speed import time_decode
-
-    timings: dict[int, list] = {i: [] for i in range(len(rows))}
-    for _ in range(args.repeats):
-        for i, row in enumerate(rows):
-            timings[i].append(time_decode(row["_model"], row["kind"], "cached", row["_tokens"], args.context))
-    for i, row in enumerate(rows):
-        row["decode_tokens_per_s"] = float(np.median([t.tokens_per_s for t in timings[i]]))
-        row["decode_ms_per_step"] = float(np.median([t.ms_per_token for t in timings[i]]))
-        row["state_bytes_per_row"] = timings[i][0].state_bytes // args.batch
+    jobs = [
+        lambda row=row: time_decode(row["_model"], row["kind"], "cached", row["_tokens"], args.context)
+        for row in rows
+    ]
+    for row, timing in zip(rows, interleaved_timings(jobs, args.repeats)):
+        row["decode_tokens_per_s"] = timing.tokens_per_s
+        row["decode_ms_per_step"] = timing.ms_per_token
+        row["state_bytes_per_row"] = timing.state_bytes // args.batch
         for private in ("_model", "_tokens"):
             row.pop(private)
 

@@ -11,6 +11,7 @@ import torch
 from gpthf.data.special_tokens import EOD_ID, EOS_ID, PAD_ID
 from gpthf.errors import GpthfError
 from gpthf.generation.compiled import Horizon
+from gpthf.generation.packed import packed_linears
 from gpthf.generation.rows import put_rows
 from gpthf.generation.sampling import SamplingSettings, sample
 from gpthf.generation.strategies import closes_sentence, get_strategy, pad_rows
@@ -106,6 +107,7 @@ def generate(
     slots: int | None = None,
     on_finish: Callable[[int], None] | None = None,
     compile: bool = False,
+    pack: bool = True,
 ) -> GenerationResult:
     """Continue each prompt (token ids, as `encode_prompt` makes them); rows advance independently.
 
@@ -115,18 +117,35 @@ def generate(
     `on_token(prompt, token)` sees every new token, `on_finish(prompt)` every finished prompt;
     results are in prompt order whatever the order they finish in. `compile=True` runs the decode
     step compiled over caches sized for this call's horizon (gpthf.generation.compiled).
+    `pack=True` multiplies eager decode steps from weights packed for the batch on CPU
+    (gpthf.generation.packed); it changes rounding, not the algorithm.
     """
     _check_prompts(model, prompts, settings.limit)
     if slots is not None and slots < 1:
         raise GenerationError(f"slots={slots} must be >= 1")
+    if settings.max_new_tokens == 0:
+        return GenerationResult([[] for _ in prompts], ["max_new_tokens"] * len(prompts), 0)
+
+    width = min(slots or len(prompts), len(prompts))
+    with packed_linears(model, width, enabled=pack and not compile):  # inductor packs its own
+        return _generate(model, prompts, settings, strategy, on_token, width, on_finish, compile)
+
+
+def _generate(
+    model: LanguageModel,
+    prompts: Sequence[Sequence[int]],
+    settings: GenerationSettings,
+    strategy: str,
+    on_token: Callable[[int, int], None] | None,
+    width: int,
+    on_finish: Callable[[int], None] | None,
+    compile: bool,
+) -> GenerationResult:
+    """`generate`'s loop over `width` slots."""
     device = model.embed.weight.device
     outputs: list[list[int]] = [[] for _ in prompts]
     reasons = ["max_new_tokens"] * len(prompts)
-    if settings.max_new_tokens == 0:
-        return GenerationResult(outputs, reasons, 0)
-
     runner = get_strategy(model, strategy, compile_for=horizon(prompts, settings) if compile else None)
-    width = min(slots or len(prompts), len(prompts))
     pending = deque(range(len(prompts)))
     prompt_of = [pending.popleft() for _ in range(width)]  # which prompt each slot is generating
     tokens, lengths = pad_rows([prompts[i] for i in prompt_of], device)

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from gpthf.generation.packed import PackedLinear
+
 
 @dataclass
 class MachinePeaks:
@@ -51,15 +53,20 @@ def measure_peaks(dtype: torch.dtype, name: str, copy_mb: int = 512, repeats: in
     copy_gb_s = _copy_gb_s(dtype, copy_mb, repeats)
 
     width, layers = 2048, 8  # 8 × 32 MiB of fp32 weights: no cache holds them
-    weights = [torch.randn(4 * width, width).to(dtype) for _ in range(layers)]
+    # Through the same packed kernels a decode step uses, where they apply (gpthf.generation.packed).
+    projections = [PackedLinear(_linear(width, 4 * width, dtype), rows=8) for _ in range(layers)]
     x = torch.randn(8, width).to(dtype)
-    b8_s = _best_seconds(lambda: [torch.nn.functional.linear(x, w) for w in weights], repeats)
+    b8_s = _best_seconds(lambda: [projection(x) for projection in projections], repeats)
     b8_gflop_s = 2 * 8 * width * 4 * width * layers / b8_s / 1e9
 
     n = 2048
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     square_s = _best_seconds(lambda: a @ b, repeats)
     return MachinePeaks(name, copy_gb_s, b8_gflop_s, 2 * n**3 / square_s / 1e9)
+
+
+def _linear(d_in: int, d_out: int, dtype: torch.dtype) -> torch.nn.Linear:
+    return torch.nn.Linear(d_in, d_out, bias=False).to(dtype)
 
 
 def weight_bytes(model: torch.nn.Module) -> int:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 
 from gpthf.data.special_tokens import PAD_ID
 from gpthf.generation.generate import GenerationSettings, horizon
+from gpthf.generation.packed import packed_linears
 from gpthf.generation.rows import take_rows
 from gpthf.generation.strategies import get_strategy
 from gpthf.models import LanguageModel, next_token_loss
@@ -66,13 +68,20 @@ def time_decode(
     warmup: int = 2,
     tile_to: int | None = None,
     compile: bool = False,
+    pack: bool = True,
 ) -> DecodeTiming:
     """Prefill `context` tokens per row, then decode the remaining columns of `tokens` one by one.
 
     `tile_to=N`: prefill the one row of `tokens` once and copy its state into N rows, so a batch of
     thousands costs one prefill (the step's cost does not depend on what the rows hold).
     `compile=True`: the cached step compiled over static caches (compile time is in the warm-up).
+    `pack=True`: weights packed for the decode batch on CPU, as `generate` does (packing is untimed).
     """
+    with packed_linears(model, tile_to or tokens.shape[0], enabled=pack and not compile):
+        return _time_decode(model, name, strategy, tokens, context, warmup, tile_to, compile)
+
+
+def _time_decode(model, name, strategy, tokens, context, warmup, tile_to, compile) -> DecodeTiming:
     batch, total = tokens.shape
     new_tokens = total - context
     reach = horizon(tokens[:, :context].tolist(), GenerationSettings(max_new_tokens=new_tokens))
@@ -107,6 +116,16 @@ def time_decode(
         state.nbytes(),
         peak_rss_mb(),
     )
+
+
+def interleaved_timings(jobs: Sequence[Callable[[], DecodeTiming]], repeats: int) -> list[DecodeTiming]:
+    """Each timing job run once per round for `repeats` rounds, so a slow spell of a shared machine
+    hits all of them alike; per job, the run with the median tokens/s (its ms/step with it)."""
+    runs: list[list[DecodeTiming]] = [[] for _ in jobs]
+    for _ in range(repeats):
+        for job, timings in zip(jobs, runs):
+            timings.append(job())
+    return [sorted(timings, key=lambda t: t.tokens_per_s)[(len(timings) - 1) // 2] for timings in runs]
 
 
 def state_bytes_per_row(model: LanguageModel, tokens: torch.Tensor) -> int:

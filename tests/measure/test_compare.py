@@ -104,3 +104,52 @@ def test_bf16_halves_the_state_and_decodes(tmp_path):
         fp32 = time_decode(model, kind, "cached", tokens, context=40)
         bf16 = time_decode(model.to(torch.bfloat16), kind, "cached", tokens, context=40)
         assert bf16.state_bytes * 2 == fp32.state_bytes and bf16.tokens_per_s > 0
+
+
+def test_formats_bench_times_every_variant(data_cache, tmp_path):
+    from tests.conftest import SMALL_DATA
+
+    run = run_script(
+        "eval/formats.py", "--quick", "--threads", "1", "--out", str(tmp_path), f"cache_dir={data_cache}",
+        *SMALL_DATA, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    variants = {(r["model"], r["dtype"], r["mode"]) for r in result["rows"]}
+    assert variants == {
+        (m, d, v) for m in ("gpthf", "gpt") for d in ("fp32", "bf16") for v in ("plain", "packed")
+    }
+    assert all(r["tokens_per_s"] > 0 and r["ms_per_step"] > 0 for r in result["rows"])
+    for kind in ("gpthf", "gpt"):
+        ratios = result["ratios"][kind]
+        assert all(
+            0.05 < x < 20 for x in [*ratios["bf16_over_fp32"].values(), *ratios["packed_over_plain"].values()]
+        )
+    assert set(result["ratios"]["gpthf_over_gpt"]) == {
+        "fp32 plain",
+        "fp32 packed",
+        "bf16 plain",
+        "bf16 packed",
+    }
+    assert (tmp_path / "formats.png").stat().st_size > 10_000
+
+
+def test_interleaved_timings_keep_each_jobs_median_run():
+    from gpthf.measure.speed import DecodeTiming, interleaved_timings
+
+    order = []
+
+    def job(name, speeds):
+        runs = iter(speeds)
+
+        def run():
+            order.append(name)
+            speed = next(runs)
+            return DecodeTiming(name, "cached", 1, 1, 1, 0.0, 1000 / speed, speed, 0, 0.0)
+
+        return run
+
+    a, b = interleaved_timings([job("a", [5.0, 1.0, 3.0]), job("b", [2.0, 9.0, 4.0])], repeats=3)
+    assert order == ["a", "b"] * 3  # one run of each job per round
+    assert (a.tokens_per_s, b.tokens_per_s) == (3.0, 4.0)
+    assert a.ms_per_token == 1000 / 3.0  # the median run's own step time

@@ -1,0 +1,172 @@
+"""`python eval/formats.py [--arch small] [--context 2048] [--batch 8] [overrides]`: decode speed per format.
+
+What bf16 buys over fp32, and what packing the weights for the CPU's matrix kernels buys in each
+format, measured the only way this shared machine allows: GPTHF and GPT twins (random weights, the
+same seed) in every format, each decoding the same real corpus text teacher-forced, every variant
+timed once per round over `--repeats` rounds, interleaved, and the median run kept. Variants:
+`plain` (torch's matmuls on the weights as stored), `packed` (gpthf.generation.packed, what
+`generate` does by default), with `--compile` also `compiled` (the step under torch.compile, weights
+frozen into it). Prints one JSON line of tokens/s and ratios; writes formats.json and formats.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from gpthf.cli import ArgumentParser, positive_int, run_cli, writable_folder
+
+FORMATS = ("fp32", "bf16")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = ArgumentParser(prog="formats.py", description=__doc__)
+    parser.add_argument("--arch", default="small", help="size of the twins: gpthf-<arch> and gpt-<arch>")
+    parser.add_argument("--models", nargs="+", default=["gpthf", "gpt"], choices=["gpthf", "gpt"])
+    parser.add_argument("--context", type=positive_int, default=2048)
+    parser.add_argument("--batch", type=positive_int, default=8)
+    parser.add_argument("--new-tokens", type=positive_int, default=16, help="decode steps per timing")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="interleaved rounds; medians")
+    parser.add_argument("--compile", action="store_true", help="also time the compiled step")
+    parser.add_argument("--threads", type=positive_int, default=None)
+    parser.add_argument("--quick", action="store_true", help="tiny shape, small context: the smoke test")
+    parser.add_argument("--out", type=Path, default=Path("outputs/formats"))
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="config overrides of the data set the text comes from (cache_dir=..., data.*)",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.arch, args.context, args.batch, args.new_tokens, args.repeats = "tiny", 256, 2, 6, 2
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    writable_folder(args.out)
+    import numpy as np
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from gpthf.config import load_config
+    from gpthf.data.dataset import prepare_data
+    from gpthf.measure.speed import batch_of_contexts, corpus_stream, interleaved_timings, time_decode
+    from gpthf.models import build_model
+    from gpthf.precision import resolve_dtype
+
+    data = prepare_data(load_config(args.overrides))
+    train = data.split("train")
+    rows_needed = (args.context + args.new_tokens + 97 * args.batch) // (
+        data.stats["data_config"]["seq_len"] // 2
+    ) + 2
+    train_ids, _ = train.rows(np.arange(min(len(train), rows_needed)))
+    stream = corpus_stream(train_ids, args.context + args.new_tokens + 97 * args.batch + 1)
+    tokens = batch_of_contexts(stream, args.context, args.new_tokens, args.batch)
+
+    models = {}
+    for kind in args.models:
+        for name in FORMATS:
+            torch.manual_seed(0)
+            arch = load_config([f"arch={kind}-{args.arch}"]).arch
+            models[kind, name] = (
+                build_model(arch, data.stats["vocab_size"]).to(resolve_dtype(name, "cpu")).eval()
+            )
+    modes = ["plain", "packed"] + (["compiled"] if args.compile else [])
+    variants = [(kind, name, mode) for kind in args.models for name in FORMATS for mode in modes]
+
+    def job(kind: str, name: str, mode: str):
+        model = models[kind, name]
+        return lambda: time_decode(
+            model, kind, "cached", tokens, args.context, compile=mode == "compiled", pack=mode == "packed"
+        )
+
+    if args.compile:  # compile outside the timed rounds
+        for kind, name, mode in variants:
+            if mode == "compiled":
+                job(kind, name, mode)()
+    timings = interleaved_timings([job(*v) for v in variants], args.repeats)
+    rows = [
+        {
+            "model": kind,
+            "dtype": name,
+            "mode": mode,
+            "tokens_per_s": t.tokens_per_s,
+            "ms_per_step": t.ms_per_token,
+        }
+        for (kind, name, mode), t in zip(variants, timings)
+    ]
+    speed = {(r["model"], r["dtype"], r["mode"]): r["tokens_per_s"] for r in rows}
+    ratios = {}
+    for kind in args.models:
+        ratios[kind] = {
+            "bf16_over_fp32": {mode: speed[kind, "bf16", mode] / speed[kind, "fp32", mode] for mode in modes},
+            "packed_over_plain": {
+                name: speed[kind, name, "packed"] / speed[kind, name, "plain"] for name in FORMATS
+            },
+            "bf16_packed_over_fp32_plain": speed[kind, "bf16", "packed"] / speed[kind, "fp32", "plain"],
+        }
+    if {"gpthf", "gpt"} <= set(args.models):
+        ratios["gpthf_over_gpt"] = {
+            f"{name} {mode}": speed["gpthf", name, mode] / speed["gpt", name, mode]
+            for name in FORMATS
+            for mode in modes
+        }
+    result = {
+        "arch": args.arch,
+        "context": args.context,
+        "batch": args.batch,
+        "new_tokens": args.new_tokens,
+        "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
+        "rows": rows,
+        "ratios": ratios,
+    }
+    (args.out / "formats.json").write_text(json.dumps(result, indent=2))
+    plot(result, modes, args.out / "formats.png")
+    for r in rows:
+        print(
+            f"  {r['model']:6s} {r['dtype']} {r['mode']:8s} {r['tokens_per_s']:8.1f} tokens/s  {r['ms_per_step']:7.2f} ms/step",
+            file=sys.stderr,
+        )
+    print(json.dumps(result))
+    return 0
+
+
+def plot(result: dict, modes: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r["model"], r["dtype"]) for r in result["rows"]}, key=lambda g: (g[0] != "gpthf", g[1]))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(modes)
+    for i, mode in enumerate(modes):
+        values = [
+            next(
+                r["tokens_per_s"] for r in result["rows"] if (r["model"], r["dtype"], r["mode"]) == (*g, mode)
+            )
+            for g in groups
+        ]
+        ax.bar([j + i * width for j in range(len(groups))], values, width, label=mode, color=f"C{i}")
+    ax.set_xticks(
+        [j + width * (len(modes) - 1) / 2 for j in range(len(groups))], [f"{m} {d}" for m, d in groups]
+    )
+    ax.set(
+        ylabel="generated tokens/s",
+        title=f"cached decode, {result['arch']} shape, {result['context']} context × batch {result['batch']}, "
+        f"medians of {result['repeats']}",
+    )
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,121 @@
+"""Linear weights packed for the CPU's matrix kernels while a batch decodes.
+
+A decode step multiplies a few rows (the batch) by every weight matrix of the model. oneDNN, the
+kernel library behind torch's CPU matmuls, multiplies fastest from a blocked weight layout of its
+own, chosen for the number of rows; handed torch's plain (out, in) weight it rearranges it on every
+call. `packed_linears(model, rows)` rearranges each weight once for `rows` and multiplies from that
+copy whenever a call has exactly `rows` rows, i.e. at every decode step; anything else (a prefill,
+a refill, training) takes the plain path. Only shapes where packing measurably wins are packed
+(`_pack_if_it_wins`). eval/formats.py measures what it gives against the plain path.
+
+Cost: a second copy of the packed weights while the block runs (the tied head's too), made in
+~0.1 s for 88M weights, plus a one-time measurement per shape; the model is handed back unchanged.
+Results differ from the plain path only in rounding (the kernels sum in another order). Off the
+CPU, or without oneDNN's packed ops, it does nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def can_pack(weight: torch.Tensor) -> bool:
+    return (
+        weight.device.type == "cpu"
+        and weight.dtype in PACKABLE_DTYPES
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    )
+
+
+class PackedLinear(nn.Module):
+    """Stands in for an `nn.Linear` (same parameters, same state-dict names) and multiplies calls
+    of `rows` rows from a packed copy of its weight (where `can_pack`; otherwise it is the plain one)."""
+
+    def __init__(self, linear: nn.Linear, rows: int):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias = linear.weight, linear.bias
+        self.rows = rows
+        weight = linear.weight.detach()
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows) if can_pack(weight) else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            self.packed is not None
+            and x.numel() == self.rows * self.in_features
+            and not torch.is_grad_enabled()
+        ):
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
+
+
+WIN_MARGIN = 0.95  # packed must take at most this share of the plain path's time to be used
+_DECISIONS: dict[tuple, bool] = {}  # (in, out, dtype, rows, threads) -> packing won when measured
+
+
+def _seconds(pass_over_weights, rounds: int = 3) -> float:
+    pass_over_weights()  # warm-up
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        pass_over_weights()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _pack_if_it_wins(linears: list[nn.Linear], rows: int) -> list[PackedLinear] | None:
+    """Packed stand-ins for these same-shape linears, or None where the plain path is as fast.
+
+    Which path wins depends on the machine, the format, the shape and the rows (on this project's
+    CPU: packed bf16 wins everywhere, packed fp32 loses at 1-2 rows and on weights that stay in
+    cache), so it is measured once per process over the model's own weights of that shape: a pass
+    of `rows`-row products through all of them each way, best of three.
+    """
+    first = linears[0]
+    key = (first.in_features, first.out_features, first.weight.dtype, rows, torch.get_num_threads())
+    if _DECISIONS.get(key) is False:
+        return None
+    packed = [PackedLinear(linear, rows) for linear in linears]
+    if key not in _DECISIONS:
+        x = torch.randn(rows, first.in_features).to(first.weight.dtype)
+        with torch.no_grad():
+            plain_s = _seconds(lambda: [F.linear(x, linear.weight, linear.bias) for linear in linears])
+            packed_s = _seconds(lambda: [stand_in(x) for stand_in in packed])
+        _DECISIONS[key] = packed_s <= WIN_MARGIN * plain_s
+    return packed if _DECISIONS[key] else None
+
+
+@contextmanager
+def packed_linears(model: nn.Module, rows: int, enabled: bool = True) -> Iterator[int]:
+    """Within the block, the packable `nn.Linear`s of `model` whose shape multiplies `rows`-row
+    inputs faster packed do so; yields how many were packed (0 where packing does not apply)."""
+    places: dict[tuple, list[tuple[nn.Module, str, nn.Linear]]] = defaultdict(list)
+    if enabled and rows >= 1:
+        for parent in model.modules():
+            for name, child in parent.named_children():
+                if type(child) is nn.Linear and can_pack(child.weight):
+                    places[child.in_features, child.out_features, child.weight.dtype].append(
+                        (parent, name, child)
+                    )
+    swapped = []
+    try:
+        for group in places.values():
+            stand_ins = _pack_if_it_wins([child for _, _, child in group], rows)
+            for (parent, name, child), stand_in in zip(group, stand_ins or []):
+                setattr(parent, name, stand_in)
+                swapped.append((parent, name, child))
+        yield len(swapped)
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
