@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +49,27 @@ def check_compiler(device: torch.device) -> None:
 
 RECOMPILE_LIMIT = 64
 _COMPILED: dict[tuple[type, str], object] = {}  # one compiled step per strategy class and device type
+_WEIGHT_VERSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> weights' version
+
+
+def weights_version(model: torch.nn.Module) -> int | None:
+    """Grows whenever a weight of `model` changes in place (None: weights made in inference mode,
+    which keep no version and cannot be changed)."""
+    try:
+        return sum(p._version for p in model.parameters())
+    except RuntimeError:
+        return None
+
+
+def forget_stale_compilations(model: torch.nn.Module) -> None:
+    """A CPU step compiled with frozen weights holds copies of them, and its guards cannot see an
+    in-place change (a training step, `load_state_dict`): after one, everything compiled is dropped
+    and compiled again, instead of decoding with the old weights."""
+    version = weights_version(model)
+    seen = _WEIGHT_VERSIONS.get(model)
+    if seen is not None and version != seen:
+        torch._dynamo.reset()
+    _WEIGHT_VERSIONS[model] = version
 
 
 def compiled_step(strategy_class: type, device: torch.device):
@@ -75,6 +97,7 @@ class CompiledStrategy:
         self.freeze = device.type == "cpu"
 
     def prefill(self, model, tokens: torch.Tensor, lengths: torch.Tensor):
+        forget_stale_compilations(model)
         logits, state = self.inner.prefill(model, tokens, lengths)
         fix_capacity = getattr(state, "fix_capacity", None)
         if fix_capacity is not None:
