@@ -28,6 +28,11 @@ def test_generate_cli_continues_the_prompt(trained_runs, arch):
         "--ckpt", str(trained_runs[arch]), "--prompt", "And God said", "--max-new-tokens", "12", "--seed", "3"
     )
     assert again.stdout == run.stdout, "seeded sampling is reproducible"
+    plain = run_generate(
+        "--ckpt", str(trained_runs[arch]), "--prompt", "And God said", "--max-new-tokens", "12", "--no-pack"
+    )
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.startswith("And God said") and len(plain.stdout.strip()) > len("And God said")
 
 
 def test_prompt_encoding_matches_training(trained_runs):
