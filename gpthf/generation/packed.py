@@ -86,13 +86,16 @@ def _pack_if_it_wins(linears: list[nn.Linear], rows: int) -> list[PackedLinear] 
     key = (first.in_features, first.out_features, first.weight.dtype, rows, torch.get_num_threads())
     if _DECISIONS.get(key) is False:
         return None
-    packed = [PackedLinear(linear, rows) for linear in linears]
-    if key not in _DECISIONS:
-        x = torch.randn(rows, first.in_features).to(first.weight.dtype)
-        with torch.no_grad():
-            plain_s = _seconds(lambda: [F.linear(x, linear.weight, linear.bias) for linear in linears])
-            packed_s = _seconds(lambda: [stand_in(x) for stand_in in packed])
-        _DECISIONS[key] = packed_s <= WIN_MARGIN * plain_s
+    try:  # private ops of torch: should a version change them, the plain path stays
+        packed = [PackedLinear(linear, rows) for linear in linears]
+        if key not in _DECISIONS:
+            x = torch.randn(rows, first.in_features).to(first.weight.dtype)
+            with torch.no_grad():
+                plain_s = _seconds(lambda: [F.linear(x, linear.weight, linear.bias) for linear in linears])
+                packed_s = _seconds(lambda: [stand_in(x) for stand_in in packed])
+            _DECISIONS[key] = packed_s <= WIN_MARGIN * plain_s
+    except (RuntimeError, TypeError):
+        _DECISIONS[key] = False
     return packed if _DECISIONS[key] else None
 
 

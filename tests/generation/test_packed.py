@@ -101,3 +101,14 @@ def test_packing_is_left_out_where_it_does_not_win_or_apply(monkeypatch):
         assert count == 0  # fp16 has no packed CPU kernel
     with packed_linears(model, rows=2, enabled=False) as count:
         assert count == 0
+
+
+def test_a_failing_packed_op_leaves_the_plain_path(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no such kernel in this torch")
+
+    monkeypatch.setattr(packing, "_DECISIONS", {})
+    monkeypatch.setattr(packing.torch.ops.mkldnn, "_reorder_linear_weight", broken)
+    model = tiny("gpthf", torch.bfloat16)
+    with packed_linears(model, rows=2) as count:
+        assert count == 0 and linear_count(model) == linear_count(tiny("gpthf"))
