@@ -16,7 +16,6 @@ CPU, or without oneDNN's packed ops, it does nothing.
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +23,8 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from gpthf.measure.timing import best_seconds
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -60,18 +61,9 @@ class PackedLinear(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
 
+PROBE_ROUNDS = 3  # timed passes each way, best kept
 WIN_MARGIN = 0.95  # packed must take at most this share of the plain path's time to be used
 _DECISIONS: dict[tuple, bool] = {}  # (in, out, dtype, rows, threads) -> packing won when measured
-
-
-def _seconds(pass_over_weights, rounds: int = 3) -> float:
-    pass_over_weights()  # warm-up
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        pass_over_weights()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def _pack_if_it_wins(linears: list[nn.Linear], rows: int) -> list[PackedLinear] | None:
@@ -80,7 +72,7 @@ def _pack_if_it_wins(linears: list[nn.Linear], rows: int) -> list[PackedLinear] 
     Which path wins depends on the machine, the format, the shape and the rows (on this project's
     CPU: packed bf16 wins everywhere, packed fp32 loses at 1-2 rows and on weights that stay in
     cache), so it is measured once per process over the model's own weights of that shape: a pass
-    of `rows`-row products through all of them each way, best of three.
+    of `rows`-row products through all of them each way, the best of `PROBE_ROUNDS`.
     """
     first = linears[0]
     key = (first.in_features, first.out_features, first.weight.dtype, rows, torch.get_num_threads())
@@ -91,8 +83,10 @@ def _pack_if_it_wins(linears: list[nn.Linear], rows: int) -> list[PackedLinear] 
         if key not in _DECISIONS:
             x = torch.randn(rows, first.in_features).to(first.weight.dtype)
             with torch.no_grad():
-                plain_s = _seconds(lambda: [F.linear(x, linear.weight, linear.bias) for linear in linears])
-                packed_s = _seconds(lambda: [stand_in(x) for stand_in in packed])
+                plain_s = best_seconds(
+                    lambda: [F.linear(x, linear.weight, linear.bias) for linear in linears], PROBE_ROUNDS
+                )
+                packed_s = best_seconds(lambda: [stand_in(x) for stand_in in packed], PROBE_ROUNDS)
             _DECISIONS[key] = packed_s <= WIN_MARGIN * plain_s
     except (RuntimeError, TypeError):
         _DECISIONS[key] = False

@@ -11,13 +11,13 @@ large square matmul (the arithmetic peak).
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 
 from gpthf.generation.packed import PackedLinear
+from gpthf.measure.timing import best_seconds
 
 
 @dataclass
@@ -31,20 +31,10 @@ class MachinePeaks:
         return asdict(self)
 
 
-def _best_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up (allocation, kernel choice)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def _copy_gb_s(dtype: torch.dtype, megabytes: int, repeats: int) -> float:
     elements = megabytes * 2**20 // torch.tensor([], dtype=dtype).element_size()
     source, target = torch.ones(elements, dtype=dtype), torch.empty(elements, dtype=dtype)
-    seconds = _best_seconds(lambda: target.copy_(source), repeats)
+    seconds = best_seconds(lambda: target.copy_(source), repeats)
     return 2 * source.numel() * source.element_size() / seconds / 1e9
 
 
@@ -55,22 +45,20 @@ def measure_peaks(dtype: torch.dtype, name: str, copy_mb: int = 512, repeats: in
 
     width, layers = 2048, 8  # 8 × 32 MiB of fp32 weights: no cache holds them
     # The faster of the plain and the packed kernels a decode step may use (gpthf.generation.packed).
-    projections = [PackedLinear(_linear(width, 4 * width, dtype), rows=8) for _ in range(layers)]
+    projections = [
+        PackedLinear(torch.nn.Linear(width, 4 * width, bias=False).to(dtype), rows=8) for _ in range(layers)
+    ]
     x = torch.randn(8, width).to(dtype)
     b8_s = min(
-        _best_seconds(lambda: [projection(x) for projection in projections], repeats),
-        _best_seconds(lambda: [F.linear(x, projection.weight) for projection in projections], repeats),
+        best_seconds(lambda: [projection(x) for projection in projections], repeats),
+        best_seconds(lambda: [F.linear(x, projection.weight) for projection in projections], repeats),
     )
     b8_gflop_s = 2 * 8 * width * 4 * width * layers / b8_s / 1e9
 
     n = 2048
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    square_s = _best_seconds(lambda: a @ b, repeats)
+    square_s = best_seconds(lambda: a @ b, repeats)
     return MachinePeaks(name, copy_gb_s, b8_gflop_s, 2 * n**3 / square_s / 1e9)
-
-
-def _linear(d_in: int, d_out: int, dtype: torch.dtype) -> torch.nn.Linear:
-    return torch.nn.Linear(d_in, d_out, bias=False).to(dtype)
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
