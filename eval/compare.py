@@ -241,7 +241,7 @@ def main(argv: list[str]) -> int:
     from gpthf.measure.roofline import measure_peaks, roofline, weight_bytes
     from gpthf.measure.speed import (
         batch_of_contexts,
-        corpus_stream,
+        decode_stream,
         hf_llama_twin,
         time_decode,
         time_hf_generate,
@@ -260,12 +260,12 @@ def main(argv: list[str]) -> int:
     data = prepare_data(load_config([f"cache_dir={args.cache_dir}"] if args.cache_dir else []))
     stats = data.stats
     train = data.split("train")
-    stream_length = max(args.contexts) + args.new_tokens + 97 * max(args.batches) + 1
-    rows_needed = stream_length // (stats["data_config"]["seq_len"] // 2) + args.train_batch + 1
-    train_ids, train_sids = train.rows(np.arange(min(len(train), rows_needed)))  # only what is measured
+    stream = decode_stream(
+        train, stats["data_config"]["seq_len"], max(args.contexts), args.new_tokens, max(args.batches)
+    )
+    train_ids, train_sids = train.rows(np.arange(min(len(train), args.train_batch)))  # only what is timed
     tokens_per_sentence = stats["splits"]["train"]["tokens_per_sentence_mean"]
     models = load_models(args, stats["vocab_size"])
-    stream = corpus_stream(train_ids, stream_length)
     plan = plan_state_budget(args, models, stream) if args.state_budget else []
     hf = None
     if not args.no_hf:

@@ -47,24 +47,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     writable_folder(args.out)
-    import numpy as np
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
     from gpthf.config import load_config
     from gpthf.data.dataset import prepare_data
-    from gpthf.measure.speed import batch_of_contexts, corpus_stream, interleaved_timings, time_decode
+    from gpthf.measure.speed import batch_of_contexts, decode_stream, interleaved_timings, time_decode
     from gpthf.models import build_model
     from gpthf.precision import resolve_dtype
 
     data = prepare_data(load_config(args.overrides))
-    train = data.split("train")
-    rows_needed = (args.context + args.new_tokens + 97 * args.batch) // (
-        data.stats["data_config"]["seq_len"] // 2
-    ) + 2
-    train_ids, _ = train.rows(np.arange(min(len(train), rows_needed)))
-    stream = corpus_stream(train_ids, args.context + args.new_tokens + 97 * args.batch + 1)
+    seq_len = data.stats["data_config"]["seq_len"]
+    stream = decode_stream(data.split("train"), seq_len, args.context, args.new_tokens, args.batch)
     # One row prefilled and its state copied into `--batch` rows: a step costs the same whatever the
     # rows hold, and 2,048-token prefills of eight rows would take most of the run.
     tokens = batch_of_contexts(stream, args.context, args.new_tokens, 1)

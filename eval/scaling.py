@@ -79,7 +79,6 @@ def run_sweep(args) -> tuple[Path, float]:
 
 def measure_run(run, args, stream_cache: dict) -> dict:
     """One finished run: its size, training cost, test bits per byte and decode cost."""
-    import numpy as np
     import torch
     from omegaconf import OmegaConf
 
@@ -88,7 +87,7 @@ def measure_run(run, args, stream_cache: dict) -> dict:
     from gpthf.evaluation.perplexity import evaluate_checkpoint
     from gpthf.evaluation.results import load_results, save_result
     from gpthf.measure import flops
-    from gpthf.measure.speed import batch_of_contexts, corpus_stream
+    from gpthf.measure.speed import batch_of_contexts, decode_stream
     from gpthf.training.checkpoint import load_model_from_checkpoint
     from gpthf.training.metrics import read_metrics
     from gpthf.training.run_dir import CONFIG_FILE
@@ -109,10 +108,9 @@ def measure_run(run, args, stream_cache: dict) -> dict:
     arch, vocab, seq_len = ArchConfig(**meta["arch"]), meta["vocab_size"], run_cfg.data.seq_len
     train_flops = flops.training_flops_per_token(arch, vocab, seq_len, tokens_per_sentence) * final["tokens"]
     if "stream" not in stream_cache:  # the same real text for every model of the study
-        length = args.context + args.new_tokens + 97 * args.batch + 1
-        test = data.split("test")  # only the rows the stream needs, read from the prepared set
-        ids, _ = test.rows(np.arange(min(len(test), length // (seq_len // 2) + 1)))
-        stream_cache["stream"] = corpus_stream(ids, length)
+        stream_cache["stream"] = decode_stream(
+            data.split("test"), seq_len, args.context, args.new_tokens, args.batch
+        )
     tokens = batch_of_contexts(stream_cache["stream"], args.context, args.new_tokens, args.batch)
     torch.manual_seed(0)
     return {

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
 from gpthf.data.special_tokens import PAD_ID
@@ -51,10 +52,22 @@ def corpus_stream(rows, length: int) -> list[int]:
     return tokens[:length]
 
 
+ROW_OFFSET = 97  # tokens between the starts of consecutive rows of `batch_of_contexts`
+
+
+def decode_stream(split, seq_len: int, context: int, new_tokens: int, batch: int) -> list[int]:
+    """The real text `batch_of_contexts(stream, context, new_tokens, batch)` needs, from the first rows
+    of a prepared split: only those rows are read (a packed row holds at least half its length of
+    text), so the cost does not grow with the corpus."""
+    length = context + new_tokens + ROW_OFFSET * batch + 1
+    ids, _ = split.rows(np.arange(min(len(split), length // (seq_len // 2) + 1)))
+    return corpus_stream(ids, length)
+
+
 def batch_of_contexts(stream: list[int], context: int, new_tokens: int, batch: int) -> torch.Tensor:
-    """(batch, context + new_tokens): row b starts `b * 97` tokens into the stream, so rows differ."""
+    """(batch, context + new_tokens): row b starts `b * ROW_OFFSET` tokens into the stream, so rows differ."""
     need = context + new_tokens
-    rows = [stream[(b * 97) % max(len(stream) - need, 1) :][:need] for b in range(batch)]
+    rows = [stream[(b * ROW_OFFSET) % max(len(stream) - need, 1) :][:need] for b in range(batch)]
     return torch.tensor(rows, dtype=torch.long)
 
 
