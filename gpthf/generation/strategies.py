@@ -180,15 +180,11 @@ class GPTHFCachedStrategy:
         batch, length = tokens.shape
         heads, head_dim = model.arch.n_heads, model.head_dim
         sentence_ids = sentence_ids_for(tokens, lengths)
-        enc_k, enc_v, body_k, body_v = [], [], [], []
+        enc_k, enc_v = [], []
         x = model.embed(tokens)  # (B, T, d)
         pattern = model.encoder_pattern(sentence_ids).capturing(enc_k, enc_v)
         for block in model.wlt_encoder:
             x = block(x, pattern)
-        pattern = model.body_pattern(sentence_ids).capturing(body_k, body_v)
-        for block in model.slt_body:
-            x = block(x, pattern)
-        logits = model.logits(last_real(x, lengths))
 
         index = torch.arange(length, device=tokens.device)
         real = index[None, :] < lengths[:, None]
@@ -197,13 +193,26 @@ class GPTHFCachedStrategy:
         start = torch.where(closes, index, -1).amax(1) + 1  # (B,) first token of the sentence in progress
         in_progress = lengths - start
 
-        ends = sentence_end_positions(sentence_ids)  # (B, S): valid for j < finished[b]
-        body = KVCache(
-            model.arch.n_body, batch, heads, head_dim, ends.shape[1] + CACHE_HEADROOM, x.device, x.dtype
-        )
-        gather = ends[:, None, :, None].expand(batch, heads, ends.shape[1], head_dim)
+        # The body's output at a token depends only on the sentence ends before it and on itself, and
+        # generation keeps only the ends' k/v and the last token's logits: so the body runs over those
+        # alone, [end 0, ..., end S-1, last token], each one its own sentence (the last token closes
+        # none: a prompt ending in <eos> has its logits at that end). O(S) positions instead of O(T).
+        ends = sentence_end_positions(sentence_ids)[:, : int(finished.max())]  # (B, S)
+        slots = torch.arange(ends.shape[1] + 1, device=tokens.device)
+        picked = torch.cat([ends, (lengths - 1)[:, None]], dim=1)  # (B, S+1) token indices
+        picked = torch.where(slots[None, :] < finished[:, None], picked, (lengths - 1)[:, None])
+        x = x[torch.arange(batch, device=tokens.device)[:, None], picked]  # (B, S+1, d)
+        body_k, body_v = [], []
+        pattern = model.body_pattern(slots.expand(batch, -1)).capturing(body_k, body_v)
+        for block in model.slt_body:
+            x = block(x, pattern)
+        last = torch.where(in_progress > 0, finished, finished - 1)  # the last token's slot
+        logits = model.logits(x[torch.arange(batch, device=tokens.device), last])
+
+        n_ends = ends.shape[1]
+        body = KVCache(model.arch.n_body, batch, heads, head_dim, n_ends + CACHE_HEADROOM, x.device, x.dtype)
         for layer in range(model.arch.n_body):
-            body.write_prefix(layer, body_k[layer].gather(2, gather), body_v[layer].gather(2, gather))
+            body.write_prefix(layer, body_k[layer][:, :, :n_ends], body_v[layer][:, :, :n_ends])
         body.lengths = finished
 
         span = max(int(in_progress.max()), 1)
