@@ -95,6 +95,7 @@ class CompiledStrategy:
         self.horizon = horizon
         self.step = compiled_step(type(inner), device)  # unbound: called with the inner strategy
         self.freeze = device.type == "cpu"
+        self.prefills_without_padding = getattr(inner, "prefills_without_padding", False)
 
     def prefill(self, model, tokens: torch.Tensor, lengths: torch.Tensor):
         forget_stale_compilations(model)

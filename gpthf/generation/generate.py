@@ -12,7 +12,7 @@ from gpthf.data.special_tokens import EOD_ID, EOS_ID, PAD_ID
 from gpthf.errors import GpthfError
 from gpthf.generation.compiled import Horizon
 from gpthf.generation.packed import packed_linears
-from gpthf.generation.rows import put_rows
+from gpthf.generation.rows import put_rows, take_rows
 from gpthf.generation.sampling import SamplingSettings, sample
 from gpthf.generation.strategies import closes_sentence, get_strategy, pad_rows
 from gpthf.models import GPTHF, LanguageModel
@@ -78,6 +78,52 @@ def _open_sentence_counters(tokens: torch.Tensor, lengths: torch.Tensor) -> tupl
     index = torch.arange(tokens.shape[1], device=tokens.device)
     closes = closes_sentence(tokens) & (index[None, :] < lengths[:, None])
     return lengths - (torch.where(closes, index, -1).amax(1) + 1), closes.sum(1)
+
+
+@dataclass
+class Prefilled:
+    """Prompts prefilled ahead of their slots, waiting in prompt order: rows `taken:` are still free."""
+
+    prompts: list[int]
+    tokens: torch.Tensor  # (N, T) right-padded
+    lengths: torch.Tensor  # (N,)
+    logits: torch.Tensor | None  # (N, V)
+    state: object
+    taken: int = 0
+
+    @classmethod
+    def none(cls) -> Prefilled:
+        return cls([], torch.zeros(0, 1), torch.zeros(0), None, None)
+
+    def __len__(self) -> int:
+        return len(self.prompts) - self.taken
+
+    def take(self, count: int) -> Prefilled:
+        """The next `count` waiting prompts (fewer if fewer wait), their state rows copied out."""
+        rows = torch.arange(
+            self.taken, min(self.taken + count, len(self.prompts)), device=self.lengths.device
+        )
+        self.taken += len(rows)
+        return Prefilled(
+            [self.prompts[int(i)] for i in rows],
+            self.tokens[rows],
+            self.lengths[rows],
+            self.logits[rows],
+            take_rows(self.state, rows),
+        )
+
+
+def _prefill_ahead(model, runner, prompts, pending: deque, needed: int, width: int, device) -> Prefilled:
+    """Prefill the next waiting prompts for `needed` free slots. A strategy whose batched prefill
+    computes no padding (GPTHF's sentence-packed one) prefills a whole batch of `width` ahead: one
+    call for many prompts costs far less per prompt than one call each (measured on the sweep's
+    gpthf-5m: 4.4 against 10 ms for prompts of 4-128 tokens); others prefill only what is needed, as
+    padding prompts of mixed lengths to the longest would cost more than the calls it saves."""
+    count = max(needed, width) if getattr(runner, "prefills_without_padding", False) else needed
+    arrivals = [pending.popleft() for _ in range(min(count, len(pending)))]
+    tokens, lengths = pad_rows([prompts[i] for i in arrivals], device)
+    logits, state = runner.prefill(model, tokens, lengths)
+    return Prefilled(arrivals, tokens, lengths, logits, state)
 
 
 def horizon(prompts: Sequence[Sequence[int]], settings: GenerationSettings) -> Horizon:
@@ -161,6 +207,7 @@ def _generate(
     active = torch.ones(width, dtype=torch.bool, device=device)
     never = torch.zeros_like(active)
     step_logits = []
+    ready = Prefilled.none()  # prompts prefilled ahead of a free slot
 
     while True:
         if settings.record_logits:
@@ -201,19 +248,20 @@ def _generate(
                 on_finish(prompt_of[slot])
         if active.any():
             logits = runner.decode(model, state, next_token, active)
-        refill = finished[: len(pending)]
-        if refill:
-            arrivals = [pending.popleft() for _ in refill]
-            index = torch.tensor(refill, device=device)
-            tokens, lengths = pad_rows([prompts[i] for i in arrivals], device)
-            new_logits, new_state = runner.prefill(model, tokens, lengths)
-            state = put_rows(state, index, new_state)
-            logits[index] = new_logits.to(logits.dtype)
-            sentence_len[index], sentences[index] = _open_sentence_counters(tokens, lengths)
-            new_sentences[index], new_tokens[index], context_tokens[index] = 0, 0, lengths
+        free = finished[: len(pending) + len(ready)]
+        while free:  # continuous batching: free slots take the next prompts
+            if not ready:
+                ready = _prefill_ahead(model, runner, prompts, pending, len(free), width, device)
+            taken = ready.take(len(free))
+            index = torch.tensor(free[: len(taken.prompts)], device=device)
+            state = put_rows(state, index, taken.state)
+            logits[index] = taken.logits.to(logits.dtype)
+            sentence_len[index], sentences[index] = _open_sentence_counters(taken.tokens, taken.lengths)
+            new_sentences[index], new_tokens[index], context_tokens[index] = 0, 0, taken.lengths
             active[index] = True
-            for slot, prompt in zip(refill, arrivals):
+            for slot, prompt in zip(free, taken.prompts):
                 prompt_of[slot] = prompt
+            free = free[len(taken.prompts) :]
         if not active.any():
             break
     return GenerationResult(outputs, reasons, state.nbytes(), step_logits)

@@ -4,8 +4,10 @@ A decode step multiplies a few rows (the batch) by every weight matrix of the mo
 kernel library behind torch's CPU matmuls, multiplies fastest from a blocked weight layout of its
 own, chosen for the number of rows; handed torch's plain (out, in) weight it rearranges it on every
 call. `packed_linears(model, rows)` rearranges each weight once for `rows` and multiplies from that
-copy whenever a call has exactly `rows` rows, i.e. at every decode step; anything else (a prefill,
-a refill, training) takes the plain path. Only shapes where packing measurably wins are packed
+copy whenever a call has at least `rows` rows: every decode step, and the prefills and refills of
+the same generation (measured on this project's CPU: a weight packed for a few rows multiplies a
+68-row prompt ~30 % faster than the plain path, and equally well for any row count above it).
+Fewer rows, or training (grad enabled), take the plain path. Only shapes where packing measurably wins are packed
 (`_pack_if_it_wins`). eval/formats.py measures what it gives against the plain path.
 
 Cost: a second copy of the packed weights while the block runs (the tied head's too), made in
@@ -41,7 +43,7 @@ def can_pack(weight: torch.Tensor) -> bool:
 
 class PackedLinear(nn.Module):
     """Stands in for an `nn.Linear` (same parameters, same state-dict names) and multiplies calls
-    of `rows` rows from a packed copy of its weight (where `can_pack`; otherwise it is the plain one)."""
+    of at least `rows` rows from a packed copy of its weight (where `can_pack`; otherwise it is the plain one)."""
 
     def __init__(self, linear: nn.Linear, rows: int):
         super().__init__()
@@ -54,7 +56,7 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (
             self.packed is not None
-            and x.numel() == self.rows * self.in_features
+            and x.numel() >= self.rows * self.in_features
             and not torch.is_grad_enabled()
         ):
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")

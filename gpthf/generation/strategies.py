@@ -24,6 +24,7 @@ from gpthf.attention.sentences import sentence_end_positions
 from gpthf.data.special_tokens import PAD_ID, SENTENCE_CLOSERS
 from gpthf.errors import ConfigError
 from gpthf.generation.cache import KVCache
+from gpthf.generation.sentence_rows import pack_sentences
 from gpthf.models import (
     GPT,
     GPTHF,
@@ -176,15 +177,21 @@ class GPTHFCacheState:
 
 
 class GPTHFCachedStrategy:
+    prefills_without_padding = True  # its encoder reads prompts packed by sentence (sentence_rows)
+
     def prefill(self, model: GPTHF, tokens: torch.Tensor, lengths: torch.Tensor):
         batch, length = tokens.shape
         heads, head_dim = model.arch.n_heads, model.head_dim
-        sentence_ids = sentence_ids_for(tokens, lengths)
+        # The encoder reads the prompts' sentences packed into short rows (no padding computed);
+        # `flat` finds prompt b's token t in them again.
+        packed = pack_sentences(tokens, lengths)
+        flat = packed.flat_index  # (B, T) into the R × C packed tokens
         enc_k, enc_v = [], []
-        x = model.embed(tokens)  # (B, T, d)
-        pattern = model.encoder_pattern(sentence_ids).capturing(enc_k, enc_v)
+        x = model.embed(packed.tokens)  # (R, C, d)
+        pattern = model.encoder_pattern(packed.sentence_ids).capturing(enc_k, enc_v)
         for block in model.wlt_encoder:
             x = block(x, pattern)
+        x = x.reshape(-1, x.shape[-1])  # (R*C, d)
 
         index = torch.arange(length, device=tokens.device)
         real = index[None, :] < lengths[:, None]
@@ -197,11 +204,11 @@ class GPTHFCachedStrategy:
         # generation keeps only the ends' k/v and the last token's logits: so the body runs over those
         # alone, [end 0, ..., end S-1, last token], each one its own sentence (the last token closes
         # none: a prompt ending in <eos> has its logits at that end). O(S) positions instead of O(T).
-        ends = sentence_end_positions(sentence_ids)[:, : int(finished.max())]  # (B, S)
+        ends = sentence_end_positions(sentence_ids_for(tokens, lengths))[:, : int(finished.max())]  # (B, S)
         slots = torch.arange(ends.shape[1] + 1, device=tokens.device)
         picked = torch.cat([ends, (lengths - 1)[:, None]], dim=1)  # (B, S+1) token indices
         picked = torch.where(slots[None, :] < finished[:, None], picked, (lengths - 1)[:, None])
-        x = x[torch.arange(batch, device=tokens.device)[:, None], picked]  # (B, S+1, d)
+        x = x[flat.gather(1, picked)]  # (B, S+1, d)
         body_k, body_v = [], []
         pattern = model.body_pattern(slots.expand(batch, -1)).capturing(body_k, body_v)
         for block in model.slt_body:
@@ -218,9 +225,13 @@ class GPTHFCachedStrategy:
         span = max(int(in_progress.max()), 1)
         encoder = KVCache(model.arch.n_enc, batch, heads, head_dim, span + CACHE_HEADROOM, x.device, x.dtype)
         positions = (start[:, None] + torch.arange(span, device=tokens.device)[None, :]).clamp(max=length - 1)
-        gather = positions[:, None, :, None].expand(batch, heads, span, head_dim)
+        where = flat.gather(1, positions)  # (B, span) into the packed tokens
         for layer in range(model.arch.n_enc):
-            encoder.write_prefix(layer, enc_k[layer].gather(2, gather), enc_v[layer].gather(2, gather))
+            k, v = (
+                t.transpose(1, 2).reshape(-1, heads, head_dim)[where].transpose(1, 2)
+                for t in (enc_k[layer], enc_v[layer])
+            )
+            encoder.write_prefix(layer, k, v)  # (B, H, span, hd)
         encoder.lengths = in_progress
         return logits, GPTHFCacheState(encoder, body)
 

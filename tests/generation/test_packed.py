@@ -37,7 +37,7 @@ def linear_count(model: nn.Module) -> int:
 
 
 @pytest.mark.parametrize("name", FORMATS)
-def test_packed_product_matches_plain_and_falls_back_off_its_row_count(name):
+def test_packed_product_matches_plain_from_its_row_count_up(name):
     dtype, tolerance = FORMATS[name]
     torch.manual_seed(0)
     linear = nn.Linear(64, 96, bias=False).to(dtype)
@@ -46,7 +46,9 @@ def test_packed_product_matches_plain_and_falls_back_off_its_row_count(name):
     with torch.inference_mode():
         x = torch.randn(4, 1, 64).to(dtype)
         assert torch.allclose(stand_in(x).float(), F.linear(x, linear.weight).float(), atol=tolerance)
-        other = torch.randn(3, 64).to(dtype)  # not the packed row count: the plain path, exactly
+        more = torch.randn(2, 37, 64).to(dtype)  # more rows (a prefill): packed too, same product
+        assert torch.allclose(stand_in(more).float(), F.linear(more, linear.weight).float(), atol=tolerance)
+        other = torch.randn(3, 64).to(dtype)  # fewer rows than packed for: the plain path, exactly
         assert torch.equal(stand_in(other), F.linear(other, linear.weight))
     x = torch.randn(4, 64).to(dtype)
     assert torch.equal(stand_in(x), F.linear(x, linear.weight))  # grad enabled (training): plain

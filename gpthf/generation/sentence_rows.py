@@ -1,0 +1,74 @@
+"""Prompts' sentences packed into short encoder rows, so a GPTHF prefill computes no padding.
+
+GPTHF's encoder reads every sentence on its own (causal inside it, blind to the rest, RoPE positions
+counted from its first token), so where a sentence sits does not change its encoding. A batch of
+ragged prompts, right-padded, makes the encoder compute `B × longest` tokens and attend over
+`longest²` per row; packed by sentence into rows of `~PACK_ROW_TOKENS` tokens, it computes about the
+real tokens alone and attends over short rows, whatever the prompts' lengths. This is what lets a
+continuous batch prefill many waiting prompts in one call (gpthf.generation.generate).
+
+Cost: O(real tokens) to lay out (a Python pass over the prompts' sentences, first fit), and the
+encoder's attention O(rows × PACK_ROW_TOKENS²) instead of O(B × longest²).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from gpthf.data.special_tokens import PAD_ID, SENTENCE_CLOSERS
+
+PACK_ROW_TOKENS = 128  # tokens per packed row (more when one sentence is longer)
+
+
+@dataclass
+class SentenceRows:
+    tokens: torch.Tensor  # (R, C) packed sentences, <pad> after the last one of a row
+    sentence_ids: torch.Tensor  # (R, C) as packing makes them: a sentence per id, padding an id of its own
+    flat_index: torch.Tensor  # (B, T): where token t of prompt b went, as an index into R × C (padding: 0)
+
+
+def _sentences(row: list[int]) -> list[tuple[int, int]]:
+    """(start, end) of each sentence of one prompt, the one in progress last."""
+    spans, start = [], 0
+    for position, token in enumerate(row):
+        if token in SENTENCE_CLOSERS:
+            spans.append((start, position + 1))
+            start = position + 1
+    if start < len(row):
+        spans.append((start, len(row)))
+    return spans
+
+
+def pack_sentences(tokens: torch.Tensor, lengths: torch.Tensor) -> SentenceRows:
+    """The sentences of right-padded prompts `tokens` (B, T) with `lengths` (B,), first fit into rows."""
+    rows = [row[:length] for row, length in zip(tokens.tolist(), lengths.tolist())]
+    spans = [(b, start, end) for b, row in enumerate(rows) for start, end in _sentences(row)]
+    longest = max(end - start for _, start, end in spans)
+    capacity = max(longest, min(PACK_ROW_TOKENS, sum(lengths.tolist())))
+    free: list[int] = []  # tokens still free in each packed row
+    placed = []  # (packed row, offset) of each span
+    for _, start, end in spans:
+        size = end - start
+        row = next((r for r, room in enumerate(free) if room >= size), len(free))
+        if row == len(free):
+            free.append(capacity)
+        placed.append((row, capacity - free[row]))
+        free[row] -= size
+
+    packed = torch.full((len(free), capacity), PAD_ID, dtype=torch.long)
+    sentence_ids = torch.zeros(len(free), capacity, dtype=torch.long)
+    next_id = [0] * len(free)
+    flat_index = torch.zeros(tokens.shape, dtype=torch.long)
+    for (b, start, end), (row, offset) in zip(spans, placed):
+        size = end - start
+        packed[row, offset : offset + size] = torch.tensor(rows[b][start:end])
+        sentence_ids[row, offset : offset + size] = next_id[row]
+        next_id[row] += 1
+        flat_index[b, start:end] = row * capacity + torch.arange(offset, offset + size)
+    for row, room in enumerate(free):
+        if room:
+            sentence_ids[row, capacity - room :] = next_id[row]
+    device = tokens.device
+    return SentenceRows(packed.to(device), sentence_ids.to(device), flat_index.to(device))
