@@ -15,10 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from gpthf.attention.linear import LinearAttentionState
-from gpthf.generation.strategies import causal_forward_capturing, last_real
+from gpthf.generation.strategies import causal_forward_capturing, decode_attention, last_real
 from gpthf.models import BlockRecurrentTransformer, LinearTransformer, LSTMLanguageModel
 from gpthf.models.block_recurrent import RecurrentLayer
 from gpthf.models.layers import AttentionPattern, rope_angles
@@ -156,7 +155,7 @@ class BlockRecurrentStrategy:
                 window.cur_v = torch.where(writes, v, window.cur_v)
                 keys = torch.cat([window.prev_k, window.cur_k], dim=2)
                 values = torch.cat([window.prev_v, window.cur_v], dim=2)
-                return F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)
+                return decode_attention(q, keys, values, visible)
 
             if isinstance(layer, RecurrentLayer):
                 q, k, v = layer.attn.project(layer.attn_norm(x), cos, sin)

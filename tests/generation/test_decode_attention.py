@@ -1,0 +1,31 @@
+"""Decode attention in bf16 on CPU: small windows attend in fp32 (faster there), long ones in bf16;
+both are the masked attention of the fp32 reference up to bf16 rounding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpthf.generation import strategies
+from gpthf.generation.strategies import decode_attention
+
+
+@pytest.mark.parametrize("window", [1, 7, strategies.UPCAST_WINDOW, strategies.UPCAST_WINDOW + 1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_attention_is_the_masked_attention(window, dtype):
+    torch.manual_seed(window)
+    q, k, v = (torch.randn(3, 2, n, 16) for n in (1, window, window))
+    lengths = torch.tensor([0, window // 2, window - 1])
+    visible = (torch.arange(window)[None, :] <= lengths[:, None])[:, None, None, :]
+    reference = F.scaled_dot_product_attention(q, k, v, attn_mask=visible)
+    out = decode_attention(q.to(dtype), k.to(dtype), v.to(dtype), visible)
+    assert out.dtype == dtype and out.shape == reference.shape
+    torch.testing.assert_close(out.float(), reference, atol=1e-5 if dtype == torch.float32 else 3e-2, rtol=0)
+    if dtype == torch.bfloat16 and window <= strategies.UPCAST_WINDOW:  # one rounding, of fp32's result
+        assert torch.equal(
+            out,
+            F.scaled_dot_product_attention(
+                q.to(dtype).float(), k.to(dtype).float(), v.to(dtype).float(), attn_mask=visible
+            ).to(dtype),
+        )
