@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tests.conftest import run_script
 
 
@@ -26,5 +28,7 @@ def test_continuous_batching_bench_gives_the_same_tokens(trained_runs, tmp_path)
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["same_tokens"] is True and result["prompts"] == 20 and result["step_bound"] >= 1
     assert result["fixed_tokens_per_s"] > 0 and result["continuous_tokens_per_s"] > 0
+    assert len(result["continuous_over_fixed_per_round"]) == 1
+    assert result["median_round_ratio"] == pytest.approx(result["continuous_over_fixed"])  # one round
     assert 1 <= result["new_tokens_per_prompt"]["min"] <= result["new_tokens_per_prompt"]["max"] <= 12
     assert (tmp_path / "batching.png").stat().st_size > 5_000
