@@ -86,3 +86,20 @@ def test_continuous_batching_prefills_waiting_prompts_in_batches(monkeypatch):
     calls.clear()
     alone = [generate(model, [p], settings).tokens[0] for p in prompts]
     assert together.tokens == alone
+
+
+@pytest.mark.parametrize(
+    "prompts", [[[E]], [[D]], [[E, E, E]], [[E], [5, 6, 7], [D, 9]], [[PAD_ID, 5, E, PAD_ID]]], ids=str
+)
+def test_prefill_of_edge_prompts_equals_the_full_recompute(prompts):
+    """Prompts that are only sentence ends, or hold <pad> as a token, prefill to the same logits and
+    continue with the same tokens as recomputing everything."""
+    model = trained_tiny_model("gpthf")
+    settings = GenerationSettings(
+        max_new_tokens=12, sampling=SamplingSettings(temperature=0), record_logits=True
+    )
+    full = generate(model, prompts, settings, strategy="full")
+    cached = generate(model, prompts, settings)
+    assert cached.tokens == full.tokens
+    for a, b in zip(full.step_logits, cached.step_logits):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=0)
