@@ -14,6 +14,13 @@ from gpthf.generation.strategies import GPTHFCachedStrategy, pad_rows, sentence_
 from tests.models.helpers import trained_tiny_model
 
 E, D = EOS_ID, EOD_ID
+
+
+@pytest.fixture(scope="module")
+def model():
+    return trained_tiny_model("gpthf")
+
+
 PROMPT_TABLES = {
     "one token": [[7]],
     "ends on its <eos>": [[5, 6, E, 8, 9, E]],
@@ -65,10 +72,9 @@ def test_rows_are_short_whatever_the_prompts_length():
     assert pack_sentences(*pad_rows([[5, 6, 7]])).tokens.shape == (1, 3)
 
 
-def test_continuous_batching_prefills_waiting_prompts_in_batches(monkeypatch):
+def test_continuous_batching_prefills_waiting_prompts_in_batches(model, monkeypatch):
     """GPTHF prefills the next batch of waiting prompts ahead of its free slots (one call per batch,
     not per refill), and the tokens stay those of every prompt alone."""
-    model = trained_tiny_model("gpthf")
     calls = []
     prefill = GPTHFCachedStrategy.prefill
 
@@ -91,10 +97,9 @@ def test_continuous_batching_prefills_waiting_prompts_in_batches(monkeypatch):
 @pytest.mark.parametrize(
     "prompts", [[[E]], [[D]], [[E, E, E]], [[E], [5, 6, 7], [D, 9]], [[PAD_ID, 5, E, PAD_ID]]], ids=str
 )
-def test_prefill_of_edge_prompts_equals_the_full_recompute(prompts):
+def test_prefill_of_edge_prompts_equals_the_full_recompute(model, prompts):
     """Prompts that are only sentence ends, or hold <pad> as a token, prefill to the same logits and
     continue with the same tokens as recomputing everything."""
-    model = trained_tiny_model("gpthf")
     settings = GenerationSettings(
         max_new_tokens=12, sampling=SamplingSettings(temperature=0), record_logits=True
     )
