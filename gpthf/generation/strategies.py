@@ -222,8 +222,8 @@ class GPTHFCachedStrategy:
 
         # The body's output at a token depends only on the sentence ends before it and on itself, and
         # generation keeps only the ends' k/v and the last token's logits: so the body runs over those
-        # alone, [end 0, ..., end S-1, last token], each one its own sentence (the last token closes
-        # none: a prompt ending in <eos> has its logits at that end). O(S) positions instead of O(T).
+        # alone, [end 0, ..., end S-1, last token], each one its own sentence (a prompt ending in
+        # <eos> has no sentence in progress: its logits come from its last end). O(S) positions, not O(T).
         ends = sentence_end_positions(sentence_ids_for(tokens, lengths))[:, : int(finished.max())]  # (B, S)
         slots = torch.arange(ends.shape[1] + 1, device=tokens.device)
         picked = torch.cat([ends, (lengths - 1)[:, None]], dim=1)  # (B, S+1) token indices
