@@ -18,12 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from gpthf.attention.sentences import sentence_end_positions
 from gpthf.data.special_tokens import PAD_ID, SENTENCE_CLOSERS
 from gpthf.errors import ConfigError
 from gpthf.generation.cache import KVCache
+from gpthf.generation.decode_attention import decode_attention
 from gpthf.generation.sentence_rows import pack_sentences
 from gpthf.models import (
     GPT,
@@ -61,26 +61,6 @@ def sentence_ids_for(tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tenso
 def last_real(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """x[b, lengths[b] - 1] for every row: (B, ...) from (B, T, ...)."""
     return x[torch.arange(x.shape[0], device=x.device), lengths - 1]
-
-
-UPCAST_WINDOW = 512  # on CPU, bf16/fp16 decode attention over at most this many keys runs in fp32
-
-
-def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor):
-    """One query per row over a cached window. torch's CPU attention kernel is 1.9-2.6x slower in
-    bf16 than casting the window to fp32 and attending there, for windows up to UPCAST_WINDOW keys
-    (measured here, batch 8, 12 heads: 16 keys 197 -> 104 us, 80 keys 522 -> 197 us, 512 keys
-    3.5 -> 1.5 ms); past that the cast costs more than it saves. GPTHF's windows (the sentence in
-    progress, the finished sentences) stay that small, the GPT's grow with the context. The result
-    is the fp32 attention's, rounded once to the model's format."""
-    if (
-        q.device.type == "cpu"
-        and q.dtype in (torch.bfloat16, torch.float16)
-        and keys.shape[2] <= UPCAST_WINDOW
-    ):
-        out = F.scaled_dot_product_attention(q.float(), keys.float(), values.float(), attn_mask=visible)
-        return out.to(q.dtype)
-    return F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)
 
 
 def _cached_pattern(cache: KVCache, layer: int, cos, sin, visible: torch.Tensor) -> AttentionPattern:

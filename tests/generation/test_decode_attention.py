@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpthf.generation import strategies
-from gpthf.generation.strategies import decode_attention
+from gpthf.generation import decode_attention as module
+from gpthf.generation.decode_attention import decode_attention
 
 
-@pytest.mark.parametrize("window", [1, 7, strategies.UPCAST_WINDOW, strategies.UPCAST_WINDOW + 1])
+@pytest.mark.parametrize("window", [1, 7, module.UPCAST_WINDOW, module.UPCAST_WINDOW + 1])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_decode_attention_is_the_masked_attention(window, dtype):
     torch.manual_seed(window)
@@ -22,7 +22,7 @@ def test_decode_attention_is_the_masked_attention(window, dtype):
     out = decode_attention(q.to(dtype), k.to(dtype), v.to(dtype), visible)
     assert out.dtype == dtype and out.shape == reference.shape
     torch.testing.assert_close(out.float(), reference, atol=1e-5 if dtype == torch.float32 else 3e-2, rtol=0)
-    if dtype == torch.bfloat16 and window <= strategies.UPCAST_WINDOW:  # one rounding, of fp32's result
+    if dtype == torch.bfloat16 and window <= module.UPCAST_WINDOW:  # one rounding, of fp32's result
         assert torch.equal(
             out,
             F.scaled_dot_product_attention(
