@@ -158,13 +158,15 @@ def generate(
     """Continue each prompt (token ids, as `encode_prompt` makes them); rows advance independently.
 
     `slots` rows run at once (default: every prompt). With more prompts than slots this is
-    continuous batching: the moment a row stops, its slot takes the next prompt (prefilled on its
-    own and written into the batch state), so no slot idles while a long row finishes.
+    continuous batching: the moment a row stops, its slot takes the next prompt (its state written
+    into the batch; `_prefill_ahead` says when prompts are prefilled together), so no slot idles
+    while a long row finishes.
     `on_token(prompt, token)` sees every new token, `on_finish(prompt)` every finished prompt;
     results are in prompt order whatever the order they finish in. `compile=True` runs the decode
     step compiled over caches sized for this call's horizon (gpthf.generation.compiled).
-    `pack=True` multiplies eager decode steps from weights packed for the batch on CPU
-    (gpthf.generation.packed); it changes rounding, not the algorithm.
+    `pack=True` multiplies eager calls of at least `slots` rows (decode steps, prefills) from
+    weights packed for that many rows on CPU (gpthf.generation.packed); it changes rounding, not the
+    algorithm.
     """
     _check_prompts(model, prompts, settings.limit)
     if slots is not None and slots < 1:
