@@ -175,7 +175,7 @@ def generate(
         return GenerationResult([[] for _ in prompts], ["max_new_tokens"] * len(prompts), 0)
 
     width = min(slots or len(prompts), len(prompts))
-    with packed_linears(model, width, enabled=pack and not compile):  # inductor packs its own
+    with packed_linears(model, width, enabled=pack):
         return _generate(model, prompts, settings, strategy, on_token, width, on_finish, compile)
 
 

@@ -10,14 +10,18 @@ the same generation (measured on this project's CPU: a weight packed for a few r
 Fewer rows, or training (grad enabled), take the plain path. Only shapes where packing measurably wins are packed
 (`_pack_if_it_wins`). eval/formats.py measures what it gives against the plain path.
 
-Cost: a second copy of the packed weights while the block runs (the tied head's too), made in
-~0.1 s for 88M weights, plus a one-time measurement per shape; the model is handed back unchanged.
-Results differ from the plain path only in rounding (the kernels sum in another order). Off the
-CPU, or without oneDNN's packed ops, it does nothing.
+Cost: a second copy of the weights, packed (the tied head's too), made in ~0.1 s for 88M weights,
+plus a one-time measurement per shape. The copy is kept with the model for its last row count and
+reused by the next block while the weights are unchanged: repeated generations (a batch job, an
+evaluation harness) pack once, and a compiled step, which guards on the very modules it traced,
+compiles once. The model is handed back unchanged after every block. Results differ from the
+plain path only in rounding (the kernels sum in another order). Off the CPU, or without oneDNN's
+packed ops, it does nothing.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gpthf.generation.compiled import weights_version
 from gpthf.measure.timing import best_seconds
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
@@ -95,26 +100,48 @@ def _pack_if_it_wins(linears: list[nn.Linear], rows: int) -> list[PackedLinear] 
     return packed if _DECISIONS[key] else None
 
 
+Places = list[tuple[nn.Module, str, nn.Module]]  # (parent, attribute, stand-in)
+_KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (rows, weights_state, Places)
+
+
+def weights_state(model: nn.Module) -> tuple:
+    """Changes when a weight of `model` is written in place (its version) or replaced (`.to()`,
+    new storage): when packed copies of them are stale."""
+    return weights_version(model), tuple(p.data_ptr() for p in model.parameters())
+
+
+def _stand_ins(model: nn.Module, rows: int) -> Places:
+    """Where packed stand-ins go in `model` for `rows`-row calls: the kept ones while the weights
+    are unchanged, else made again (and kept in their place)."""
+    state = weights_state(model)
+    kept = _KEPT.get(model)
+    if kept is not None and kept[:2] == (rows, state):
+        return kept[2]
+    _KEPT.pop(model, None)  # the old copy goes before the new one is made
+    groups: dict[tuple, list[tuple[nn.Module, str, nn.Linear]]] = defaultdict(list)
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if type(child) is nn.Linear and can_pack(child.weight):
+                groups[child.in_features, child.out_features, child.weight.dtype].append((parent, name, child))
+    places: Places = []
+    for group in groups.values():
+        stand_ins = _pack_if_it_wins([child for _, _, child in group], rows)
+        places += [(parent, name, stand_in) for (parent, name, _), stand_in in zip(group, stand_ins or [])]
+    _KEPT[model] = (rows, state, places)
+    return places
+
+
 @contextmanager
 def packed_linears(model: nn.Module, rows: int, enabled: bool = True) -> Iterator[int]:
     """Within the block, the packable `nn.Linear`s of `model` whose shape multiplies `rows`-row
     inputs faster packed do so; yields how many were packed (0 where packing does not apply)."""
-    places: dict[tuple, list[tuple[nn.Module, str, nn.Linear]]] = defaultdict(list)
-    if enabled and rows >= 1:
-        for parent in model.modules():
-            for name, child in parent.named_children():
-                if type(child) is nn.Linear and can_pack(child.weight):
-                    places[child.in_features, child.out_features, child.weight.dtype].append(
-                        (parent, name, child)
-                    )
+    places = _stand_ins(model, rows) if enabled and rows >= 1 else []
     swapped = []
     try:
-        for group in places.values():
-            stand_ins = _pack_if_it_wins([child for _, _, child in group], rows)
-            for (parent, name, child), stand_in in zip(group, stand_ins or []):
-                setattr(parent, name, stand_in)
-                swapped.append((parent, name, child))
+        for parent, name, stand_in in places:
+            swapped.append((parent, name, getattr(parent, name)))
+            setattr(parent, name, stand_in)
         yield len(swapped)
     finally:
-        for parent, name, child in swapped:
+        for parent, name, child in reversed(swapped):
             setattr(parent, name, child)

@@ -90,7 +90,7 @@ def time_decode(
     `compile=True`: the cached step compiled over static caches (compile time is in the warm-up).
     `pack=True`: weights packed for the decode batch on CPU, as `generate` does (packing is untimed).
     """
-    with packed_linears(model, tile_to or tokens.shape[0], enabled=pack and not compile):
+    with packed_linears(model, tile_to or tokens.shape[0], enabled=pack):
         return _time_decode(model, name, strategy, tokens, context, warmup, tile_to, compile)
 
 

@@ -150,6 +150,8 @@ def test_taken_rows_decode_like_their_source(model):
 @pytest.mark.parametrize("kind", ["gpthf", "gpt"])
 def test_compiled_decode_equals_eager(kind):
     """Static caches attended whole (masked beyond each length) give the eager strategy's logits."""
+    from torch._dynamo.utils import counters
+
     from gpthf.errors import ConfigError
     from gpthf.generation.compiled import check_compiler
 
@@ -167,6 +169,9 @@ def test_compiled_decode_equals_eager(kind):
     assert len(compiled.step_logits) == len(eager.step_logits) > 50
     for a, b in zip(eager.step_logits, compiled.step_logits):
         torch.testing.assert_close(b, a, atol=1e-4, rtol=0)
+    graphs = counters["stats"]["unique_graphs"]
+    again = generate(model, prompts, settings, compile=True, slots=2)  # same shapes: nothing compiled
+    assert again.tokens == compiled.tokens and counters["stats"]["unique_graphs"] == graphs
 
     # On CPU the compiled step holds frozen copies of the weights: a change in place must reach it.
     with torch.no_grad():

@@ -1,5 +1,6 @@
 """Packed decode weights (gpthf.generation.packed): same results as the plain path up to rounding,
-the model handed back unchanged, packing only where it was measured to win."""
+the model handed back unchanged, packing only where it was measured to win, packed once while the
+weights stay the same."""
 
 from __future__ import annotations
 
@@ -87,6 +88,41 @@ def test_generation_with_packed_weights_equals_plain(kind, name, always_pack):
     assert packed.tokens == plain.tokens == continuous.tokens
     assert max((a - b).abs().max().item() for a, b in zip(plain.step_logits, packed.step_logits)) < tolerance
     assert linear_count(model) == linear_count(tiny(kind))
+
+
+def test_packed_copies_are_kept_while_the_weights_are_unchanged(always_pack):
+    """Repeated generations pack once (and a compiled step, which guards on these very modules,
+    compiles once); a weight written in place or replaced, or another row count, packs again."""
+    model = tiny("gpthf")
+
+    def stand_ins(rows: int) -> list[PackedLinear]:
+        with packed_linears(model, rows):
+            return [m for m in model.modules() if isinstance(m, PackedLinear)]
+
+    def same(a: list, b: list) -> bool:
+        return len(a) == len(b) > 0 and all(x is y for x, y in zip(a, b))
+
+    def products_follow_the_weights(modules: list[PackedLinear]) -> bool:
+        with torch.inference_mode():
+            x = torch.randn(3, modules[0].in_features).to(modules[0].weight.dtype)
+            return torch.allclose(
+                modules[0](x).float(), F.linear(x, modules[0].weight).float(), atol=3e-2
+            )
+
+    first = stand_ins(2)
+    assert same(first, stand_ins(2))
+    other_rows = stand_ins(3)
+    assert not any(a is b for a, b in zip(first, other_rows)) and same(other_rows, stand_ins(3))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(2.0)  # in place: what a training step does
+    written = stand_ins(3)
+    assert not any(a is b for a, b in zip(other_rows, written)) and products_follow_the_weights(written)
+    model.to(torch.bfloat16)  # replaced: new storage, another format
+    converted = stand_ins(3)
+    assert not any(a is b for a, b in zip(written, converted))
+    assert converted[0].weight.dtype == torch.bfloat16 and products_follow_the_weights(converted)
+    assert linear_count(model) == linear_count(tiny("gpthf"))
 
 
 def test_packing_is_left_out_where_it_does_not_win_or_apply(monkeypatch):
