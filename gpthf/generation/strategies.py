@@ -186,13 +186,6 @@ class GPTHFCachedStrategy:
         # `flat` finds prompt b's token t in them again.
         packed = pack_sentences(tokens, lengths)
         flat = packed.flat_index  # (B, T) into the R × C packed tokens
-        enc_k, enc_v = [], []
-        x = model.embed(packed.tokens)  # (R, C, d)
-        pattern = model.encoder_pattern(packed.sentence_ids).capturing(enc_k, enc_v)
-        for block in model.wlt_encoder:
-            x = block(x, pattern)
-        x = x.reshape(-1, x.shape[-1])  # (R*C, d)
-
         index = torch.arange(length, device=tokens.device)
         real = index[None, :] < lengths[:, None]
         closes = closes_sentence(tokens) & real
@@ -208,7 +201,14 @@ class GPTHFCachedStrategy:
         slots = torch.arange(ends.shape[1] + 1, device=tokens.device)
         picked = torch.cat([ends, (lengths - 1)[:, None]], dim=1)  # (B, S+1) token indices
         picked = torch.where(slots[None, :] < finished[:, None], picked, (lengths - 1)[:, None])
-        x = x[flat.gather(1, picked)]  # (B, S+1, d)
+        kept, where = torch.unique(flat.gather(1, picked), return_inverse=True)  # into the packed tokens
+        enc_k, enc_v = [], []
+        x = model.embed(packed.tokens)  # (R, C, d)
+        pattern = model.encoder_pattern(packed.sentence_ids).capturing(enc_k, enc_v)
+        *lower, top = model.wlt_encoder
+        for block in lower:
+            x = block(x, pattern)
+        x = top.forward_at(x, pattern, kept)[where]  # (B, S+1, d): the top layer only where kept
         body_k, body_v = [], []
         pattern = model.body_pattern(slots.expand(batch, -1)).capturing(body_k, body_v)
         for block in model.slt_body:

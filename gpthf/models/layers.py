@@ -115,3 +115,13 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, pattern: AttentionPattern) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), pattern)
         return x + self.mlp(self.mlp_norm(x))
+
+    def forward_at(self, x: torch.Tensor, pattern: AttentionPattern, index: torch.Tensor) -> torch.Tensor:
+        """The block's output (N, d) at positions `index` (N,) of the flattened (B*T) x only, for
+        inference: every position is projected and attended over (the pattern sees all k/v), but the
+        output projection and the MLP, two thirds of the block's weights, run only where the output
+        is wanted (a generation prefill keeps the last encoder layer at sentence ends only)."""
+        q, k, v = self.attn.project(self.attn_norm(x), pattern.cos, pattern.sin)
+        y = pattern.attend(q, k, v, 0.0).transpose(1, 2).reshape(-1, x.shape[-1])  # (B*T, d)
+        x = x.reshape(-1, x.shape[-1])[index] + self.attn.out(y[index])
+        return x + self.mlp(self.mlp_norm(x))
