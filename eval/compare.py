@@ -302,7 +302,9 @@ def main(argv: list[str]) -> int:
                 )
                 if args.compile:
                     decode.append(
-                        time_decode(models[kind], kind, "cached", tokens, context, compile=True).as_dict()
+                        time_decode(
+                            models[kind], kind, "cached", tokens, context, compile=True, pack=not args.no_pack
+                        ).as_dict()
                     )
                 if context * batch <= args.max_full_tokens:
                     full_tokens = tokens[:, : context + args.full_new_tokens + 1]

@@ -5,8 +5,8 @@ format, measured the only way this shared machine allows: GPTHF and GPT twins (r
 same seed) in every format, each decoding the same real corpus text teacher-forced, every variant
 timed once per round over `--repeats` rounds, interleaved, and the median run kept. Variants:
 `plain` (torch's matmuls on the weights as stored), `packed` (gpthf.generation.packed, what
-`generate` does by default), with `--compile` also `compiled` (the step under torch.compile, weights
-frozen into it). Prints one JSON line of tokens/s and ratios; writes formats.json and formats.png.
+`generate` does by default), with `--compile` also `compiled` (the step under torch.compile, the
+packed weights frozen into it, as `generate --compile` runs it). Prints one JSON line of tokens/s and ratios; writes formats.json and formats.png.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def main(argv: list[str]) -> int:
                 args.context,
                 tile_to=args.batch,
                 compile=mode == "compiled",
-                pack=mode == "packed",
+                pack=mode in ("packed", "compiled"),
             )
             print(f"  {kind} {name} {mode}: {timing.tokens_per_s:.1f} tokens/s", file=sys.stderr)
             return timing
@@ -119,6 +119,10 @@ def main(argv: list[str]) -> int:
             },
             "bf16_packed_over_fp32_plain": speed[kind, "bf16", "packed"] / speed[kind, "fp32", "plain"],
         }
+    for kind in args.models:  # the matmuls alone: what the formats' ratio can reach at most
+        ms = {name: step_matmuls_ms(models[kind, name], args.batch, args.repeats) for name in FORMATS}
+        ratios[kind]["step_matmuls_ms_packed"] = ms
+        ratios[kind]["bf16_over_fp32_matmuls_alone"] = ms["fp32"] / ms["bf16"]
     if {"gpthf", "gpt"} <= set(args.models):
         ratios["gpthf_over_gpt"] = {
             f"{name} {mode}": speed["gpthf", name, mode] / speed["gpt", name, mode]
@@ -142,8 +146,30 @@ def main(argv: list[str]) -> int:
             f"  {r['model']:6s} {r['dtype']} {r['mode']:8s} {r['tokens_per_s']:8.1f} tokens/s  {r['ms_per_step']:7.2f} ms/step",
             file=sys.stderr,
         )
+    for kind in args.models:
+        print(
+            f"  {kind} step matmuls alone (packed): {ratios[kind]['step_matmuls_ms_packed']} ms, "
+            f"bf16 ÷ fp32 at most {ratios[kind]['bf16_over_fp32_matmuls_alone']:.2f}",
+            file=sys.stderr,
+        )
     print(json.dumps(result))
     return 0
+
+
+def step_matmuls_ms(model, rows: int, repeats: int) -> float:
+    """Milliseconds of one decode step's matrix products alone (every linear once, `rows` rows,
+    packed as `generate` packs them), the fastest of `repeats` passes. Every other op of a step costs
+    about the same in either format, so bf16 ÷ fp32 of these bounds bf16 ÷ fp32 of the whole step."""
+    import torch
+
+    from gpthf.generation.packed import packed_linears
+    from gpthf.measure.timing import best_seconds
+
+    with torch.inference_mode(), packed_linears(model, rows):
+        linears = [m for m in model.modules() if hasattr(m, "in_features") and hasattr(m, "weight")]
+        dtype = model.embed.weight.dtype
+        inputs = {m.in_features: torch.randn(rows, 1, m.in_features).to(dtype) for m in linears}
+        return 1000 * best_seconds(lambda: [m(inputs[m.in_features]) for m in linears], max(repeats, 3))
 
 
 def plot(result: dict, modes: list[str], path: Path) -> None:

@@ -122,7 +122,9 @@ def _stand_ins(model: nn.Module, rows: int) -> Places:
     for parent in model.modules():
         for name, child in parent.named_children():
             if type(child) is nn.Linear and can_pack(child.weight):
-                groups[child.in_features, child.out_features, child.weight.dtype].append((parent, name, child))
+                groups[child.in_features, child.out_features, child.weight.dtype].append(
+                    (parent, name, child)
+                )
     places: Places = []
     for group in groups.values():
         stand_ins = _pack_if_it_wins([child for _, _, child in group], rows)

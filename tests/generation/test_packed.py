@@ -105,9 +105,7 @@ def test_packed_copies_are_kept_while_the_weights_are_unchanged(always_pack):
     def products_follow_the_weights(modules: list[PackedLinear]) -> bool:
         with torch.inference_mode():
             x = torch.randn(3, modules[0].in_features).to(modules[0].weight.dtype)
-            return torch.allclose(
-                modules[0](x).float(), F.linear(x, modules[0].weight).float(), atol=3e-2
-            )
+            return torch.allclose(modules[0](x).float(), F.linear(x, modules[0].weight).float(), atol=3e-2)
 
     first = stand_ins(2)
     assert same(first, stand_ins(2))

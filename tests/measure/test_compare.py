@@ -125,6 +125,8 @@ def test_formats_bench_times_every_variant(data_cache, tmp_path):
         assert all(
             0.05 < x < 20 for x in [*ratios["bf16_over_fp32"].values(), *ratios["packed_over_plain"].values()]
         )
+        assert all(ms > 0 for ms in ratios["step_matmuls_ms_packed"].values())
+        assert 0.05 < ratios["bf16_over_fp32_matmuls_alone"] < 20
     assert set(result["ratios"]["gpthf_over_gpt"]) == {
         "fp32 plain",
         "fp32 packed",

@@ -88,6 +88,21 @@ def test_sentence_position_independence_of_encoding():
     torch.testing.assert_close(states[0, 3:7], states[0, 9:13], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("picked", [[0], [5, 17, 39, 40, 79], list(range(80)), [79, 3, 3]])
+def test_block_output_at_chosen_positions_is_its_full_output_there(picked):
+    """`Block.forward_at` (a generation prefill's top encoder layer) equals the block's output at
+    those positions, in any order and with repeats: the attention still reads every position."""
+    model = tiny_model("gpthf")
+    input_ids, sentence_ids = random_batch(2, 40, seed=6)
+    pattern = model.encoder_pattern(sentence_ids)
+    block = model.wlt_encoder[0]
+    with torch.inference_mode():
+        x = model.embed(input_ids)
+        full = block(x, pattern).reshape(-1, x.shape[-1])
+        index = torch.tensor(picked)
+        torch.testing.assert_close(block.forward_at(x, pattern, index), full[index], atol=1e-5, rtol=0)
+
+
 def test_body_sees_finished_sentences_only_through_their_end_state():
     model = tiny_model("gpthf")
     input_ids, sentence_ids = random_batch(1, 40, seed=5)
