@@ -100,8 +100,10 @@ def _pack_if_it_wins(linears: list[nn.Linear], rows: int) -> list[PackedLinear] 
     return packed if _DECISIONS[key] else None
 
 
-Places = list[tuple[nn.Module, str, nn.Module]]  # (parent, attribute, stand-in)
-_KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (rows, weights_state, Places)
+Places = list[tuple[str, str, nn.Module]]  # (parent's path in the model, attribute, stand-in)
+# model -> (rows, weights_state, Places). Places name their parents by path: holding the modules
+# themselves would hold the model (the head's parent) and keep it alive through its own weak key.
+_KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def weights_state(model: nn.Module) -> tuple:
@@ -118,17 +120,15 @@ def _stand_ins(model: nn.Module, rows: int) -> Places:
     if kept is not None and kept[:2] == (rows, state):
         return kept[2]
     _KEPT.pop(model, None)  # the old copy goes before the new one is made
-    groups: dict[tuple, list[tuple[nn.Module, str, nn.Linear]]] = defaultdict(list)
-    for parent in model.modules():
+    groups: dict[tuple, list[tuple[str, str, nn.Linear]]] = defaultdict(list)
+    for path, parent in model.named_modules():
         for name, child in parent.named_children():
             if type(child) is nn.Linear and can_pack(child.weight):
-                groups[child.in_features, child.out_features, child.weight.dtype].append(
-                    (parent, name, child)
-                )
+                groups[child.in_features, child.out_features, child.weight.dtype].append((path, name, child))
     places: Places = []
     for group in groups.values():
         stand_ins = _pack_if_it_wins([child for _, _, child in group], rows)
-        places += [(parent, name, stand_in) for (parent, name, _), stand_in in zip(group, stand_ins or [])]
+        places += [(path, name, stand_in) for (path, name, _), stand_in in zip(group, stand_ins or [])]
     _KEPT[model] = (rows, state, places)
     return places
 
@@ -140,7 +140,8 @@ def packed_linears(model: nn.Module, rows: int, enabled: bool = True) -> Iterato
     places = _stand_ins(model, rows) if enabled and rows >= 1 else []
     swapped = []
     try:
-        for parent, name, stand_in in places:
+        for path, name, stand_in in places:
+            parent = model.get_submodule(path)
             swapped.append((parent, name, getattr(parent, name)))
             setattr(parent, name, stand_in)
         yield len(swapped)

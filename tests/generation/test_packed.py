@@ -4,6 +4,9 @@ weights stay the same."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 import torch.nn as nn
@@ -95,7 +98,7 @@ def test_packed_copies_are_kept_while_the_weights_are_unchanged(always_pack):
     compiles once); a weight written in place or replaced, or another row count, packs again."""
     model = tiny("gpthf")
 
-    def stand_ins(rows: int) -> list[PackedLinear]:
+    def stand_ins(model: nn.Module, rows: int) -> list[PackedLinear]:
         with packed_linears(model, rows):
             return [m for m in model.modules() if isinstance(m, PackedLinear)]
 
@@ -107,20 +110,25 @@ def test_packed_copies_are_kept_while_the_weights_are_unchanged(always_pack):
             x = torch.randn(3, modules[0].in_features).to(modules[0].weight.dtype)
             return torch.allclose(modules[0](x).float(), F.linear(x, modules[0].weight).float(), atol=3e-2)
 
-    first = stand_ins(2)
-    assert same(first, stand_ins(2))
-    other_rows = stand_ins(3)
-    assert not any(a is b for a, b in zip(first, other_rows)) and same(other_rows, stand_ins(3))
+    first = stand_ins(model, 2)
+    assert same(first, stand_ins(model, 2))
+    other_rows = stand_ins(model, 3)
+    assert not any(a is b for a, b in zip(first, other_rows)) and same(other_rows, stand_ins(model, 3))
     with torch.no_grad():
         for param in model.parameters():
             param.mul_(2.0)  # in place: what a training step does
-    written = stand_ins(3)
+    written = stand_ins(model, 3)
     assert not any(a is b for a, b in zip(other_rows, written)) and products_follow_the_weights(written)
     model.to(torch.bfloat16)  # replaced: new storage, another format
-    converted = stand_ins(3)
+    converted = stand_ins(model, 3)
     assert not any(a is b for a, b in zip(written, converted))
     assert converted[0].weight.dtype == torch.bfloat16 and products_follow_the_weights(converted)
     assert linear_count(model) == linear_count(tiny("gpthf"))
+
+    kept = weakref.ref(model)  # the kept copy does not keep its model alive
+    del model, first, other_rows, written, converted
+    gc.collect()
+    assert kept() is None
 
 
 def test_packing_is_left_out_where_it_does_not_win_or_apply(monkeypatch):
