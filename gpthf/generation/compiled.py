@@ -49,27 +49,29 @@ def check_compiler(device: torch.device) -> None:
 
 RECOMPILE_LIMIT = 64
 _COMPILED: dict[tuple[type, str], object] = {}  # one compiled step per strategy class and device type
-_WEIGHT_VERSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> weights' version
+_WEIGHTS_SEEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> weights_state
 
 
-def weights_version(model: torch.nn.Module) -> int | None:
-    """Grows whenever a weight of `model` changes in place (None: weights made in inference mode,
-    which keep no version and cannot be changed)."""
+def weights_state(model: torch.nn.Module) -> tuple:
+    """Changes when a weight of `model` is written in place (the sum of versions; None for weights
+    made in inference mode, which keep none and cannot be written) or replaced (`.to()`, new
+    storage): when copies made of them (frozen into a compiled step, packed) are stale."""
     try:
-        return sum(p._version for p in model.parameters())
+        version = sum(p._version for p in model.parameters())
     except RuntimeError:
-        return None
+        version = None
+    return version, tuple(p.data_ptr() for p in model.parameters())
 
 
 def forget_stale_compilations(model: torch.nn.Module) -> None:
-    """A CPU step compiled with frozen weights holds copies of them, and its guards cannot see an
-    in-place change (a training step, `load_state_dict`): after one, everything compiled is dropped
+    """A CPU step compiled with frozen weights holds copies of them, and its guards cannot see a
+    change in place (a training step, `load_state_dict`): after one, everything compiled is dropped
     and compiled again, instead of decoding with the old weights."""
-    version = weights_version(model)
-    seen = _WEIGHT_VERSIONS.get(model)
-    if seen is not None and version != seen:
+    state = weights_state(model)
+    seen = _WEIGHTS_SEEN.get(model)
+    if seen is not None and state != seen:
         torch._dynamo.reset()
-    _WEIGHT_VERSIONS[model] = version
+    _WEIGHTS_SEEN[model] = state
 
 
 def compiled_step(strategy_class: type, device: torch.device):

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gpthf.generation.compiled import weights_version
+from gpthf.generation.compiled import weights_state
 from gpthf.measure.timing import best_seconds
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
@@ -104,12 +104,6 @@ Places = list[tuple[str, str, nn.Module]]  # (parent's path in the model, attrib
 # model -> (rows, weights_state, Places). Places name their parents by path: holding the modules
 # themselves would hold the model (the head's parent) and keep it alive through its own weak key.
 _KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def weights_state(model: nn.Module) -> tuple:
-    """Changes when a weight of `model` is written in place (its version) or replaced (`.to()`,
-    new storage): when packed copies of them are stale."""
-    return weights_version(model), tuple(p.data_ptr() for p in model.parameters())
 
 
 def _stand_ins(model: nn.Module, rows: int) -> Places:

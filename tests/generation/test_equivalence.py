@@ -181,3 +181,26 @@ def test_compiled_decode_equals_eager(kind):
     assert compiled.tokens == eager.tokens
     for a, b in zip(eager.step_logits, compiled.step_logits):
         torch.testing.assert_close(b, a, atol=1e-4, rtol=0)
+
+
+def test_compiled_steps_are_dropped_when_the_weights_change(monkeypatch):
+    """Frozen copies go stale after a weight is written in place or replaced (new storage, same
+    format: what `.to()` or `param.data = ...` do); nothing is dropped while they stay the same."""
+    from gpthf.generation import compiled
+    from tests.models.helpers import tiny_model
+
+    resets = []
+    monkeypatch.setattr(compiled.torch._dynamo, "reset", lambda: resets.append(1))
+    model = tiny_model("gpthf")
+    compiled.forget_stale_compilations(model)
+    compiled.forget_stale_compilations(model)
+    assert resets == []
+    with torch.no_grad():
+        model.norm.weight.mul_(2.0)
+    compiled.forget_stale_compilations(model)
+    assert len(resets) == 1
+    model.norm.weight.data = model.norm.weight.data.clone()
+    compiled.forget_stale_compilations(model)
+    assert len(resets) == 2
+    compiled.forget_stale_compilations(model.requires_grad_(False))  # flags are not weights
+    assert len(resets) == 2
