@@ -21,6 +21,7 @@ packed ops, it does nothing.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections import defaultdict
 from collections.abc import Iterator
@@ -37,13 +38,24 @@ PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def can_pack(weight: torch.Tensor) -> bool:
-    return (
-        weight.device.type == "cpu"
-        and weight.dtype in PACKABLE_DTYPES
-        and torch.backends.mkldnn.is_available()
+    return weight.device.type == "cpu" and weight.dtype in PACKABLE_DTYPES and _cpu_packs(weight.dtype)
+
+
+@functools.cache
+def _cpu_packs(dtype: torch.dtype) -> bool:
+    """Whether this torch and this CPU pack `dtype` weights: oneDNN's bf16 packing needs AVX-512
+    (bw, vl, dq) or AVX-NE-CONVERT and refuses on a plain AVX2 CPU, so it is tried once on a tiny weight."""
+    if not (
+        torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    )
+    ):
+        return False
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(16, 16, dtype=dtype), 1)
+    except (RuntimeError, TypeError):
+        return False
+    return True
 
 
 class PackedLinear(nn.Module):
