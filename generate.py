@@ -7,13 +7,12 @@ sentence punctuation starts a new sentence; otherwise its last sentence is conti
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
+from gpthf.batch_results import BatchResults, InputOrder, partial_path
 from gpthf.cli import ArgumentParser, positive_int, run_cli, writable_folder
 from gpthf.errors import GpthfError
 from gpthf.precision import DEFAULT_DTYPE, DTYPE_NAMES
@@ -38,7 +37,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="rows generated at once; with more prompts, a finished row's slot takes the next prompt",
     )
     parser.add_argument(
-        "--output", type=Path, default=None, help="write results as JSON lines (input order) to this file"
+        "--output",
+        type=Path,
+        default=None,
+        help="write results as JSON lines (input order) to this file; they stream to FILE.partial "
+        "as they finish, and FILE appears when all are done",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted job whose results are in --output's FILE.partial",
     )
     parser.add_argument("--max-new-tokens", type=int, default=100)
     parser.add_argument("--max-sentences", type=int, default=None, help="stop after this many new sentences")
@@ -72,6 +80,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         raise GpthfError(f"--max-sentences={args.max_sentences} must be >= 1 (leave it out for no limit)")
     if args.compile and args.strategy != "cached":
         raise GpthfError("--compile applies to --strategy cached (full recomputes a growing context)")
+    if args.resume and args.output is None:
+        raise GpthfError("--resume continues a job's --output file; give the same --output as that job")
     if args.output is not None:
         if args.output.is_dir():
             raise GpthfError(f"--output {args.output} is a folder; give a file name (results.jsonl)")
@@ -97,6 +107,44 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     prompts = read_prompts(args)
+    if args.resume and not partial_path(args.output).exists() and args.output.exists():
+        print(
+            f"nothing to resume: {args.output} is complete (drop --resume to generate it again)",
+            file=sys.stderr,
+        )
+        return 0
+    from gpthf.training.checkpoint import resolve_checkpoint
+    from gpthf.training.distributed import resolve_device
+
+    device = resolve_device(args.device, 0)
+    if args.compile:
+        from gpthf.generation.compiled import check_compiler
+
+        check_compiler(device)  # before the model is read
+    checkpoint = resolve_checkpoint(args.ckpt)
+    # Opened before the model loads, so a second process on the same output, or a partial file of
+    # another job, is refused at once.
+    results = open_results(args, prompts, checkpoint) if args.output is not None else None
+    try:
+        run_job(args, prompts, checkpoint, device, results)
+    except BaseException:
+        if results is not None:
+            results.close()
+            if results.written:
+                print(
+                    f"{results.written} of {len(prompts)} results kept in {results.partial}; "
+                    "the same command with --resume continues from there",
+                    file=sys.stderr,
+                )
+        raise
+    return 0
+
+
+def run_job(
+    args: argparse.Namespace, prompts: list[str], checkpoint, device, results: BatchResults | None
+) -> None:
+    """Generate what `results` does not hold yet; each result goes out (to the file, or printed)
+    in input order as soon as every earlier one has."""
     from tqdm import tqdm
 
     from gpthf.data.splitter import build_splitter
@@ -109,18 +157,13 @@ def main(argv: list[str]) -> int:
         generate,
     )
     from gpthf.training.checkpoint import load_checkpoint_tokenizer, load_model_from_checkpoint
-    from gpthf.training.distributed import resolve_device
 
-    device = resolve_device(args.device, 0)
-    if args.compile:
-        from gpthf.generation.compiled import check_compiler
-
-        check_compiler(device)  # before the model is read
-    model, meta, checkpoint = load_model_from_checkpoint(args.ckpt, device, dtype=args.dtype)
+    model, meta, checkpoint = load_model_from_checkpoint(checkpoint, device, dtype=args.dtype)
+    start = results.done if results is not None else 0  # prompts an interrupted run already wrote
     tokenizer = load_checkpoint_tokenizer(checkpoint, meta)
     splitter = build_splitter(meta["data"]["language"])
     max_sentence_len = meta["data"]["max_sentence_len"]
-    encoded = [encode_prompt(p, tokenizer, splitter, max_sentence_len) for p in prompts]
+    encoded = [encode_prompt(p, tokenizer, splitter, max_sentence_len) for p in prompts[start:]]
     settings = GenerationSettings(
         max_new_tokens=args.max_new_tokens,
         max_sentences=args.max_sentences,
@@ -142,68 +185,71 @@ def main(argv: list[str]) -> int:
             sys.stdout.flush()
             printed = text
 
+    progress = tqdm(
+        total=len(prompts), initial=start, unit="prompt", disable=len(prompts) == 1, file=sys.stderr
+    )
+    in_order = InputOrder(start)
+    new_tokens = 0
+
+    def finished(row: int, row_tokens: list[int], row_reason: str) -> None:
+        nonlocal new_tokens
+        new_tokens += len(row_tokens)
+        progress.update()
+        for index, (tokens, reason) in in_order.add(start + row, (row_tokens, row_reason)):
+            completion = decode_continuation(tokenizer, tokens)
+            if results is not None:
+                results.write(index, prompts[index], completion, tokens, reason)
+            elif not stream:
+                prefix = f"[{index}] " if len(prompts) > 1 else ""
+                print(f"{prefix}{prompts[index]}{completion}", flush=True)
+
     if stream:
         sys.stdout.write(prompts[0])
-    progress = tqdm(total=len(prompts), unit="prompt", disable=len(prompts) == 1, file=sys.stderr)
     started = time.perf_counter()
-    result = generate(
-        model,
-        encoded,
-        settings,
-        strategy=args.strategy,
-        on_token=show if stream else None,
-        slots=args.batch_size,
-        on_finish=lambda _: progress.update(),
-        compile=args.compile,
-        pack=not args.no_pack,
-    )
+    with progress:
+        if encoded:
+            generate(
+                model,
+                encoded,
+                settings,
+                strategy=args.strategy,
+                on_token=show if stream else None,
+                slots=args.batch_size,
+                on_finish=finished,
+                compile=args.compile,
+                pack=not args.no_pack,
+                keep_results=False,
+            )
     elapsed = time.perf_counter() - started
-    progress.close()
     if stream:
         sys.stdout.write("\n")
-    completions = [decode_continuation(tokenizer, tokens) for tokens in result.tokens]
-    if args.output is not None:
-        write_results(args.output, prompts, completions, result)
-    elif not stream:
-        for i, (prompt, completion) in enumerate(zip(prompts, completions)):
-            prefix = f"[{i}] " if len(prompts) > 1 else ""
-            print(f"{prefix}{prompt}{completion}")
+    if results is not None:
+        results.finish()
     if len(prompts) > 1:
-        new_tokens = sum(len(t) for t in result.tokens)
-        slots = min(args.batch_size, len(prompts))
+        slots = min(args.batch_size, len(encoded))
+        resumed = f" (resumed after {start:,})" if start else ""
         print(
-            f"{len(prompts)} prompts, {new_tokens:,} new tokens in {elapsed:.1f} s: "
-            f"{new_tokens / elapsed:.1f} tokens/s with {slots} slot{'s' if slots > 1 else ''}"
+            f"{len(encoded):,} prompts{resumed}, {new_tokens:,} new tokens in {elapsed:.1f} s: "
+            f"{new_tokens / max(elapsed, 1e-9):.1f} tokens/s with {slots} slot{'s' if slots != 1 else ''}"
             + (" (compilation included)" if args.compile else ""),
             file=sys.stderr,
         )
-    return 0
 
 
-def write_results(path: Path, prompts: list[str], completions: list[str], result) -> None:
-    """One JSON object per prompt, in input order; written to a temporary file, then renamed."""
-    lines = [
-        json.dumps(
-            {
-                "index": i,
-                "prompt": prompt,
-                "completion": completion,
-                "new_tokens": len(tokens),
-                "finish_reason": reason,
-            },
-            ensure_ascii=False,
-        )
-        for i, (prompt, completion, tokens, reason) in enumerate(
-            zip(prompts, completions, result.tokens, result.finish_reasons)
-        )
-    ]
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        partial.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        os.replace(partial, path)
-    except OSError as err:
-        partial.unlink(missing_ok=True)
-        raise GpthfError(f"cannot write --output {path} ({err.strerror}); give a writable path") from None
+def open_results(args: argparse.Namespace, prompts: list[str], checkpoint: Path) -> BatchResults:
+    """The job's output file; its header records what makes results of two runs comparable."""
+    settings = {
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "dtype": args.dtype,
+        "strategy": args.strategy,
+        "max_new_tokens": args.max_new_tokens,
+        "max_sentences": args.max_sentences,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "seed": args.seed,
+    }
+    return BatchResults(args.output, prompts, settings, resume=args.resume)
 
 
 if __name__ == "__main__":

@@ -190,6 +190,16 @@ def batch_file(ws: Workspace, name: str, text: str) -> Path:
     return path
 
 
+def unfinished_job(ws: Workspace, name: str) -> Path:
+    """An --output whose job was interrupted after one result."""
+    from gpthf.batch_results import HEADER_KEY, partial_path
+
+    out = ws.root / name
+    header = json.dumps({HEADER_KEY: {"checkpoint": str(ws.checkpoint)}})
+    partial_path(out).write_text(header + "\n" + json.dumps({"index": 0, "prompt": "Hi."}) + "\n")
+    return out
+
+
 def truncate_weights(ckpt: Path) -> None:
     weights = ckpt / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
@@ -373,6 +383,22 @@ CASES = [
         "generate",
         lambda ws: generate_args(ws.checkpoint, "--prompt", "Hi.", "--batch-size", "0"),
         error="argument --batch-size: 0 must be > 0",
+    ),
+    Case(
+        "generate --resume without --output",
+        "generate",
+        lambda ws: generate_args(
+            ws.checkpoint, "--batch-file", str(batch_file(ws, "r.txt", "Hi.")), "--resume"
+        ),
+        error="--resume continues a job's --output file",
+    ),
+    Case(
+        "generate into the output of an unfinished job",
+        "generate",
+        lambda ws: generate_args(
+            ws.checkpoint, "--prompt", "Hi.", "--output", str(unfinished_job(ws, "results.jsonl"))
+        ),
+        error="add --resume to continue it",
     ),
     Case(
         "generate --output into a folder",

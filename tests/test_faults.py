@@ -140,3 +140,44 @@ def test_same_seed_and_config_write_the_same_metrics(data_cache, tmp_path):
     first, second = runs
     assert len(first) > 5 and any("val_loss" in r for r in first)
     assert json.dumps(first) == json.dumps(second)
+
+
+def test_kill_9_during_a_batch_job_then_resume_writes_every_result_once(trained_runs, tmp_path, capsys):
+    import runpy
+
+    from gpthf.batch_results import partial_path
+    from gpthf.cli import run_cli
+
+    rng = random.Random(1)
+    words = "the king went to a city of stone and the people sang with him in spring".split()
+    prompts = [" ".join(rng.choice(words) for _ in range(rng.randint(2, 20))).capitalize() for _ in range(40)]
+    batch = tmp_path / "prompts.txt"
+    batch.write_text("\n".join(prompts) + "\n")
+    job = ["--ckpt", str(trained_runs["gpthf"]), "--batch-file", str(batch), "--batch-size", "2"]
+    job += ["--max-new-tokens", "12", "--temperature", "0"]
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "generate.py", *job, "--output", str(out)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    partial = partial_path(out)
+    _kill_when(proc, lambda: partial.exists() and partial.read_text().count("\n") >= 4)  # header + 3
+    kept = partial.read_text().count("\n") - 1
+    assert 3 <= kept < len(prompts) and not out.exists(), "killed mid-job: results so far kept, no output yet"
+
+    main = runpy.run_path(str(REPO / "generate.py"))["main"]
+    assert run_cli(main, [*job, "--output", str(out)]) == 2, "an unfinished job is not overwritten unasked"
+    assert "add --resume" in capsys.readouterr().err
+    assert run_cli(main, [*job, "--output", str(out), "--resume"]) == 0
+    assert f"resumed after {kept}" in capsys.readouterr().err
+    assert run_cli(main, [*job, "--output", str(tmp_path / "whole.jsonl")]) == 0  # never interrupted
+    resumed = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["index"] for r in resumed] == list(range(len(prompts)))
+    assert [r["prompt"] for r in resumed] == prompts
+    assert out.read_text() == (tmp_path / "whole.jsonl").read_text(), "greedy: as if never killed"
+    assert not partial.exists()
+    assert run_cli(main, [*job, "--output", str(out), "--resume"]) == 0
+    assert "nothing to resume" in capsys.readouterr().err

@@ -151,9 +151,10 @@ def generate(
     strategy: str = "cached",
     on_token: Callable[[int, int], None] | None = None,
     slots: int | None = None,
-    on_finish: Callable[[int], None] | None = None,
+    on_finish: Callable[[int, list[int], str], None] | None = None,
     compile: bool = False,
     pack: bool = True,
+    keep_results: bool = True,
 ) -> GenerationResult:
     """Continue each prompt (token ids, as `encode_prompt` makes them); rows advance independently.
 
@@ -161,8 +162,10 @@ def generate(
     continuous batching: the moment a row stops, its slot takes the next prompt (its state written
     into the batch; `_prefill_ahead` says when prompts are prefilled together), so no slot idles
     while a long row finishes.
-    `on_token(prompt, token)` sees every new token, `on_finish(prompt)` every finished prompt;
-    results are in prompt order whatever the order they finish in. `compile=True` runs the decode
+    `on_token(prompt, token)` sees every new token, `on_finish(prompt, tokens, finish_reason)` every
+    finished prompt, in the order they finish; the result lists them in prompt order.
+    `keep_results=False` hands finished rows to `on_finish` only (the result's lists stay empty), so a
+    batch job of millions of prompts that writes them out as they come holds only the rows in flight. `compile=True` runs the decode
     step compiled over caches sized for this call's horizon (gpthf.generation.compiled).
     `pack=True` multiplies eager calls of at least `slots` rows (decode steps, prefills) from
     weights packed for that many rows on CPU (gpthf.generation.packed); it changes rounding, not the
@@ -172,11 +175,16 @@ def generate(
     if slots is not None and slots < 1:
         raise GenerationError(f"slots={slots} must be >= 1")
     if settings.max_new_tokens == 0:
-        return GenerationResult([[] for _ in prompts], ["max_new_tokens"] * len(prompts), 0)
+        for prompt in range(len(prompts)) if on_finish is not None else ():
+            on_finish(prompt, [], "max_new_tokens")
+        count = len(prompts) if keep_results else 0
+        return GenerationResult([[] for _ in range(count)], ["max_new_tokens"] * count, 0)
 
     width = min(slots or len(prompts), len(prompts))
     with packed_linears(model, width, enabled=pack):
-        return _generate(model, prompts, settings, strategy, on_token, width, on_finish, compile)
+        return _generate(
+            model, prompts, settings, strategy, on_token, width, on_finish, compile, keep_results
+        )
 
 
 def _generate(
@@ -186,16 +194,19 @@ def _generate(
     strategy: str,
     on_token: Callable[[int, int], None] | None,
     width: int,
-    on_finish: Callable[[int], None] | None,
+    on_finish: Callable[[int, list[int], str], None] | None,
     compile: bool,
+    keep_results: bool,
 ) -> GenerationResult:
     """`generate`'s loop over `width` slots."""
     device = model.embed.weight.device
-    outputs: list[list[int]] = [[] for _ in prompts]
-    reasons = ["max_new_tokens"] * len(prompts)
+    running: dict[int, list[int]] = {}  # new tokens of the prompts in flight
+    outputs: list[list[int]] = [[] for _ in prompts] if keep_results else []
+    reasons = ["max_new_tokens"] * len(prompts) if keep_results else []
     runner = get_strategy(model, strategy, compile_for=horizon(prompts, settings) if compile else None)
     pending = deque(range(len(prompts)))
     prompt_of = [pending.popleft() for _ in range(width)]  # which prompt each slot is generating
+    running.update((prompt, []) for prompt in prompt_of)
     tokens, lengths = pad_rows([prompts[i] for i in prompt_of], device)
     logits, state = runner.prefill(model, tokens, lengths)
     generator = torch.Generator(device=device)
@@ -219,7 +230,7 @@ def _generate(
             next_token = torch.where(sentence_len >= settings.max_sentence_len - 1, EOS_ID, next_token)
         next_token = torch.where(active, next_token, PAD_ID)
         for slot in active.nonzero().flatten().tolist():
-            outputs[prompt_of[slot]].append(int(next_token[slot]))
+            running[prompt_of[slot]].append(int(next_token[slot]))
             if on_token is not None:
                 on_token(prompt_of[slot], int(next_token[slot]))
 
@@ -242,12 +253,13 @@ def _generate(
         finished: list[int] = []
         for reason, hit in stops.items():
             for slot in (hit & active).nonzero().flatten().tolist():
-                reasons[prompt_of[slot]] = reason
                 finished.append(slot)
+                prompt, tokens_out = prompt_of[slot], running.pop(prompt_of[slot])
+                if keep_results:
+                    outputs[prompt], reasons[prompt] = tokens_out, reason
+                if on_finish is not None:
+                    on_finish(prompt, tokens_out, reason)
             active = active & ~hit
-        for slot in finished:
-            if on_finish is not None:
-                on_finish(prompt_of[slot])
         if active.any():
             logits = runner.decode(model, state, next_token, active)
         free = finished[: len(pending) + len(ready)]
@@ -263,6 +275,7 @@ def _generate(
             active[index] = True
             for slot, prompt in zip(free, taken.prompts):
                 prompt_of[slot] = prompt
+                running[prompt] = []
             free = free[len(taken.prompts) :]
         if not active.any():
             break

@@ -119,14 +119,18 @@ def test_continuous_batching_matches_every_prompt_alone(model):
         prompts,
         settings,
         slots=3,
-        on_finish=finished.append,
+        on_finish=lambda p, tokens, reason: finished.append((p, tokens, reason)),
         on_token=lambda p, t: streamed.setdefault(p, []).append(t),
     )
     alone = [generate(model, [p], settings) for p in prompts]
     assert cached.tokens == [r.tokens[0] for r in alone]
     assert cached.finish_reasons == [r.finish_reasons[0] for r in alone]
     assert generate(model, prompts, settings, strategy="full", slots=3).tokens == cached.tokens
-    assert sorted(finished) == list(range(len(prompts))) and finished != sorted(finished)
+    order = [p for p, _, _ in finished]
+    assert sorted(order) == list(range(len(prompts))) and order != sorted(order)
+    assert sorted(finished) == list(zip(range(len(prompts)), cached.tokens, cached.finish_reasons))
+    quiet = generate(model, prompts, settings, slots=3, keep_results=False)
+    assert quiet.tokens == [] and quiet.finish_reasons == [], "keep_results=False keeps nothing"
     assert streamed == dict(enumerate(cached.tokens))
     assert len({len(t) for t in cached.tokens}) >= 3, "rows must finish at different steps"
 

@@ -1,0 +1,168 @@
+"""A batch job's output file: results in input order, kept across a crash, resumed only when they
+belong to the same job, never written by two processes at once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gpthf.batch_results import HEADER_KEY, BatchResults, BatchResultsError, InputOrder, partial_path
+from tests.conftest import REPO
+
+PROMPTS = ["In the beginning", "And God said", "Let there be light.", "And it was so"]
+SETTINGS = {"checkpoint": "/runs/a", "temperature": 0.0, "max_new_tokens": 20, "top_p": None}
+
+
+def write_all(results: BatchResults, upto: int | None = None) -> None:
+    for index in range(results.written, len(results.prompts) if upto is None else upto):
+        results.write(index, PROMPTS[index], f" continuation {index}", [7] * index, "eod")
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_input_order_hands_results_on_in_index_order():
+    order = InputOrder(start=2)
+    assert list(order.add(4, "d")) == []
+    assert list(order.add(3, "c")) == []
+    assert list(order.add(2, "b")) == [(2, "b"), (3, "c"), (4, "d")]
+    assert list(order.add(5, "e")) == [(5, "e")]
+
+
+def test_a_finished_job_leaves_only_its_results(tmp_path):
+    out = tmp_path / "r.jsonl"
+    results = BatchResults(out, PROMPTS, SETTINGS, resume=False)
+    assert results.done == 0
+    write_all(results, upto=2)
+    assert not out.exists(), "the output appears only complete"
+    kept = partial_path(out).read_text().splitlines()
+    assert json.loads(kept[0]) == {HEADER_KEY: SETTINGS} and len(kept) == 3, "each result is on disk at once"
+    write_all(results)
+    results.finish()
+    assert [r["index"] for r in lines(out)] == [0, 1, 2, 3]
+    assert [r["prompt"] for r in lines(out)] == PROMPTS and lines(out)[3]["new_tokens"] == 3
+    assert not partial_path(out).exists() and [p.name for p in tmp_path.iterdir()] == ["r.jsonl"]
+
+
+def interrupted(tmp_path: Path, written: int, tail: str = "") -> Path:
+    """An output whose job was killed after `written` results (and half a line, `tail`)."""
+    out = tmp_path / "r.jsonl"
+    results = BatchResults(out, PROMPTS, SETTINGS, resume=False)
+    write_all(results, upto=written)
+    results.close()
+    if tail:
+        with open(partial_path(out), "a") as file:
+            file.write(tail)
+    return out
+
+
+def test_resume_continues_after_the_last_whole_line(tmp_path):
+    out = interrupted(tmp_path, 2, tail='{"index": 2, "prompt": "Let th')
+    results = BatchResults(out, PROMPTS, SETTINGS, resume=True)
+    assert results.done == 2, "the torn line is not a result"
+    write_all(results)
+    results.finish()
+    assert [r["index"] for r in lines(out)] == [0, 1, 2, 3] and lines(out)[2]["prompt"] == PROMPTS[2]
+
+
+def test_resume_of_a_job_that_wrote_everything_only_completes_it(tmp_path):
+    out = interrupted(tmp_path, len(PROMPTS))  # killed between its last line and the rename
+    results = BatchResults(out, PROMPTS, SETTINGS, resume=True)
+    assert results.done == len(PROMPTS)
+    results.finish()
+    assert len(lines(out)) == len(PROMPTS)
+
+
+REFUSED = [  # (name, how the job or its file differs, error)
+    ("no --resume", lambda out: {"resume": False}, "add --resume to continue it"),
+    (
+        "other settings",
+        lambda out: {"settings": {**SETTINGS, "temperature": 0.8}},
+        "temperature 0.0 then, 0.8 now",
+    ),
+    ("a setting added", lambda out: {"settings": {**SETTINGS, "seed": 1}}, "seed None then, 1 now"),
+    ("other prompts", lambda out: {"prompts": ["In the end", *PROMPTS[1:]]}, "line 2: prompt 0 differs"),
+    ("fewer prompts", lambda out: {"prompts": PROMPTS[:1]}, "more results than the 1 prompts"),
+    (
+        "a damaged line before the last",
+        lambda out: _rewrite(out, 2, "not json\n"),
+        "line 3 of",
+    ),
+    ("results out of order", lambda out: _rewrite(out, 1, _line(1)), "line 2 of"),
+    ("not our header", lambda out: _rewrite(out, 0, '{"results": 1}\n'), "not a gpthf batch job's file"),
+]
+
+
+def _line(index: int) -> str:
+    return json.dumps({"index": index, "prompt": PROMPTS[index], "completion": ""}) + "\n"
+
+
+def _rewrite(out: Path, number: int, text: str) -> dict:
+    partial = partial_path(out)
+    kept = partial.read_text().splitlines(keepends=True)
+    kept[number] = text
+    partial.write_text("".join(kept))
+    return {}
+
+
+@pytest.mark.parametrize("name, change, error", REFUSED, ids=[c[0] for c in REFUSED])
+def test_an_output_of_another_job_is_refused(tmp_path, name, change, error):
+    out = interrupted(tmp_path, 3)
+    job = {"prompts": PROMPTS, "settings": SETTINGS, "resume": True, **change(out)}
+    before = partial_path(out).read_bytes()
+    with pytest.raises(BatchResultsError, match=error.replace("(", r"\(")):
+        BatchResults(out, job["prompts"], job["settings"], resume=job["resume"])
+    assert partial_path(out).read_bytes() == before, "a refused file is left as it was"
+
+
+def test_a_file_with_no_results_is_started_over(tmp_path):
+    out = interrupted(tmp_path, 0)  # a header alone is kept while the job runs...
+    assert not partial_path(out).exists(), "...and removed when it closes with nothing written"
+    partial_path(out).write_text(json.dumps({HEADER_KEY: {"checkpoint": "/elsewhere"}}) + "\n")
+    results = BatchResults(out, PROMPTS, SETTINGS, resume=False)  # nothing of value: no --resume needed
+    assert results.done == 0
+    write_all(results)
+    results.finish()
+    assert len(lines(out)) == len(PROMPTS)
+
+
+def test_results_must_come_in_input_order(tmp_path):
+    results = BatchResults(tmp_path / "r.jsonl", PROMPTS, SETTINGS, resume=False)
+    with pytest.raises(ValueError, match="result 1 written where 0 is due"):
+        results.write(1, PROMPTS[1], "", [], "eod")
+    with pytest.raises(BatchResultsError, match="0 of 4 results written"):
+        results.finish()
+    results.close()
+
+
+def test_a_second_process_on_the_same_output_is_refused(tmp_path):
+    out = tmp_path / "r.jsonl"
+    holder = subprocess.Popen(  # another process holding the job open
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from gpthf.batch_results import BatchResults; "
+            f"r = BatchResults(Path({str(out)!r}), ['a'], {{}}, resume=False); print('open', flush=True); "
+            "time.sleep(30)",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        started = time.monotonic()
+        with pytest.raises(BatchResultsError, match="another process is writing"):
+            BatchResults(out, ["a"], {}, resume=True)
+        assert time.monotonic() - started < 5, "refused at once, not after waiting"
+    finally:
+        holder.kill()
+        holder.wait()
+    results = BatchResults(out, ["a"], {}, resume=True)  # the lock goes with its process
+    results.close()
