@@ -127,15 +127,19 @@ def main(argv: list[str]) -> int:
     results = open_results(args, prompts, checkpoint) if args.output is not None else None
     try:
         run_job(args, prompts, checkpoint, device, results)
-    except BaseException:
-        if results is not None:
-            results.close()
-            if results.written:
-                print(
-                    f"{results.written} of {len(prompts)} results kept in {results.partial}; "
-                    "the same command with --resume continues from there",
-                    file=sys.stderr,
-                )
+    except BaseException as err:
+        if results is None:
+            raise
+        results.close()
+        if not results.written:
+            raise
+        kept = (
+            f"{results.written:,} of {len(prompts):,} results kept in {results.partial}; "
+            "the same command with --resume continues from there"
+        )
+        if isinstance(err, GpthfError):  # still one error line
+            raise type(err)(f"{err}; {kept}") from None
+        print(kept, file=sys.stderr)
         raise
     return 0
 

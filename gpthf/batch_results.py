@@ -157,8 +157,11 @@ class BatchResults:
             raise ValueError(f"result {index} written where {self.written} is due")
         record = {"index": index, "prompt": prompt, "completion": completion}
         record.update(new_tokens=len(tokens), finish_reason=reason)
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._file.flush()  # a killed process keeps every line written before it
+        try:
+            self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self._file.flush()  # a killed process keeps every line written before it
+        except OSError as err:  # a full disk: what is written stays, --resume continues once there is room
+            raise BatchResultsError(f"cannot write {self.partial} ({err.strerror})") from None
         self.written += 1
 
     def finish(self) -> None:
@@ -189,7 +192,10 @@ class BatchResults:
         """Release the file (and its lock); results written stay, a file holding none goes."""
         if self.written == 0:
             self.partial.unlink(missing_ok=True)
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:  # the line a full disk refused is still buffered; its torn start is cut on --resume
+            pass
 
 
 def _parse(line: str) -> dict | None:

@@ -686,3 +686,27 @@ def test_disk_full_while_writing_a_checkpoint(data_cache, tmp_path):
     leftovers = [p.name for p in (run_dir / "checkpoints").iterdir()]
     assert leftovers == [], f"no half-written checkpoint or staging folder: {leftovers}"
     assert digest(data_cache) == before
+
+
+def test_disk_full_during_a_batch_job_keeps_what_was_written(trained_runs, tmp_path, capsys):
+    """The kernel refuses the output file's growth, as a full disk would: one error line naming what
+    was kept, and --resume, once there is room, finishes the job."""
+    batch = tmp_path / "prompts.txt"
+    batch.write_text("\n".join(f"In the beginning {i}" for i in range(12)) + "\n")
+    out = tmp_path / "out.jsonl"
+    job = generate_args(trained_runs["gpthf"], "--batch-file", str(batch), "--output", str(out))
+    run = subprocess.run(
+        [sys.executable, "generate.py", *job],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_limit_file_size(1_200),
+    )
+    assert run.returncode == EXIT_USER_ERROR, run.stderr[-2000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot write") and "results kept in" in last and "--resume" in last
+    assert not out.exists()
+    main = runpy.run_path(str(REPO / "generate.py"))["main"]
+    assert run_cli(main, [*job, "--resume"]) == 0, capsys.readouterr().err[-2000:]
+    assert [json.loads(line)["index"] for line in out.read_text().splitlines()] == list(range(12))

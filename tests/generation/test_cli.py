@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import runpy
+
 import pytest
 
+from gpthf.cli import run_cli
 from gpthf.data.special_tokens import EOS_ID
 from gpthf.data.splitter import build_splitter
 from gpthf.data.tokenizer import load_tokenizer
 from gpthf.errors import GpthfError
 from gpthf.generation import ContextLimit, GenerationError, GenerationSettings, encode_prompt, generate
 from gpthf.training.checkpoint import load_model_from_checkpoint
-from tests.conftest import run_script
+from tests.conftest import REPO, run_script
 
 
 def run_generate(*args: str):
@@ -18,21 +21,18 @@ def run_generate(*args: str):
 
 
 @pytest.mark.parametrize("arch", ["gpthf", "gpt"])
-def test_generate_cli_continues_the_prompt(trained_runs, arch):
-    run = run_generate(
-        "--ckpt", str(trained_runs[arch]), "--prompt", "And God said", "--max-new-tokens", "12", "--seed", "3"
-    )
+def test_generate_cli_continues_the_prompt(trained_runs, arch, capsys):
+    args = ["--ckpt", str(trained_runs[arch]), "--prompt", "And God said", "--max-new-tokens", "12"]
+    run = run_generate(*args, "--seed", "3")  # as a user runs it
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("And God said") and len(run.stdout.strip()) > len("And God said")
-    again = run_generate(
-        "--ckpt", str(trained_runs[arch]), "--prompt", "And God said", "--max-new-tokens", "12", "--seed", "3"
-    )
-    assert again.stdout == run.stdout, "seeded sampling is reproducible"
-    plain = run_generate(
-        "--ckpt", str(trained_runs[arch]), "--prompt", "And God said", "--max-new-tokens", "12", "--no-pack"
-    )
-    assert plain.returncode == 0, plain.stderr
-    assert plain.stdout.startswith("And God said") and len(plain.stdout.strip()) > len("And God said")
+    main = runpy.run_path(str(REPO / "generate.py"))["main"]  # the same entry point, in this process
+    capsys.readouterr()
+    assert run_cli(main, [*args, "--seed", "3"]) == 0
+    assert capsys.readouterr().out == run.stdout, "seeded sampling is reproducible"
+    assert run_cli(main, [*args, "--no-pack"]) == 0
+    plain = capsys.readouterr().out
+    assert plain.startswith("And God said") and len(plain.strip()) > len("And God said")
 
 
 def test_prompt_encoding_matches_training(trained_runs):
