@@ -223,6 +223,7 @@ def run_job(
                 compile=args.compile,
                 pack=not args.no_pack,
                 keep_results=False,
+                sampling_keys=range(start, len(prompts)),  # a resumed job draws what it would have
             )
     elapsed = time.perf_counter() - started
     if stream:

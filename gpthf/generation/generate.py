@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from gpthf.errors import GpthfError
 from gpthf.generation.compiled import Horizon
 from gpthf.generation.packed import packed_linears
 from gpthf.generation.rows import put_rows, take_rows
-from gpthf.generation.sampling import SamplingSettings, sample
+from gpthf.generation.sampling import PromptStreams, SamplingSettings, sample
 from gpthf.generation.strategies import closes_sentence, get_strategy, pad_rows
 from gpthf.models import GPTHF, LanguageModel
 
@@ -155,6 +156,7 @@ def generate(
     compile: bool = False,
     pack: bool = True,
     keep_results: bool = True,
+    sampling_keys: Sequence[int] | None = None,
 ) -> GenerationResult:
     """Continue each prompt (token ids, as `encode_prompt` makes them); rows advance independently.
 
@@ -174,6 +176,9 @@ def generate(
     _check_prompts(model, prompts, settings.limit)
     if slots is not None and slots < 1:
         raise GenerationError(f"slots={slots} must be >= 1")
+    keys = list(range(len(prompts)) if sampling_keys is None else sampling_keys)
+    if len(keys) != len(prompts):
+        raise GenerationError(f"{len(keys)} sampling_keys for {len(prompts)} prompts; give one per prompt")
     if settings.max_new_tokens == 0:
         for prompt in range(len(prompts)) if on_finish is not None else ():
             on_finish(prompt, [], "max_new_tokens")
@@ -183,7 +188,7 @@ def generate(
     width = min(slots or len(prompts), len(prompts))
     with packed_linears(model, width, enabled=pack):
         return _generate(
-            model, prompts, settings, strategy, on_token, width, on_finish, compile, keep_results
+            model, prompts, settings, strategy, on_token, width, on_finish, compile, keep_results, keys
         )
 
 
@@ -197,6 +202,7 @@ def _generate(
     on_finish: Callable[[int, list[int], str], None] | None,
     compile: bool,
     keep_results: bool,
+    keys: list[int],
 ) -> GenerationResult:
     """`generate`'s loop over `width` slots."""
     device = model.embed.weight.device
@@ -209,8 +215,12 @@ def _generate(
     running.update((prompt, []) for prompt in prompt_of)
     tokens, lengths = pad_rows([prompts[i] for i in prompt_of], device)
     logits, state = runner.prefill(model, tokens, lengths)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(settings.seed if settings.seed is not None else torch.seed())
+    sampled = settings.sampling.temperature > 0
+    streams = PromptStreams(
+        settings.seed if settings.seed is not None else secrets.randbits(63), width, device
+    )
+    for slot, prompt in enumerate(prompt_of if sampled else ()):
+        streams.assign(slot, keys[prompt])
 
     # Per-slot bookkeeping, identical for every strategy.
     sentence_len, sentences = _open_sentence_counters(tokens, lengths)
@@ -225,7 +235,7 @@ def _generate(
     while True:
         if settings.record_logits:
             step_logits.append(logits.float().cpu())
-        next_token = sample(logits, settings.sampling, generator)
+        next_token = sample(logits, settings.sampling, streams.uniforms() if sampled else None)
         if settings.max_sentence_len is not None:
             next_token = torch.where(sentence_len >= settings.max_sentence_len - 1, EOS_ID, next_token)
         next_token = torch.where(active, next_token, PAD_ID)
@@ -276,6 +286,8 @@ def _generate(
             for slot, prompt in zip(free, taken.prompts):
                 prompt_of[slot] = prompt
                 running[prompt] = []
+                if sampled:
+                    streams.assign(slot, keys[prompt])
             free = free[len(taken.prompts) :]
         if not active.any():
             break

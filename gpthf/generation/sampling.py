@@ -1,7 +1,9 @@
-"""Choosing the next token from logits: greedy, temperature, top-k, top-p."""
+"""Choosing the next token from logits: greedy, temperature, top-k, top-p, each prompt drawing from
+its own random stream."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -26,9 +28,11 @@ class SamplingSettings:
 
 
 def sample(
-    logits: torch.Tensor, settings: SamplingSettings, generator: torch.Generator | None = None
+    logits: torch.Tensor, settings: SamplingSettings, uniforms: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """(B, V) logits -> (B,) token ids."""
+    """(B, V) logits -> (B,) token ids. A sampled row's token is where its uniform draw `uniforms`
+    (B,) in [0, 1) falls in the cumulative distribution (drawn here when not given), so the row's
+    own stream alone decides it (`PromptStreams`)."""
     if settings.temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / settings.temperature
@@ -42,5 +46,38 @@ def sample(
             cumulative - sorted_logits.softmax(dim=-1) >= settings.top_p
         )  # keeps the first token always
         logits = logits.masked_fill(drop_sorted.scatter(1, order, drop_sorted), float("-inf"))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    if uniforms is None:
+        uniforms = torch.rand(logits.shape[0], device=logits.device)
+    return inverse_cdf(logits.softmax(dim=-1), uniforms)
+
+
+def inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """The token whose share of the cumulative distribution holds each row's draw: token i with
+    probability probs[i]. A token of probability 0 is never chosen, at either end of [0, 1)."""
+    cdf = probs.cumsum(dim=-1)
+    total = cdf[:, -1:]
+    point = torch.minimum(uniforms.to(cdf)[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, point, right=True).squeeze(1)
+
+
+class PromptStreams:
+    """A random stream per prompt, seeded by the job's seed and the prompt's key: a prompt's samples
+    then depend on those alone, not on its slot, the batch size or the prompts beside it. So a batch
+    job resumed after a crash, or run with another --batch-size, draws the same text.
+    Cost: one generator per slot, one draw per row and step (a few µs each)."""
+
+    def __init__(self, seed: int, rows: int, device: torch.device):
+        self.seed, self.device = seed, device
+        self.generators: list[torch.Generator | None] = [None] * rows
+
+    def assign(self, row: int, key: int) -> None:
+        """Row `row` now generates the prompt with `key`: its stream starts from the beginning."""
+        digest = hashlib.blake2b(f"{self.seed}/{key}".encode(), digest_size=8).digest()
+        generator = torch.Generator()
+        generator.manual_seed(int.from_bytes(digest, "little"))
+        self.generators[row] = generator
+
+    def uniforms(self) -> torch.Tensor:
+        """(rows,) the next draw of every row's stream."""
+        draws = [torch.rand(1, generator=generator) for generator in self.generators]
+        return torch.cat(draws).to(self.device)

@@ -7,7 +7,7 @@ import torch
 
 from gpthf.attention.sentences import sentence_end_positions  # noqa: F401  (documents what the cache mirrors)
 from gpthf.data.special_tokens import EOS_ID
-from gpthf.generation import GenerationSettings, SamplingSettings, generate
+from gpthf.generation import GenerationError, GenerationSettings, SamplingSettings, generate
 from gpthf.generation.strategies import sentence_ids_for
 from tests.models.helpers import synthetic_rows, trained_tiny_model
 
@@ -69,6 +69,24 @@ def test_seeded_sampling_is_reproducible_and_the_seed_matters(model):
     assert generate(model, prompts, settings).tokens == generate(model, prompts, settings).tokens
     other = GenerationSettings(max_new_tokens=50, sampling=settings.sampling, seed=8)
     assert generate(model, prompts, settings).tokens != generate(model, prompts, other).tokens
+
+
+def test_a_prompts_samples_do_not_depend_on_its_slot_or_neighbours(model):
+    """Each prompt draws from its own stream (seed, key): so another batch size, continuous
+    batching, or a job resumed after its first prompts draws the same text."""
+    prompts = mixed_prompts()
+    settings = GenerationSettings(
+        max_new_tokens=30, max_sentences=2, max_sentence_len=8, seed=11,
+        sampling=SamplingSettings(temperature=1.0, top_k=40),
+    )  # fmt: skip
+    together = generate(model, prompts, settings).tokens
+    assert generate(model, prompts, settings, slots=3).tokens == together
+    assert generate(model, prompts[4:], settings, sampling_keys=range(4, len(prompts))).tokens == together[4:]
+    alone = [generate(model, [p], settings, sampling_keys=[i]).tokens[0] for i, p in enumerate(prompts)]
+    assert alone == together
+    assert generate(model, prompts[4:], settings).tokens != together[4:], "the key seeds the stream"
+    with pytest.raises(GenerationError, match="2 sampling_keys for 9 prompts"):
+        generate(model, prompts, settings, sampling_keys=[0, 1])
 
 
 def test_full_logits_equal_the_training_forward(model):
