@@ -83,6 +83,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.resume and args.output is None:
         raise GpthfError("--resume continues a job's --output file; give the same --output as that job")
     if args.output is not None:
+        if args.batch_file is not None and args.output.resolve() == args.batch_file.resolve():
+            raise GpthfError(
+                f"--output {args.output} is the --batch-file itself; give another file for the results"
+            )
         if args.output.is_dir():
             raise GpthfError(f"--output {args.output} is a folder; give a file name (results.jsonl)")
         writable_folder(args.output.parent, flag="--output's folder")

@@ -393,6 +393,18 @@ CASES = [
         error="--resume continues a job's --output file",
     ),
     Case(
+        "generate --output onto the --batch-file",
+        "generate",
+        lambda ws: generate_args(
+            ws.checkpoint,
+            "--batch-file",
+            str(batch_file(ws, "in.txt", "Hi.")),
+            "--output",
+            str(ws.root / "in.txt"),
+        ),
+        error="is the --batch-file itself",
+    ),
+    Case(
         "generate into the output of an unfinished job",
         "generate",
         lambda ws: generate_args(
