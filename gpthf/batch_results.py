@@ -65,10 +65,8 @@ class BatchResults:
     def __init__(self, path: Path, prompts: list[str], settings: dict, resume: bool):
         self.path, self.partial = path, partial_path(path)
         self.prompts = prompts
-        try:
-            self._file: TextIO = open(
-                self.partial, "a+", encoding="utf-8"
-            )  # never truncates a live job's file
+        try:  # "a+": opening never truncates, so a live job's file survives until the lock is tried
+            self._file: TextIO = open(self.partial, "a+", encoding="utf-8")
         except OSError as err:
             raise BatchResultsError(
                 f"cannot write {self.partial} ({err.strerror}); give a writable --output"

@@ -167,8 +167,9 @@ def generate(
     `on_token(prompt, token)` sees every new token, `on_finish(prompt, tokens, finish_reason)` every
     finished prompt, in the order they finish; the result lists them in prompt order.
     `keep_results=False` hands finished rows to `on_finish` only (the result's lists stay empty), so a
-    batch job of millions of prompts that writes them out as they come holds only the rows in flight. `compile=True` runs the decode
-    step compiled over caches sized for this call's horizon (gpthf.generation.compiled).
+    batch job of millions of prompts that writes them out as they come holds only the rows in flight.
+    `compile=True` runs the decode step compiled over caches sized for this call's horizon
+    (gpthf.generation.compiled).
     `pack=True` multiplies eager calls of at least `slots` rows (decode steps, prefills) from
     weights packed for that many rows on CPU (gpthf.generation.packed); it changes rounding, not the
     algorithm.
@@ -176,7 +177,7 @@ def generate(
     _check_prompts(model, prompts, settings.limit)
     if slots is not None and slots < 1:
         raise GenerationError(f"slots={slots} must be >= 1")
-    keys = list(range(len(prompts)) if sampling_keys is None else sampling_keys)
+    keys = range(len(prompts)) if sampling_keys is None else sampling_keys
     if len(keys) != len(prompts):
         raise GenerationError(f"{len(keys)} sampling_keys for {len(prompts)} prompts; give one per prompt")
     if settings.max_new_tokens == 0:
@@ -202,7 +203,7 @@ def _generate(
     on_finish: Callable[[int, list[int], str], None] | None,
     compile: bool,
     keep_results: bool,
-    keys: list[int],
+    keys: Sequence[int],
 ) -> GenerationResult:
     """`generate`'s loop over `width` slots."""
     device = model.embed.weight.device
