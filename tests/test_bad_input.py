@@ -662,19 +662,27 @@ def _limit_file_size(max_bytes: int) -> Callable[[], None]:
     return limit
 
 
-def test_disk_full_while_preparing_data(tales_dir, tmp_path):
-    """A file-size limit stands in for a full disk under a build: one line, and no half build left."""
-    cache = tmp_path / "cache"
+def last_error_with_files_limited_to(max_bytes: int, *command: str) -> str:
+    """Run `python COMMAND...` where no file may grow past `max_bytes` (a full disk, as the kernel
+    reports it); it must fail as a user error: its last stderr line."""
     run = subprocess.run(
-        [sys.executable, "-m", "gpthf.data.prepare", *tiny_overrides(cache, tales_dir)],
+        [sys.executable, *command],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,
-        preexec_fn=_limit_file_size(2_000),
+        preexec_fn=_limit_file_size(max_bytes),
     )
     assert run.returncode == EXIT_USER_ERROR, run.stderr[-2000:]
-    last = run.stderr.strip().splitlines()[-1]
+    return run.stderr.strip().splitlines()[-1]
+
+
+def test_disk_full_while_preparing_data(tales_dir, tmp_path):
+    """A file-size limit stands in for a full disk under a build: one line, and no half build left."""
+    cache = tmp_path / "cache"
+    last = last_error_with_files_limited_to(
+        2_000, "-m", "gpthf.data.prepare", *tiny_overrides(cache, tales_dir)
+    )
     assert last.startswith("error: cannot write the data cache under") and "free space" in last
     assert list(cache.iterdir()) == [], "nothing half-written is left to be read as complete"
 
@@ -683,16 +691,7 @@ def test_disk_full_while_writing_a_checkpoint(data_cache, tmp_path):
     """A file-size limit makes the kernel refuse the checkpoint's largest file, as a full disk would."""
     before = digest(data_cache)
     args = run_overrides(data_cache, tmp_path, "train.max_tokens=400")
-    run = subprocess.run(
-        [sys.executable, "pretrain.py", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        preexec_fn=_limit_file_size(32_000),
-    )
-    assert run.returncode == EXIT_USER_ERROR, run.stderr[-2000:]
-    last = run.stderr.strip().splitlines()[-1]
+    last = last_error_with_files_limited_to(32_000, "pretrain.py", *args)
     assert last.startswith("error: could not write checkpoint") and "earlier checkpoints are intact" in last
     (run_dir,) = (tmp_path / "gpthf-kjv").glob("*/")
     leftovers = [p.name for p in (run_dir / "checkpoints").iterdir()]
@@ -707,16 +706,7 @@ def test_disk_full_during_a_batch_job_keeps_what_was_written(trained_runs, tmp_p
     batch.write_text("\n".join(f"In the beginning {i}" for i in range(12)) + "\n")
     out = tmp_path / "out.jsonl"
     job = generate_args(trained_runs["gpthf"], "--batch-file", str(batch), "--output", str(out))
-    run = subprocess.run(
-        [sys.executable, "generate.py", *job],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        preexec_fn=_limit_file_size(1_200),
-    )
-    assert run.returncode == EXIT_USER_ERROR, run.stderr[-2000:]
-    last = run.stderr.strip().splitlines()[-1]
+    last = last_error_with_files_limited_to(1_200, "generate.py", *job)
     assert last.startswith("error: cannot write") and "results kept in" in last and "--resume" in last
     assert not out.exists()
     main = runpy.run_path(str(REPO / "generate.py"))["main"]
