@@ -13,7 +13,7 @@ from gpthf.data.special_tokens import EOD_ID, EOS_ID, PAD_ID
 from gpthf.errors import GpthfError
 from gpthf.generation.compiled import Horizon
 from gpthf.generation.packed import packed_linears
-from gpthf.generation.rows import put_rows, take_rows
+from gpthf.generation.rows import put_rows, row_range
 from gpthf.generation.sampling import PromptStreams, SamplingSettings, sample
 from gpthf.generation.strategies import closes_sentence, get_strategy, pad_rows
 from gpthf.models import GPTHF, LanguageModel
@@ -100,17 +100,16 @@ class Prefilled:
         return len(self.prompts) - self.taken
 
     def take(self, count: int) -> Prefilled:
-        """The next `count` waiting prompts (fewer if fewer wait), their state rows copied out."""
-        rows = torch.arange(
-            self.taken, min(self.taken + count, len(self.prompts)), device=self.lengths.device
-        )
-        self.taken += len(rows)
+        """The next `count` waiting prompts (fewer if fewer wait), their rows as views: `put_rows`
+        copies them into the batch once."""
+        start = self.taken
+        self.taken = min(start + count, len(self.prompts))
         return Prefilled(
-            [self.prompts[int(i)] for i in rows],
-            self.tokens[rows],
-            self.lengths[rows],
-            self.logits[rows],
-            take_rows(self.state, rows),
+            self.prompts[start : self.taken],
+            self.tokens[start : self.taken],
+            self.lengths[start : self.taken],
+            self.logits[start : self.taken],
+            row_range(self.state, start, self.taken),
         )
 
 
@@ -240,10 +239,11 @@ def _generate(
         if settings.max_sentence_len is not None:
             next_token = torch.where(sentence_len >= settings.max_sentence_len - 1, EOS_ID, next_token)
         next_token = torch.where(active, next_token, PAD_ID)
-        for slot in active.nonzero().flatten().tolist():
-            running[prompt_of[slot]].append(int(next_token[slot]))
-            if on_token is not None:
-                on_token(prompt_of[slot], int(next_token[slot]))
+        for slot, (token, live) in enumerate(zip(next_token.tolist(), active.tolist())):
+            if live:
+                running[prompt_of[slot]].append(token)
+                if on_token is not None:
+                    on_token(prompt_of[slot], token)
 
         closing = closes_sentence(next_token) & active
         sentence_len = torch.where(closing, 0, sentence_len + 1)
@@ -262,15 +262,16 @@ def _generate(
             "max_new_tokens": new_tokens >= settings.max_new_tokens,
         }
         finished: list[int] = []
-        for reason, hit in stops.items():
-            for slot in (hit & active).nonzero().flatten().tolist():
-                finished.append(slot)
-                prompt, tokens_out = prompt_of[slot], running.pop(prompt_of[slot])
-                if keep_results:
-                    outputs[prompt], reasons[prompt] = tokens_out, reason
-                if on_finish is not None:
-                    on_finish(prompt, tokens_out, reason)
-            active = active & ~hit
+        if (active & torch.stack(list(stops.values())).any(0)).any():  # most steps stop no row
+            for reason, hit in stops.items():
+                for slot in (hit & active).nonzero().flatten().tolist():
+                    finished.append(slot)
+                    prompt, tokens_out = prompt_of[slot], running.pop(prompt_of[slot])
+                    if keep_results:
+                        outputs[prompt], reasons[prompt] = tokens_out, reason
+                    if on_finish is not None:
+                        on_finish(prompt, tokens_out, reason)
+                active = active & ~hit
         if active.any():
             logits = runner.decode(model, state, next_token, active)
         free = finished[: len(pending) + len(ready)]

@@ -1,7 +1,9 @@
-"""Row surgery on any strategy's state: copy rows out of it, or write another state's rows into it.
+"""Row surgery on any strategy's state: copy rows out of it, view a range of them, or write another
+state's rows into it.
 
-Continuous batching needs both: a finished row's slot takes the next prompt, whose state comes from
-its own prefill (`put_rows`); a throughput benchmark at a fixed memory budget fills thousands of rows
+Continuous batching needs the last two: a finished row's slot takes the next prompt, whose state
+rows are viewed in the prefill of many waiting prompts (`row_range`) and copied once into the batch
+(`put_rows`); a throughput benchmark at a fixed memory budget fills thousands of rows
 from one prefill (`take_rows`). Every state is a tree of dataclasses, lists, tuples and tensors whose
 batch axis is 0, unless the object says otherwise (`batch_dim`, as the LSTM's (layers, B, hidden)).
 Buffers that differ in another axis (a cache's capacity, a token buffer) are grown to the larger
@@ -38,6 +40,15 @@ def take_rows(state: State, index: torch.Tensor) -> State:
 
     def leaf(tensor: torch.Tensor, _, dim: int) -> torch.Tensor:
         return tensor.index_select(dim, index.to(tensor.device))
+
+    return _walk(state, state, leaf)
+
+
+def row_range(state: State, start: int, stop: int) -> State:
+    """Rows `start:stop` of `state` as views: nothing is copied until they are written elsewhere."""
+
+    def leaf(tensor: torch.Tensor, _, dim: int) -> torch.Tensor:
+        return tensor.narrow(dim, start, stop - start)
 
     return _walk(state, state, leaf)
 
