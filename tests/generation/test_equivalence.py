@@ -169,6 +169,39 @@ def test_taken_rows_decode_like_their_source(model):
     assert tiled.nbytes() >= state.nbytes()
 
 
+def test_a_row_range_is_a_view_that_put_rows_copies_in(model):
+    from gpthf.generation.rows import put_rows, row_range, take_rows
+    from gpthf.generation.strategies import get_strategy, pad_rows
+
+    def leaves(node) -> list[torch.Tensor]:
+        if isinstance(node, torch.Tensor):
+            return [node]
+        if isinstance(node, list | tuple):
+            return [t for part in node for t in leaves(part)]
+        return (
+            [t for value in vars(node).values() for t in leaves(value)] if hasattr(node, "__dict__") else []
+        )
+
+    runner = get_strategy(model, "cached")
+    tokens, lengths = pad_rows(ragged_prompts()[:3])
+    with torch.inference_mode():
+        _, state = runner.prefill(model, tokens, lengths)
+        viewed = row_range(state, 1, 3)
+        shared = [
+            a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+            for a, b in zip(leaves(viewed), leaves(state))
+        ]
+        assert shared and all(shared), "a row range copies nothing"
+        target = take_rows(state, torch.tensor([0, 0, 0]))
+        target = put_rows(target, torch.tensor([2, 0]), viewed)  # source rows 1, 2 into slots 2, 0
+        expected = take_rows(state, torch.tensor([2, 0, 1]))
+        token, active = torch.tensor([5, 7, 9]), torch.ones(3, dtype=torch.bool)
+        got = runner.decode(model, target, token, active)
+        want = runner.decode(model, expected, token, active)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert not torch.allclose(got[0], got[2]), "the slots hold different prompts"
+
+
 @pytest.mark.parametrize("kind", ["gpthf", "gpt"])
 def test_compiled_decode_equals_eager(kind):
     """Static caches attended whole (masked beyond each length) give the eager strategy's logits."""
