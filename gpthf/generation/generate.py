@@ -126,20 +126,28 @@ def _prefill_ahead(model, runner, prompts, pending: deque, needed: int, width: i
     return Prefilled(arrivals, tokens, lengths, logits, state)
 
 
+HORIZON_CHUNK = 1024  # prompts padded together while `horizon` reads them
+
+
 def horizon(prompts: Sequence[Sequence[int]], settings: GenerationSettings) -> Horizon:
     """The largest state any row of this generation can reach (each new token closes at most one
-    sentence; a forced <eos> bounds the sentence in progress)."""
-    tokens, lengths = pad_rows(prompts)
-    open_tokens, finished = _open_sentence_counters(tokens, lengths)
-    longest_open = int(open_tokens.max())
+    sentence; a forced <eos> bounds the sentence in progress). Prompts are read HORIZON_CHUNK at a
+    time: padded all at once, a batch job's million prompts would cost millions × the longest."""
+    longest = longest_open = most_finished = 0
+    for begin in range(0, len(prompts), HORIZON_CHUNK):
+        tokens, lengths = pad_rows(prompts[begin : begin + HORIZON_CHUNK])
+        open_tokens, finished = _open_sentence_counters(tokens, lengths)
+        longest = max(longest, int(lengths.max()))
+        longest_open = max(longest_open, int(open_tokens.max()))
+        most_finished = max(most_finished, int(finished.max()))
     if settings.max_sentence_len is not None:
         sentence_tokens = max(settings.max_sentence_len, longest_open + 1)
     else:
         sentence_tokens = longest_open + settings.max_new_tokens
     return Horizon(
-        tokens=int(lengths.max()) + settings.max_new_tokens,
+        tokens=longest + settings.max_new_tokens,
         sentence_tokens=sentence_tokens,
-        sentences=int(finished.max()) + settings.max_new_tokens,
+        sentences=most_finished + settings.max_new_tokens,
     )
 
 

@@ -108,3 +108,20 @@ def test_prefill_of_edge_prompts_equals_the_full_recompute(model, prompts):
     assert cached.tokens == full.tokens
     for a, b in zip(full.step_logits, cached.step_logits):
         torch.testing.assert_close(b, a, atol=1e-4, rtol=0)
+
+
+def test_horizon_reads_prompts_in_chunks_and_finds_the_largest_of_each_kind(monkeypatch):
+    """A batch job's horizon pads HORIZON_CHUNK prompts at a time; the maxima are those of all prompts,
+    whichever chunk holds them (the longest prompt, the longest open sentence, the most sentences)."""
+    import importlib
+    from array import array
+
+    generation = importlib.import_module("gpthf.generation.generate")  # the module, not the function
+
+    monkeypatch.setattr(generation, "HORIZON_CHUNK", 2)
+    # chunks of two: the longest prompt and the most sentences in the second, the longest open sentence in the third
+    prompts = [[5, E, 6], [7] * 4, [8, E, 9, E, 10, E, 11, E], [12, E, 13], array("i", [16] * 6)]
+    reach = generation.horizon(prompts, GenerationSettings(max_new_tokens=4))
+    assert (reach.tokens, reach.sentence_tokens, reach.sentences) == (8 + 4, 6 + 4, 4 + 4)
+    capped = generation.horizon(prompts, GenerationSettings(max_new_tokens=4, max_sentence_len=5))
+    assert capped.sentence_tokens == 7, "an open sentence longer than the cap still fits, plus one"
