@@ -99,11 +99,11 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
         if not args.prompt.strip():
             raise GpthfError("the prompt is empty; give some text to continue")
         return [args.prompt]
-    try:
-        lines = args.batch_file.read_text(encoding="utf-8").splitlines()
+    try:  # line by line: the file's text is never held twice (whole and split)
+        with args.batch_file.open(encoding="utf-8") as lines:
+            prompts = [line.rstrip("\n") for line in lines if line.strip()]
     except (OSError, UnicodeDecodeError) as err:
         raise GpthfError(f"cannot read --batch-file {args.batch_file}: {err}") from None
-    prompts = [line for line in lines if line.strip()]
     if not prompts:
         raise GpthfError(f"--batch-file {args.batch_file} has no prompts (only blank lines)")
     return prompts

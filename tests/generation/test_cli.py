@@ -60,3 +60,34 @@ def test_context_limits_are_enforced(trained_runs):
     limit = ContextLimit(**meta["context"])
     with pytest.raises(GenerationError, match="sentences"):
         generate(gpthf, [[10, EOS_ID] * limit.sentences], GenerationSettings(limit=limit))
+
+
+BATCH_FILES = {  # bytes of a --batch-file -> the prompts read from it
+    "lines": (b"In the beginning\nAnd Moses said.\n", ["In the beginning", "And Moses said."]),
+    "no newline at the end": (b"One.\nTwo", ["One.", "Two"]),
+    "windows line ends": (b"One.\r\nTwo.\r\n", ["One.", "Two."]),
+    "blank and space-only lines skipped": (b"\nOne.\n  \n\t\nTwo.\n\n", ["One.", "Two."]),
+    "spaces inside a prompt kept": (b"  indented, trailing  \n", ["  indented, trailing  "]),
+    "utf-8": ("Ἐν ἀρχῇ ἦν ὁ λόγος\n".encode(), ["Ἐν ἀρχῇ ἦν ὁ λόγος"]),
+}
+
+
+@pytest.mark.parametrize("case", BATCH_FILES)
+def test_batch_file_prompts(tmp_path, case):
+    import argparse
+
+    read_prompts = runpy.run_path(str(REPO / "generate.py"))["read_prompts"]
+    content, expected = BATCH_FILES[case]
+    path = tmp_path / "prompts.txt"
+    path.write_bytes(content)
+    assert read_prompts(argparse.Namespace(prompt=None, batch_file=path)) == expected
+
+
+def test_batch_file_that_is_not_utf8_is_one_error_line(tmp_path):
+    import argparse
+
+    read_prompts = runpy.run_path(str(REPO / "generate.py"))["read_prompts"]
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("Dieu dit: Que la lumière soit\n".encode("latin-1"))
+    with pytest.raises(GpthfError, match="cannot read --batch-file"):
+        read_prompts(argparse.Namespace(prompt=None, batch_file=path))
