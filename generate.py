@@ -250,8 +250,11 @@ def run_job(
 
 def open_results(args: argparse.Namespace, prompts: list[str], checkpoint: Path) -> BatchResults:
     """The job's output file; its header records what makes results of two runs comparable."""
+    from gpthf.training.checkpoint import weights_fingerprint
+
     settings = {
         "checkpoint": str(Path(checkpoint).resolve()),
+        "weights": weights_fingerprint(checkpoint),
         "dtype": args.dtype,
         "strategy": args.strategy,
         "max_new_tokens": args.max_new_tokens,

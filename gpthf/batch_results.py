@@ -33,6 +33,9 @@ except ImportError:  # Windows: no lock; two processes on one output are the use
     fcntl = None
 
 HEADER_KEY = "gpthf_batch_job"  # the partial file's first line: {"gpthf_batch_job": {settings}}
+# Settings a header records only since a later version: a job an older version started, whose header
+# lacks them, is resumed without comparing them (any other difference is refused).
+RECORDED_LATER = frozenset({"weights"})
 
 
 class BatchResultsError(GpthfError):
@@ -135,7 +138,8 @@ class BatchResults:
             raise BatchResultsError(
                 f"{self.partial} is not a gpthf batch job's file; delete it or give another --output"
             )
-        changed = sorted(key for key in settings.keys() | then.keys() if settings.get(key) != then.get(key))
+        keys = (settings.keys() | then.keys()) - (RECORDED_LATER - then.keys())
+        changed = sorted(key for key in keys if settings.get(key) != then.get(key))
         if changed:
             detail = ", ".join(f"{key} {then.get(key)!r} then, {settings.get(key)!r} now" for key in changed)
             raise BatchResultsError(

@@ -171,6 +171,21 @@ def test_kill_9_during_a_batch_job_then_resume_writes_every_result_once(trained_
     main = runpy.run_path(str(REPO / "generate.py"))["main"]
     assert run_cli(main, [*job, "--output", str(out)]) == 2, "an unfinished job is not overwritten unasked"
     assert "add --resume" in capsys.readouterr().err
+
+    import os
+
+    from gpthf.training.checkpoint import WEIGHTS_FILE, resolve_checkpoint
+
+    weights = resolve_checkpoint(trained_runs["gpthf"]) / WEIGHTS_FILE
+    written = weights.stat()
+    os.utime(weights, ns=(written.st_atime_ns, written.st_mtime_ns + 10**9))  # as a rewrite in place
+    try:
+        assert run_cli(main, [*job, "--output", str(out), "--resume"]) == 2, "other weights: refused"
+    finally:
+        os.utime(weights, ns=(written.st_atime_ns, written.st_mtime_ns))
+    assert "was generated with other settings (weights" in capsys.readouterr().err
+    assert partial.read_text().count("\n") - 1 == kept, "a refused resume leaves the results as they were"
+
     assert run_cli(main, [*job, "--output", str(out), "--resume"]) == 0
     assert f"resumed after {kept}" in capsys.readouterr().err
     assert run_cli(main, [*job, "--output", str(tmp_path / "whole.jsonl")]) == 0  # never interrupted

@@ -157,6 +157,23 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise CheckpointError(f"{path} holds no complete checkpoint (expected {CONFIG_FILE} and {WEIGHTS_FILE})")
 
 
+def weights_fingerprint(checkpoint: Path) -> str:
+    """What tells two versions of the weights at one path apart without reading them: the training
+    step and tokens they were saved at, and the weights file's size and modification time (a
+    checkpoint is written whole and renamed into place, so any rewrite changes the time). A batch job
+    resumed after its checkpoint was rewritten (a resumed training run's new `final`) is refused
+    rather than mixing two models' results."""
+    try:
+        meta = json.loads((checkpoint / CONFIG_FILE).read_text())
+        weights = (checkpoint / WEIGHTS_FILE).stat()
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"checkpoint {checkpoint} cannot be read ({err})") from None
+    return (
+        f"step {meta.get('step')}, {meta.get('tokens')} tokens, {WEIGHTS_FILE} of {weights.st_size} bytes "
+        f"modified {weights.st_mtime_ns}"
+    )
+
+
 def read_meta(checkpoint: Path) -> dict:
     try:
         meta = json.loads((checkpoint / CONFIG_FILE).read_text())

@@ -87,6 +87,19 @@ REFUSED = [  # (name, how the job or its file differs, error)
         "temperature 0.0 then, 0.8 now",
     ),
     ("a setting added", lambda out: {"settings": {**SETTINGS, "seed": 1}}, "seed None then, 1 now"),
+    (
+        "the weights rewritten",
+        lambda out: (
+            _header(out, {**SETTINGS, "weights": "step 10"})
+            or {"settings": {**SETTINGS, "weights": "step 20"}}
+        ),
+        "weights 'step 10' then, 'step 20' now",
+    ),
+    (
+        "weights recorded then, not now",
+        lambda out: _header(out, {**SETTINGS, "weights": "step 10"}),
+        "weights 'step 10' then, None now",
+    ),
     ("other prompts", lambda out: {"prompts": ["In the end", *PROMPTS[1:]]}, "line 2: prompt 0 differs"),
     ("fewer prompts", lambda out: {"prompts": PROMPTS[:1]}, "more results than the 1 prompts"),
     (
@@ -101,6 +114,10 @@ REFUSED = [  # (name, how the job or its file differs, error)
 
 def _line(index: int) -> str:
     return json.dumps({"index": index, "prompt": PROMPTS[index], "completion": ""}) + "\n"
+
+
+def _header(out: Path, settings: dict) -> dict:
+    return _rewrite(out, 0, json.dumps({HEADER_KEY: settings}) + "\n")
 
 
 def _rewrite(out: Path, number: int, text: str) -> dict:
@@ -165,4 +182,11 @@ def test_a_second_process_on_the_same_output_is_refused(tmp_path):
         holder.kill()
         holder.wait()
     results = BatchResults(out, ["a"], {}, resume=True)  # the lock goes with its process
+    results.close()
+
+
+def test_a_header_without_a_setting_recorded_later_still_resumes(tmp_path):
+    out = interrupted(tmp_path, 2)  # its header has no "weights"
+    results = BatchResults(out, PROMPTS, {**SETTINGS, "weights": "step 20"}, resume=True)
+    assert results.done == 2
     results.close()
