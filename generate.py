@@ -7,6 +7,7 @@ sentence punctuation starts a new sentence; otherwise its last sentence is conti
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import sys
 import time
@@ -109,6 +110,17 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
+def name_prompt(args: argparse.Namespace, index: int) -> str:
+    """How an error names prompt `index`: the --prompt, or its line of the --batch-file (blank lines
+    are skipped, so the index is not the line; the file is read again only for this)."""
+    if args.prompt is not None:
+        return "the prompt"
+    with args.batch_file.open(encoding="utf-8") as lines:
+        prompt_lines = (number for number, line in enumerate(lines, start=1) if line.strip())
+        line = next(itertools.islice(prompt_lines, index, None), None)
+    return f"prompt {index} (line {line} of {args.batch_file})"
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     prompts = read_prompts(args)
@@ -160,7 +172,9 @@ def run_job(
     from gpthf.generation import (
         ContextLimit,
         GenerationSettings,
+        PromptError,
         SamplingSettings,
+        check_prompts,
         decode_continuation,
         encode_prompt,
         generate,
@@ -183,6 +197,10 @@ def run_job(
         max_sentence_len=max_sentence_len,
         limit=ContextLimit(**meta.get("context", {})),
     )
+    try:  # before any output: a bad prompt costs no work and leaves no half-printed line
+        check_prompts(model, encoded, settings.limit)
+    except PromptError as err:
+        raise GpthfError(f"{name_prompt(args, start + err.prompt)} {err.problem}") from None
     stream = len(prompts) == 1 and not args.no_stream
     generated: list[int] = []
     printed = ""

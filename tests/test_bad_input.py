@@ -562,6 +562,22 @@ CASES = [
         check=check_two_outputs,
     ),
     Case(
+        "batch file with a prompt longer than the model's context",
+        "generate",
+        lambda ws: generate_args(
+            ws.checkpoint,
+            "--batch-file",
+            str(batch_file(ws, "long.txt", "\nIn the beginning.\n\n" + "Go. " * 100 + "\nAnd Moses said.\n")),
+        ),
+        error="prompt 1 (line 4 of",
+    ),
+    Case(
+        "prompt longer than the model's context",
+        "generate",
+        lambda ws: generate_args(ws.checkpoint, "--prompt", "Go. " * 100),
+        error="the prompt has",
+    ),
+    Case(
         "batch file of blank lines only",
         "generate",
         lambda ws: generate_args(ws.checkpoint, "--batch-file", str(batch_file(ws, "blank.txt", "\n  \n\n"))),
@@ -586,6 +602,7 @@ def test_bad_input(case: Case, workspace: Workspace, capsys, monkeypatch):
         assert code == EXIT_USER_ERROR, out.err[-2000:]
         lines = out.err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and case.error in lines[0], out.err
+        assert not out.out, "an error prints nothing else (no half-echoed prompt)"
     after = digest(workspace.root)
     changed = [path for path, sha in before.items() if after.get(path) != sha]
     assert not changed, f"files written before the command were changed or removed: {changed[:5]}"

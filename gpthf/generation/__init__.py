@@ -5,6 +5,8 @@ from gpthf.generation.generate import (
     GenerationError,
     GenerationResult,
     GenerationSettings,
+    PromptError,
+    check_prompts,
     generate,
 )
 from gpthf.generation.prompts import decode_continuation, encode_prompt
@@ -17,7 +19,9 @@ __all__ = [
     "GenerationError",
     "GenerationResult",
     "GenerationSettings",
+    "PromptError",
     "SamplingSettings",
+    "check_prompts",
     "decode_continuation",
     "encode_prompt",
     "generate",

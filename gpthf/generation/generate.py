@@ -58,19 +58,33 @@ class GenerationResult:
     step_logits: list[torch.Tensor] = field(default_factory=list)  # (B, V) per step, if recorded
 
 
-def _check_prompts(model: LanguageModel, prompts: Sequence[Sequence[int]], limit: ContextLimit) -> None:
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise GenerationError("every prompt needs at least one token")
+class PromptError(GenerationError):
+    """A prompt the model cannot continue; `prompt` is its index among the prompts given, so a caller
+    can name it in its own terms (a line of a batch file)."""
+
+    def __init__(self, prompt: int, problem: str):
+        super().__init__(f"prompt {prompt} {problem}")
+        self.prompt, self.problem = prompt, problem
+
+
+def check_prompts(model: LanguageModel, prompts: Sequence[Sequence[int]], limit: ContextLimit) -> None:
+    """Raises PromptError for the first prompt `generate` would refuse: before any work is done."""
+    if not prompts:
+        raise GenerationError("no prompts given")
     for row, prompt in enumerate(prompts):
+        if len(prompt) == 0:
+            raise PromptError(row, "is empty; every prompt needs at least one token")
         if isinstance(model, GPTHF) and limit.sentences is not None:
             sentences = sum(1 for t in prompt if t in (EOS_ID, EOD_ID))
             if sentences >= limit.sentences:
-                raise GenerationError(
-                    f"prompt {row} has {sentences} sentences; this GPTHF was trained with at most {limit.sentences} per row"
+                raise PromptError(
+                    row,
+                    f"has {sentences} sentences; this GPTHF was trained with at most {limit.sentences} per row",
                 )
         if not isinstance(model, GPTHF) and limit.tokens is not None and len(prompt) >= limit.tokens:
-            raise GenerationError(
-                f"prompt {row} has {len(prompt)} tokens; this {model.arch.model} model was trained on {limit.tokens}-token rows"
+            raise PromptError(
+                row,
+                f"has {len(prompt)} tokens; this {model.arch.model} model was trained on {limit.tokens}-token rows",
             )
 
 
@@ -181,7 +195,7 @@ def generate(
     weights packed for that many rows on CPU (gpthf.generation.packed); it changes rounding, not the
     algorithm.
     """
-    _check_prompts(model, prompts, settings.limit)
+    check_prompts(model, prompts, settings.limit)
     if slots is not None and slots < 1:
         raise GenerationError(f"slots={slots} must be >= 1")
     keys = range(len(prompts)) if sampling_keys is None else sampling_keys
