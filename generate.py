@@ -12,6 +12,7 @@ import math
 import sys
 import time
 from array import array
+from collections.abc import Iterator
 from pathlib import Path
 
 from gpthf.batch_results import BatchResults, InputOrder, partial_path
@@ -101,8 +102,7 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
             raise GpthfError("the prompt is empty; give some text to continue")
         return [args.prompt]
     try:  # line by line: the file's text is never held twice (whole and split)
-        with args.batch_file.open(encoding="utf-8") as lines:
-            prompts = [line.rstrip("\n") for line in lines if line.strip()]
+        prompts = [prompt for _, prompt in prompt_lines(args.batch_file)]
     except (OSError, UnicodeDecodeError) as err:
         raise GpthfError(f"cannot read --batch-file {args.batch_file}: {err}") from None
     if not prompts:
@@ -110,14 +110,20 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
+def prompt_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, prompt) of each prompt of a batch file: its lines that are not blank."""
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                yield number, line.rstrip("\n")
+
+
 def name_prompt(args: argparse.Namespace, index: int) -> str:
     """How an error names prompt `index`: the --prompt, or its line of the --batch-file (blank lines
     are skipped, so the index is not the line; the file is read again only for this)."""
     if args.prompt is not None:
         return "the prompt"
-    with args.batch_file.open(encoding="utf-8") as lines:
-        prompt_lines = (number for number, line in enumerate(lines, start=1) if line.strip())
-        line = next(itertools.islice(prompt_lines, index, None), None)
+    line, _ = next(itertools.islice(prompt_lines(args.batch_file), index, None), (None, None))
     return f"prompt {index} (line {line} of {args.batch_file})"
 
 

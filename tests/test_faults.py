@@ -8,6 +8,7 @@ Also here: two runs of one seed and config write the same metrics.jsonl.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import signal
@@ -18,9 +19,11 @@ import time
 from gpthf.config import load_config
 from gpthf.data.dataset import STATS_FILE, prepare_data
 from gpthf.training.checkpoint import (
+    WEIGHTS_FILE,
     latest_checkpoint,
     load_model_from_checkpoint,
     recover_interrupted_writes,
+    resolve_checkpoint,
 )
 from gpthf.training.metrics import WALL_CLOCK_FIELDS, read_metrics
 from tests.conftest import REPO, run_overrides, tiny_overrides
@@ -171,10 +174,6 @@ def test_kill_9_during_a_batch_job_then_resume_writes_every_result_once(trained_
     main = runpy.run_path(str(REPO / "generate.py"))["main"]
     assert run_cli(main, [*job, "--output", str(out)]) == 2, "an unfinished job is not overwritten unasked"
     assert "add --resume" in capsys.readouterr().err
-
-    import os
-
-    from gpthf.training.checkpoint import WEIGHTS_FILE, resolve_checkpoint
 
     weights = resolve_checkpoint(trained_runs["gpthf"]) / WEIGHTS_FILE
     written = weights.stat()

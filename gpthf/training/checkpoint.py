@@ -163,11 +163,11 @@ def weights_fingerprint(checkpoint: Path) -> str:
     checkpoint is written whole and renamed into place, so any rewrite changes the time). A batch job
     resumed after its checkpoint was rewritten (a resumed training run's new `final`) is refused
     rather than mixing two models' results."""
+    meta = read_meta(checkpoint)
     try:
-        meta = json.loads((checkpoint / CONFIG_FILE).read_text())
         weights = (checkpoint / WEIGHTS_FILE).stat()
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"checkpoint {checkpoint} cannot be read ({err})") from None
+    except OSError as err:
+        raise CheckpointError(f"checkpoint {checkpoint} has no readable {WEIGHTS_FILE} ({err})") from None
     return (
         f"step {meta.get('step')}, {meta.get('tokens')} tokens, {WEIGHTS_FILE} of {weights.st_size} bytes "
         f"modified {weights.st_mtime_ns}"

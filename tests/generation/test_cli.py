@@ -72,22 +72,23 @@ BATCH_FILES = {  # bytes of a --batch-file -> the prompts read from it
 }
 
 
-@pytest.mark.parametrize("case", BATCH_FILES)
-def test_batch_file_prompts(tmp_path, case):
+def read_batch_file(path) -> list[str]:
     import argparse
 
     read_prompts = runpy.run_path(str(REPO / "generate.py"))["read_prompts"]
+    return read_prompts(argparse.Namespace(prompt=None, batch_file=path))
+
+
+@pytest.mark.parametrize("case", BATCH_FILES)
+def test_batch_file_prompts(tmp_path, case):
     content, expected = BATCH_FILES[case]
     path = tmp_path / "prompts.txt"
     path.write_bytes(content)
-    assert read_prompts(argparse.Namespace(prompt=None, batch_file=path)) == expected
+    assert read_batch_file(path) == expected
 
 
 def test_batch_file_that_is_not_utf8_is_one_error_line(tmp_path):
-    import argparse
-
-    read_prompts = runpy.run_path(str(REPO / "generate.py"))["read_prompts"]
     path = tmp_path / "latin1.txt"
     path.write_bytes("Dieu dit: Que la lumière soit\n".encode("latin-1"))
     with pytest.raises(GpthfError, match="cannot read --batch-file"):
-        read_prompts(argparse.Namespace(prompt=None, batch_file=path))
+        read_batch_file(path)

@@ -170,17 +170,13 @@ def test_taken_rows_decode_like_their_source(model):
 
 
 def test_a_row_range_is_a_view_that_put_rows_copies_in(model):
-    from gpthf.generation.rows import put_rows, row_range, take_rows
+    from gpthf.generation.rows import _walk, put_rows, row_range, take_rows
     from gpthf.generation.strategies import get_strategy, pad_rows
 
-    def leaves(node) -> list[torch.Tensor]:
-        if isinstance(node, torch.Tensor):
-            return [node]
-        if isinstance(node, list | tuple):
-            return [t for part in node for t in leaves(part)]
-        return (
-            [t for value in vars(node).values() for t in leaves(value)] if hasattr(node, "__dict__") else []
-        )
+    def leaves(state) -> list[torch.Tensor]:
+        found: list[torch.Tensor] = []
+        _walk(state, state, lambda tensor, _, __: found.append(tensor))
+        return found
 
     runner = get_strategy(model, "cached")
     tokens, lengths = pad_rows(ragged_prompts()[:3])
