@@ -124,6 +124,8 @@ def name_prompt(args: argparse.Namespace, index: int) -> str:
     if args.prompt is not None:
         return "the prompt"
     line, _ = next(itertools.islice(prompt_lines(args.batch_file), index, None), (None, None))
+    if line is None:  # the file changed since, or was a pipe read once: no line to point at
+        return f"prompt {index} of {args.batch_file}"
     return f"prompt {index} (line {line} of {args.batch_file})"
 
 

@@ -92,3 +92,16 @@ def test_batch_file_that_is_not_utf8_is_one_error_line(tmp_path):
     path.write_bytes("Dieu dit: Que la lumière soit\n".encode("latin-1"))
     with pytest.raises(GpthfError, match="cannot read --batch-file"):
         read_batch_file(path)
+
+
+def test_a_prompt_is_named_by_its_line_or_without_one_when_the_file_changed(tmp_path):
+    import argparse
+
+    name_prompt = runpy.run_path(str(REPO / "generate.py"))["name_prompt"]
+    path = tmp_path / "prompts.txt"
+    path.write_text("\nOne.\n\n  \nTwo.\n")
+    args = argparse.Namespace(prompt=None, batch_file=path)
+    assert name_prompt(args, 1) == f"prompt 1 (line 5 of {path})"
+    path.write_text("One.\n")  # rewritten since it was read
+    assert name_prompt(args, 1) == f"prompt 1 of {path}"
+    assert name_prompt(argparse.Namespace(prompt="Hi.", batch_file=None), 0) == "the prompt"
