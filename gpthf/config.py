@@ -108,20 +108,21 @@ class PretrainConfig:
     init_from: str | None = None  # a checkpoint whose weights start a new run (e.g. GPT -> T2R or GPTHF)
 
 
-_BUDGET = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([hms]?)\s*$")
+_BUDGET = re.compile(r"^\s*((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*([hms]?)\s*$")
 _SECONDS_PER_UNIT = {"h": 3600.0, "": 3600.0, "m": 60.0, "s": 1.0}
 
 
 def parse_budget_seconds(budget: str | float) -> float:
-    """'24h', '90m', '30s' or a bare number of hours, as seconds; must be positive."""
+    """'24h', '90m', '30s' or a bare number of hours (hydra reads `budget=0.0000001` as the float
+    1e-07, so exponents count too), as seconds; must be positive and finite."""
     match = _BUDGET.match(str(budget))
     if not match:
         raise ConfigError(
             f"budget={budget!r} is not a duration; use e.g. budget=24h, budget=90m or budget=0.05 (hours)"
         )
     seconds = float(match.group(1)) * _SECONDS_PER_UNIT[match.group(2)]
-    if seconds <= 0:
-        raise ConfigError(f"budget={budget!r} must be positive")
+    if not 0 < seconds < math.inf:
+        raise ConfigError(f"budget={budget!r} must be positive and finite")
     return seconds
 
 
@@ -250,8 +251,21 @@ def register_schema() -> None:
     ConfigStore.instance().store(name="schema", node=PretrainConfig)
 
 
+def resolve_interpolations(cfg: DictConfig) -> None:
+    """Resolve every `${...}` now, so a key or environment variable that does not exist is one line
+    naming the config key at load time, not a traceback wherever the value is first read."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    except InterpolationResolutionError as err:
+        reason = " ".join(str(err).split("\n")[0].split())
+        raise ConfigError(f"{err.full_key or 'a config value'} cannot be resolved: {reason}") from None
+
+
 def finalize_config(cfg: DictConfig) -> DictConfig:
     """A composed config checked for what hydra's types cannot say, then frozen."""
+    resolve_interpolations(cfg)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"config values missing: {', '.join(missing)}")

@@ -28,7 +28,6 @@ from gpthf.errors import ConfigError, GpthfError, TrainingError
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "cfg_pretrain"
-OUTCOME_FILE = "outcome.json"  # in every sweep job's folder
 SWEEP_FILE = "sweep.json"  # in the sweep folder: every job's outcome, in job order
 HYDRA_PREFIXES = ("hydra.", "hydra/", "+hydra", "~hydra")
 # Launcher plugins a user may name with hydra/launcher=..., and where they come from.
@@ -94,20 +93,20 @@ def expand_jobs(overrides: Sequence[str]) -> list[list[str]]:
 
 
 def check_hydra_overrides(overrides: Sequence[str]) -> None:
-    """Compose hydra's own config with the `hydra...` overrides, so a wrong launcher or key is one line."""
+    """Compose hydra's own config with the `hydra...` overrides, so a wrong launcher or key is one line,
+    and a setting gpthf cannot honour is refused before anything runs."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     hydra_overrides = [o for o in overrides if _is_hydra_override(o)]
-    if not hydra_overrides:
-        return
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            compose(config_name=CONFIG_NAME, overrides=hydra_overrides, return_hydra_config=True)
+            composed = compose(config_name=CONFIG_NAME, overrides=hydra_overrides, return_hydra_config=True)
+        chdir = composed.hydra.job.chdir
     except Exception as err:
         launcher = _override_value(hydra_overrides, "hydra/launcher")
-        if launcher in LAUNCHER_PACKAGES and "Could not find" in str(err):
+        if launcher in LAUNCHER_PACKAGES and ("Could not find" in str(err) or "Could not load" in str(err)):
             raise ConfigError(
                 f"hydra/launcher={launcher} needs its plugin: pip install {LAUNCHER_PACKAGES[launcher]}"
             ) from None
@@ -115,6 +114,11 @@ def check_hydra_overrides(overrides: Sequence[str]) -> None:
         raise ConfigError(f"invalid hydra override: {first}") from None
     finally:
         GlobalHydra.instance().clear()
+    if chdir:
+        raise ConfigError(
+            "hydra.job.chdir=true is not supported: gpthf writes every file into the run folder itself and "
+            "reads relative paths (output_dir, cache_dir, data.path) from where you started; drop it"
+        )
 
 
 def preflight(args) -> list[str]:
@@ -143,6 +147,8 @@ def preflight(args) -> list[str]:
             varying = " ".join(o for o in job if o not in shared)  # a job is named by what the sweep varies
             raise ConfigError(f"run #{number} ({varying}): {err}" if len(jobs) > 1 else str(err)) from None
     info_only = args.cfg or args.help or args.hydra_help or args.info
+    if args.multirun and not info_only:
+        check_sweep_folder(overrides, jobs)
     if args.multirun or info_only:
         return []
     if os.environ.get("RANK", "0") != "0":  # rank 0 owns the run folder and tells the others
@@ -162,6 +168,29 @@ def preflight(args) -> list[str]:
     return [] if given is not None else [f"hydra.run.dir={_quote(str(claim.run_dir))}"]
 
 
+def check_sweep_folder(overrides: Sequence[str], jobs: list[list[str]]) -> None:
+    """A rerun into an existing sweep folder continues that sweep; one whose job folders hold finished
+    jobs of other overrides is another sweep, refused before any job runs (its outcomes are kept)."""
+    from gpthf.training.run_dir import OUTCOME_FILE
+
+    given = _override_value(overrides, "hydra.sweep.dir")
+    if given is None or "${" in given or not Path(given).is_dir():
+        return  # a new sweep folder (timestamped, or named in a way known only inside hydra)
+    for path in sorted(Path(given).glob(f"*/{OUTCOME_FILE}")):
+        earlier = _read_outcome(path)
+        number = earlier.get("job")
+        if earlier.get("status") != "finished" or not isinstance(number, int):
+            continue
+        ours = jobs[number] if 0 <= number < len(jobs) else None
+        if ours is None or not _same_job(earlier.get("overrides", []), ours):
+            raise ConfigError(
+                f"hydra.sweep.dir={given} holds another sweep (its job #{number} ran "
+                f"{' '.join(earlier.get('overrides', [])) or 'no overrides'}, "
+                + (f"this one's is {' '.join(ours) or 'no overrides'}" if ours is not None else f"this one has {len(jobs)} jobs")
+                + "); give a new hydra.sweep.dir, or rerun that sweep to continue it"
+            )
+
+
 def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -172,6 +201,7 @@ def task(cfg) -> str | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from gpthf.training.run_dir import OUTCOME_FILE, claim_run
     from gpthf.training.trainer import train  # torch is slow to import: only once a job runs
 
     hydra_cfg = HydraConfig.get()
@@ -185,8 +215,18 @@ def task(cfg) -> str | None:
         except GpthfError as err:
             raise _JobFailed(err) from None
     outcome = {"job": hydra_cfg.job.num, "overrides": list(hydra_cfg.overrides.task), "folder": str(folder)}
+    earlier = _read_outcome(folder / OUTCOME_FILE)
+    if earlier.get("status") == "finished":  # a rerun of the sweep: what finished is kept as it is
+        if _same_job(earlier.get("overrides", []), outcome["overrides"]):
+            log.info("job #%s finished in an earlier run of this sweep: kept (%s)", outcome["job"], folder)
+            return earlier.get("run_dir")
+        log.error("job #%s: %s holds a finished job of other overrides (%s); kept, this job not run",
+                  outcome["job"], folder, " ".join(earlier.get("overrides", [])))  # fmt: skip
+        return None
     try:
-        run_dir = train(finalize_config(cfg), run_folder=folder)
+        cfg = finalize_config(cfg)
+        # A rerun of a sweep continues it: a job killed midway resumes from its last checkpoint.
+        run_dir = train(cfg, claim=claim_run(cfg, folder, continue_job=True))
         outcome.update(status="finished", run_dir=str(run_dir))
     except Exception as err:  # every failure of one job: recorded, and the sweep goes on
         message = str(err) if isinstance(err, GpthfError) else f"{type(err).__name__}: {err}"
@@ -196,6 +236,24 @@ def task(cfg) -> str | None:
         outcome.update(status="failed", error=message)
     _write_json(folder / OUTCOME_FILE, outcome)
     return outcome.get("run_dir")
+
+
+def _same_job(overrides: Sequence[str], others: Sequence[str]) -> bool:
+    """Two jobs' overrides describe the same run; `resume=` only says how to continue it."""
+
+    def run(job: Sequence[str]) -> list[str]:
+        return [o for o in job if o.partition("=")[0].lstrip("+") != "resume"]
+
+    return run(overrides) == run(others)
+
+
+def _read_outcome(path: Path) -> dict:
+    """A job's recorded outcome; none (or one torn by a kill) reads as no outcome."""
+    try:
+        outcome = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return outcome if isinstance(outcome, dict) else {}
 
 
 def _write_json(path: Path, value) -> None:
@@ -218,6 +276,8 @@ class SweepSummary(Callback):
 def summarize_sweep(sweep_dir: Path) -> list[dict]:
     """Every job's outcome in job order, written to `sweep.json`; a job that left no outcome (killed)
     is listed as such."""
+    from gpthf.training.run_dir import OUTCOME_FILE
+
     outcomes = []
     for path in sorted(sweep_dir.glob(f"*/{OUTCOME_FILE}")):
         outcomes.append(json.loads(path.read_text()))

@@ -21,9 +21,11 @@ from omegaconf import OmegaConf
 from gpthf.data.dataset import data_cache_key, data_identity, with_defaults
 from gpthf.errors import ConfigError
 from gpthf.training.checkpoint import FINAL, latest_checkpoint, read_meta, recover_interrupted_writes
+from gpthf.training.metrics import LOSS_PLOT, METRICS_FILE
 
 CONFIG_FILE = "config.yaml"
 LOCK_FILE = ".lock"
+OUTCOME_FILE = "outcome.json"  # in every sweep job's folder: how the job ended
 # Keys of `train` that shape the optimisation: a resumed run must keep them (others, like
 # log_every_steps or checkpoint_every_minutes, may change between sessions).
 RESUME_FIXED_TRAIN_KEYS = (
@@ -87,15 +89,24 @@ def create_run_dir(cfg) -> Path:
     raise ConfigError(f"could not find a free run folder name under {parent}")
 
 
-def find_run_to_resume(cfg) -> tuple[Path, Path]:
-    """(run folder, checkpoint) of the newest run of `cfg.name` with a complete checkpoint."""
+def find_run_to_resume(cfg) -> tuple[Path, Path, RunLock]:
+    """(run folder, checkpoint, its held lock) of the newest run of `cfg.name` with a complete
+    checkpoint. Each run is locked before it is looked into: recovering a killed write removes
+    staging folders, which in a live run are the checkpoint it is writing."""
     runs = sorted((Path(cfg.output_dir) / cfg.name).glob("*/"))
     for run_dir in reversed(runs):
         if not (run_dir / CONFIG_FILE).is_file():
             continue  # a run that never got past its start, or one starting right now
-        checkpoint = resumable_checkpoint(cfg, run_dir)
+        lock = RunLock(run_dir)
+        lock.acquire()  # a live run: refused here, before anything in it is touched
+        try:
+            checkpoint = resumable_checkpoint(cfg, run_dir)
+        except BaseException:
+            lock.release()
+            raise
         if checkpoint is not None:
-            return run_dir, checkpoint
+            return run_dir, checkpoint, lock
+        lock.release()
     raise ConfigError(
         f"resume=true but no run of {cfg.name} under {cfg.output_dir} has a complete checkpoint"
     )
@@ -103,7 +114,7 @@ def find_run_to_resume(cfg) -> tuple[Path, Path]:
 
 def resumable_checkpoint(cfg, run_dir: Path) -> Path | None:
     """The checkpoint `cfg` may resume in `run_dir` (None: it has none); refuses a finished run or
-    one whose model, data or optimisation differ."""
+    one whose model, data or optimisation differ. Call it only with the run's lock held."""
     recover_interrupted_writes(run_dir)
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
@@ -114,6 +125,19 @@ def resumable_checkpoint(cfg, run_dir: Path) -> Path | None:
         )
     check_resumable(OmegaConf.load(run_dir / CONFIG_FILE), cfg, run_dir)
     return checkpoint
+
+
+# What hydra or a sweep puts into a run folder besides the run itself (`.hydra/`, the job's log, the
+# job's outcome) and the lock: a given folder holding only these is free for a run.
+HYDRA_OWN_FILES = (".hydra", LOCK_FILE, OUTCOME_FILE)
+# What a run writes into its folder: an attempt killed before its first checkpoint leaves only
+# these, and a continued sweep starts that job again from scratch.
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, LOSS_PLOT, "checkpoints")
+
+
+def _foreign_files(folder: Path) -> list[str]:
+    """Names in `folder` that hydra did not put there: in a folder holding no run, the user's own."""
+    return sorted(p.name for p in folder.iterdir() if p.name not in HYDRA_OWN_FILES and p.suffix != ".log")
 
 
 @dataclass
@@ -135,42 +159,83 @@ class RunClaim:
         self.lock.release()
 
 
-def claim_run(cfg, folder: Path | None = None) -> RunClaim:
+def claim_run(cfg, folder: Path | None = None, continue_job: bool = False) -> RunClaim:
     """Lock the run folder before anything slow or anything else writes there: a new folder under
     `<output_dir>/<name>/`, the newest run of that name for `resume=true`, or the given `folder`
-    (hydra.run.dir, a sweep's job folder), which must not hold another run unless resuming it."""
+    (hydra.run.dir, a sweep's job folder). A given folder must be new, empty but for hydra's own
+    files, or hold this run when resuming; `continue_job` (a rerun sweep's job): resume the run the
+    folder holds where it has a checkpoint, else start it again. Nothing is written or removed
+    before the lock is held, and a refusal leaves nothing behind."""
     if folder is None:
-        run_dir, checkpoint = find_run_to_resume(cfg) if cfg.resume else (create_run_dir(cfg), None)
-        created = not cfg.resume
-    else:
-        run_dir, checkpoint, created = Path(folder), None, not Path(folder).exists()
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise ConfigError(
-                f"cannot create the run folder {run_dir} ({err.strerror}); give a writable one"
-            ) from None
-    claim = RunClaim(run_dir, RunLock(run_dir), checkpoint, created)
-    try:
+        if cfg.resume:
+            run_dir, checkpoint, lock = find_run_to_resume(cfg)
+            return _claimed(cfg, RunClaim(run_dir, lock, checkpoint, created=False))
+        run_dir = create_run_dir(cfg)
+        claim = RunClaim(run_dir, RunLock(run_dir), None, created=True)
         claim.lock.acquire()
-        if folder is not None:
-            if cfg.resume:
-                has_config = (run_dir / CONFIG_FILE).is_file()
-                claim.resume_from = resumable_checkpoint(cfg, run_dir) if has_config else None
-                if claim.resume_from is None:
-                    raise ConfigError(f"resume=true but {run_dir} holds no complete checkpoint to resume")
-            elif (run_dir / CONFIG_FILE).is_file():
-                raise ConfigError(
-                    f"{run_dir} already holds a run; choose another hydra.run.dir, or add resume=true to continue it"
-                )
-        if claim.resume_from is not None:
-            check_same_data(cfg, claim.resume_from)
-        else:
-            OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
+        return _claimed(cfg, claim)
+    run_dir = Path(folder)
+    created = not run_dir.exists()
+    if not created:
+        _check_folder_is_free(run_dir, resuming=cfg.resume or continue_job)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create the run folder {run_dir} ({err.strerror}); give a writable one") from None
+    made_lock = not (run_dir / LOCK_FILE).exists()
+    claim = RunClaim(run_dir, RunLock(run_dir), None, created)
+    claim.lock.acquire()  # refused: someone else's lock, which is left alone
+    try:
+        holds_run = (run_dir / CONFIG_FILE).is_file()
+        if holds_run and (cfg.resume or continue_job):
+            claim.resume_from = resumable_checkpoint(cfg, run_dir)
+            if claim.resume_from is None and continue_job:  # killed before its first checkpoint
+                for name in RUN_FILES:
+                    path = run_dir / name
+                    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        if cfg.resume and not continue_job and claim.resume_from is None:
+            raise ConfigError(f"resume=true but {run_dir} holds no complete checkpoint to resume")
     except BaseException:
         claim.lock.release()
         if created:
             shutil.rmtree(run_dir, ignore_errors=True)
+        elif made_lock:
+            (run_dir / LOCK_FILE).unlink(missing_ok=True)
+        raise
+    return _claimed(cfg, claim)
+
+
+def _check_folder_is_free(run_dir: Path, resuming: bool) -> None:
+    """A given run folder that holds another run (unless resuming it) or the user's own files is
+    refused before anything is written into it."""
+    if not run_dir.is_dir():
+        raise ConfigError(f"run folder {run_dir} is a file; give a folder")
+    if (run_dir / CONFIG_FILE).is_file():
+        if resuming:
+            return
+        raise ConfigError(
+            f"{run_dir} already holds a run; choose another hydra.run.dir, or add resume=true to continue it"
+        )
+    foreign = _foreign_files(run_dir)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ConfigError(
+            f"{run_dir} is not empty and holds no run ({shown}); a run would write over files there: "
+            f"give a new or empty folder as hydra.run.dir"
+        )
+
+
+def _claimed(cfg, claim: RunClaim) -> RunClaim:
+    """The last checks of a locked claim, and the run's config written for a new run."""
+    try:
+        if claim.resume_from is not None:
+            check_same_data(cfg, claim.resume_from)
+        else:
+            OmegaConf.save(cfg, claim.run_dir / CONFIG_FILE, resolve=True)
+    except BaseException:
+        claim.lock.release()
+        if claim.created:
+            shutil.rmtree(claim.run_dir, ignore_errors=True)
         raise
     return claim
 

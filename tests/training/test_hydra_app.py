@@ -3,8 +3,10 @@ joblib launcher), hydra.run.dir; a failed job keeps the others' results; every m
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +15,12 @@ import pytest
 
 from gpthf.cli import EXIT_USER_ERROR, run_cli
 from gpthf.training.app import SWEEP_FILE, main
+from gpthf.config import load_config
 from gpthf.training.checkpoint import latest_checkpoint
-from tests.conftest import REPO, run_overrides
+from gpthf.training.metrics import read_metrics
+from gpthf.training.run_dir import OUTCOME_FILE, claim_run
+from gpthf.training.trainer import train
+from tests.conftest import REPO, frozen_clock, run_overrides
 
 QUICK = ("budget=1h", "train.max_tokens=1500")  # token-driven: a few steps, the same on every run
 
@@ -58,6 +64,22 @@ def test_cfg_job_prints_the_composed_config_and_creates_nothing(tmp_path):
         (["hydra/launcher=nope"], "invalid hydra override"),
         (["hydra.run.dirr=x"], "invalid hydra override"),
         (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["hydra.job.chdir=true"], "hydra.job.chdir=true is not supported"),
+        (["name=${nosuch.key}"], "name cannot be resolved: Interpolation key 'nosuch.key' not found"),
+        (["name=${oc.env:GPTHF_NO_SUCH_VARIABLE}"], "Environment variable 'GPTHF_NO_SUCH_VARIABLE' not found"),
+        (["--cfg", "job", "name=${nosuch.key}"], "name cannot be resolved"),
+        (["data.seq_len=${name}"], "data.seq_len cannot be resolved"),
+        (["name=${no_such_resolver:x}"], "Unsupported interpolation type no_such_resolver"),
+        (["name=${name}"], "Recursive interpolation"),
+        (["budget=1e400h"], "must be positive and finite"),
+        pytest.param(
+            ["-m", "hydra/launcher=slurm"],
+            "needs its plugin: pip install hydra-submitit-launcher",
+            marks=pytest.mark.skipif(
+                importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None,
+                reason="the plugin is installed here",
+            ),
+        ),
     ],
 )
 def test_a_malformed_command_line_is_one_error_line_and_runs_nothing(tmp_path, capsys, args, message):
@@ -65,6 +87,15 @@ def test_a_malformed_command_line_is_one_error_line_and_runs_nothing(tmp_path, c
     line = one_error_line(capsys.readouterr().err)
     assert message in line
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("entry", ["gpthf.data.prepare", "gpthf.doctor"])
+@pytest.mark.parametrize("override", ["name=${nosuch.key}", "cache_dir=${oc.env:GPTHF_NO_SUCH_VARIABLE}"])
+def test_an_unresolvable_interpolation_is_one_line_in_every_entry_point(entry, override, capsys):
+    entry_main = importlib.import_module(entry).main
+    assert run_cli(entry_main, [override]) == EXIT_USER_ERROR
+    line = one_error_line(capsys.readouterr().err)
+    assert "cannot be resolved" in line and override.split("=")[0] in line
 
 
 def test_sweep_with_a_range_and_a_failing_job_keeps_the_others(data_cache, tmp_path, capsys):
@@ -158,3 +189,89 @@ def test_shell_completion_completes_config_groups():
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert "arch=gpt-tiny" in run.stdout.split() and "arch=gpt-test" in run.stdout.split()
+
+
+def _run_files(folder: Path) -> dict[str, bytes]:
+    """A run's own files (hydra rewrites `.hydra/` and appends to its log on every launch)."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log" and p.name != ".lock"
+    }
+
+
+def test_a_rerun_sweep_continues_it_and_never_rewrites_a_finished_job(data_cache, tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *run_overrides(data_cache, tmp_path, *QUICK), "train.seed=0,1", f"hydra.sweep.dir={sweep}"]
+    assert run_cli(main, args) == 0, capsys.readouterr().err[-2000:]
+    first, second = sorted(p for p in sweep.iterdir() if p.is_dir())
+    kept = _run_files(first)
+    # job #1 killed before its first checkpoint: no outcome, no checkpoint, a config and some metrics
+    (second / OUTCOME_FILE).unlink()
+    shutil.rmtree(second / "checkpoints")
+    for rerun in ([], ["resume=true"]):
+        capsys.readouterr()
+        assert run_cli(main, [*args, *rerun]) == 0, capsys.readouterr().err[-2000:]
+        assert _run_files(first) == kept, "a finished job's files and outcome are kept as they were"
+        outcomes = json.loads((sweep / SWEEP_FILE).read_text())
+        assert [(o["job"], o["status"]) for o in outcomes] == [(0, "finished"), (1, "finished")]
+        assert latest_checkpoint(second).name == "final"
+        steps = [r["step"] for r in read_metrics(second) if "loss" in r]
+        assert steps == sorted(set(steps)), "the restarted job's metrics hold no step twice"
+    kept_second = _run_files(second)
+    other = [a.replace("train.seed=0,1", "train.seed=0,2") for a in args]
+    capsys.readouterr()
+    assert run_cli(main, other) == EXIT_USER_ERROR, "another sweep into this sweep's folder"
+    assert "holds another sweep" in one_error_line(capsys.readouterr().err)
+    assert _run_files(first) == kept and _run_files(second) == kept_second
+
+
+def test_a_sweep_job_killed_after_a_checkpoint_resumes_from_it(data_cache, tmp_path):
+    folder = tmp_path / "sweep" / "1-gpthf-kjv"
+    cfg = load_config(run_overrides(data_cache, tmp_path, "train.max_tokens=3000"))
+    train(cfg, clock=frozen_clock, stop_after_steps=2, run_folder=folder)
+    step = latest_checkpoint(folder)
+    assert step is not None and step.name.startswith("step-")
+    claim = claim_run(cfg, folder, continue_job=True)
+    try:
+        assert claim.resume_from == step
+    finally:
+        claim.lock.release()
+
+
+def _user_folder(root: Path, *names: str) -> Path:
+    folder = root / "mine"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text("someone: else\n")
+    for name in names:
+        (folder / name).write_bytes(b"the user's own " + name.encode())
+    return folder
+
+
+@pytest.mark.parametrize(
+    "names, extra, message",
+    [
+        (("loss.png", "metrics.jsonl"), [], "is not empty and holds no run (loss.png, metrics.jsonl)"),
+        (("notes.txt",), ["resume=true"], "is not empty and holds no run (notes.txt)"),
+        ((), ["resume=true"], "holds no complete checkpoint to resume"),
+    ],
+)
+def test_hydra_run_dir_that_holds_no_run_is_refused_and_left_as_it_was(
+    data_cache, tmp_path, capsys, names, extra, message
+):
+    folder = _user_folder(tmp_path, *names)
+    before = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    args = [*run_overrides(data_cache, tmp_path / "outputs", *QUICK), f"hydra.run.dir={folder}", *extra]
+    assert run_cli(main, args) == EXIT_USER_ERROR
+    assert message in one_error_line(capsys.readouterr().err)
+    after = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert after == before, "a refused run leaves nothing behind (no .lock either)"
+
+
+def test_hydra_run_dir_naming_a_file_is_one_line(data_cache, tmp_path, capsys):
+    path = tmp_path / "a-file"
+    path.write_text("keep me")
+    args = [*run_overrides(data_cache, tmp_path / "outputs", *QUICK), f"hydra.run.dir={path}"]
+    assert run_cli(main, args) == EXIT_USER_ERROR
+    assert "is a file; give a folder" in one_error_line(capsys.readouterr().err)
+    assert path.read_text() == "keep me"

@@ -120,6 +120,34 @@ def test_resume_refuses_a_run_this_process_holds(data_cache, tmp_path):
         lock.release()
 
 
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_refused_resume_touches_nothing_of_the_live_run(data_cache, tmp_path):
+    """A live run mid-write has a staging folder and may have moved a checkpoint aside: a refused
+    resume=true must not 'recover' them (that deleted the checkpoint the live run was writing)."""
+    run_dir = train(
+        load_config(run_overrides(data_cache, tmp_path, "train.max_tokens=3000")),
+        clock=frozen_clock,
+        stop_after_steps=2,
+    )
+    checkpoints = run_dir / "checkpoints"
+    (checkpoints / ".step-00000004.tmp").mkdir()  # what the live run is writing right now
+    (checkpoints / ".step-00000004.tmp" / "model.safetensors").write_bytes(b"half")
+    (checkpoints / ".final.old-123").mkdir()  # a checkpoint it moved aside for its replacement
+    (checkpoints / ".final.old-123" / "config.json").write_text("{}")
+    lock = RunLock(run_dir)
+    lock.acquire()  # the live run
+    before = _files(run_dir)
+    try:
+        with pytest.raises(ConfigError, match="is in use by process"):
+            train(load_config(run_overrides(data_cache, tmp_path, "train.max_tokens=3000", "resume=true")))
+    finally:
+        lock.release()
+    assert _files(run_dir) == before, "the refused resume changed or removed the live run's files"
+
+
 def test_resume_after_the_corpus_changed_is_refused_before_any_rebuild(tmp_path, tales_dir):
     for i in range(4, 40):  # enough rows for a batch
         (tales_dir / f"tale{i}.txt").write_text(
