@@ -15,10 +15,19 @@ from array import array
 from collections.abc import Iterator
 from pathlib import Path
 
-from gpthf.batch_results import BatchResults, InputOrder, partial_path
+from gpthf.batch_results import (
+    BatchResults,
+    InputOrder,
+    check_batch_file,
+    is_stream,
+    job_output,
+    partial_path,
+)
 from gpthf.cli import ArgumentParser, positive_int, run_cli, writable_folder
 from gpthf.errors import GpthfError
 from gpthf.precision import DEFAULT_DTYPE, DTYPE_NAMES
+
+BOM = "\ufeff"  # the byte order mark some editors put before UTF-8 text: never part of a prompt
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -31,7 +40,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     source.add_argument(
         "--batch-file",
         type=Path,
-        help="one prompt per line (blank lines skipped), generated --batch-size at a time",
+        help="one prompt per line, UTF-8 (blank lines and byte order marks skipped), generated "
+        "--batch-size at a time",
     )
     parser.add_argument(
         "--batch-size",
@@ -43,13 +53,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--output",
         type=Path,
         default=None,
-        help="write results as JSON lines (input order) to this file; they stream to FILE.partial "
-        "as they finish, and FILE appears when all are done",
+        help="write results as JSON lines (input order) to this file (its folder is created if "
+        "needed); they stream to FILE.partial as they finish, and FILE appears when all are done. "
+        "A symlink is followed (its target is written); a device or FIFO (/dev/stdout, a named "
+        "pipe) is written straight, with no partial file and no --resume",
     )
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue the interrupted job whose results are in --output's FILE.partial",
+        help="continue the interrupted job whose results are in --output's FILE.partial; one "
+        "whose results are all there is only completed",
     )
     parser.add_argument("--max-new-tokens", type=int, default=100)
     parser.add_argument("--max-sentences", type=int, default=None, help="stop after this many new sentences")
@@ -86,21 +99,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.resume and args.output is None:
         raise GpthfError("--resume continues a job's --output file; give the same --output as that job")
     if args.output is not None:
-        if args.batch_file is not None and args.output.resolve() == args.batch_file.resolve():
-            raise GpthfError(
-                f"--output {args.output} is the --batch-file itself; give another file for the results"
-            )
-        if args.output.is_dir():
-            raise GpthfError(f"--output {args.output} is a folder; give a file name (results.jsonl)")
-        writable_folder(args.output.parent, flag="--output's folder")
+        args.output = job_output(args.output, args.resume)  # a symlink's target; what it cannot be
+        if args.batch_file is not None:
+            check_batch_file(args.batch_file, args.output)
+        if not is_stream(args.output):
+            writable_folder(args.output.parent, flag="--output's folder")
     return args
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
     if args.prompt is not None:
-        if not args.prompt.strip():
+        prompt = args.prompt.removeprefix(BOM)  # e.g. --prompt "$(cat notes.txt)"
+        if not prompt.strip():
             raise GpthfError("the prompt is empty; give some text to continue")
-        return [args.prompt]
+        return [prompt]
     try:  # line by line: the file's text is never held twice (whole and split)
         prompts = [prompt for _, prompt in prompt_lines(args.batch_file)]
     except (OSError, UnicodeDecodeError) as err:
@@ -111,9 +123,11 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def prompt_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, prompt) of each prompt of a batch file: its lines that are not blank."""
+    """(line number, prompt) of each prompt of a batch file: its lines that are not blank, without
+    a leading byte order mark (which would change the first prompt's tokens, and its output)."""
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
+            line = line.removeprefix(BOM)  # the file's, or one a concatenated file brought mid-way
             if line.strip():
                 yield number, line.rstrip("\n")
 
@@ -141,7 +155,7 @@ def main(argv: list[str]) -> int:
     from gpthf.training.checkpoint import resolve_checkpoint
     from gpthf.training.distributed import resolve_device
 
-    device = resolve_device(args.device, 0)
+    device = resolve_device(args.device, 0, setting="--device")
     if args.compile:
         from gpthf.generation.compiled import check_compiler
 
@@ -151,22 +165,28 @@ def main(argv: list[str]) -> int:
     # another job, is refused at once.
     results = open_results(args, prompts, checkpoint) if args.output is not None else None
     try:
-        run_job(args, prompts, checkpoint, device, results)
+        if results is not None and results.done == len(prompts):
+            finish_only(results)  # an earlier run wrote every result; only the output file is missing
+        else:
+            run_job(args, prompts, checkpoint, device, results)
     except BaseException as err:
         if results is None:
             raise
         results.close()
         if not results.written:
             raise
-        kept = (
-            f"{results.written:,} of {len(prompts):,} results kept in {results.partial}; "
-            "the same command with --resume continues from there"
-        )
         if isinstance(err, GpthfError):  # still one error line
-            raise type(err)(f"{err}; {kept}") from None
-        print(kept, file=sys.stderr)
+            raise type(err)(f"{err}; {results.kept()}") from None
+        print(results.kept(), file=sys.stderr)
         raise
     return 0
+
+
+def finish_only(results: BatchResults) -> None:
+    """Complete a resumed job whose results were all written (its final rename failed, or it was
+    killed just before): no model is needed, and there is nothing left to generate."""
+    results.finish()
+    print(f"all {results.done:,} results were written before; {results.path} completed", file=sys.stderr)
 
 
 def run_job(

@@ -6,6 +6,12 @@ JSON line each, flushed, to `PATH.partial`, whose first line names what produced
 format, sampling settings). When every prompt is written, the results alone go to PATH (a temporary
 file renamed into place) and the partial file is removed: PATH only ever exists complete.
 
+An --output that is not a plain file: a symlink is followed (the partial file and the rename go to
+its target, so the link keeps pointing at the fresh results); a character device or FIFO (/dev/null,
+/dev/stdout, a named pipe) is a stream, written straight with no partial file and no rename, so a job
+written into it cannot be resumed; a folder, block device or socket is refused. `check_batch_file`
+refuses a prompts file that the job would replace or remove, by whatever path it is named.
+
 An interrupted job leaves its partial file; `resume=True` continues it: the results already written
 are a prefix of the prompts, checked line by line against the prompts (same index, same text) and
 the header against this run's settings, and only the rest is generated. A torn last line, as a kill
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -61,19 +68,97 @@ def partial_path(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
+def _temporary_path(path: Path) -> Path:
+    """Where the complete results are written before the rename onto `path`."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def is_stream(path: Path) -> bool:
+    """A character device or FIFO: it cannot be renamed onto or read back, so results go straight
+    into it, as with a shell's `>`."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+
+
+def job_output(path: Path, resume: bool = False) -> Path:
+    """The file a job given --output `path` writes: `path`, or a symlink's target (so the link is
+    left pointing at the fresh results, not at stale ones behind a replaced link). Refused before any
+    work: what cannot hold results, and --resume into a stream, which keeps no partial file."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:  # a new file, or a symlink to one
+        mode = None
+    except OSError as err:  # a symlink loop, a file used as a folder
+        raise BatchResultsError(
+            f"cannot use --output {path} ({err.strerror}); give a file name in a writable folder"
+        ) from None
+    if mode is not None and stat.S_ISDIR(mode):
+        raise BatchResultsError(f"--output {path} is a folder; give a file name (results.jsonl)")
+    if mode is not None and (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
+        if resume:
+            raise BatchResultsError(
+                f"--output {path} is a device or pipe, written straight with no partial file to resume "
+                "from; drop --resume to run the job again"
+            )
+        return path  # opened by the name given: /dev/stdout is whatever stdout is now
+    if mode is not None and not stat.S_ISREG(mode):
+        raise BatchResultsError(
+            f"--output {path} is neither a file, a character device nor a FIFO (a socket or block "
+            "device); give a file name"
+        )
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: by device and inode where both exist (hard links, symlinks,
+    `..`, case-insensitive names), else by their resolved paths."""
+    try:
+        first, second = os.stat(a), os.stat(b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+
+
+def check_batch_file(batch_file: Path, output: Path) -> None:
+    """Refuse a --batch-file that a job writing `output` (from `job_output`) would replace or remove:
+    the output, its partial file or its temporary file, by any path. A stream replaces nothing."""
+    if is_stream(output):
+        return
+    written = {
+        "--output": output,
+        "--output's partial file": partial_path(output),
+        "--output's temporary file": _temporary_path(output),
+    }
+    for role, path in written.items():
+        if same_file(batch_file, path):
+            named = "" if os.path.abspath(batch_file) == os.path.abspath(path) else f" ({batch_file})"
+            raise BatchResultsError(
+                f"{role} {path} is the --batch-file itself{named}; give another file for the results"
+            )
+
+
 class BatchResults:
     """Writes result records for `prompts` to `path` through its partial file (see the module doc).
     `done` prompts (a prefix) are already written when resuming; `write` takes the rest in order."""
 
     def __init__(self, path: Path, prompts: list[str], settings: dict, resume: bool):
-        self.path, self.partial = path, partial_path(path)
+        self.path = job_output(path, resume)
+        self.stream = is_stream(self.path)
+        self.partial = None if self.stream else partial_path(self.path)
+        self._lines = self.path if self.stream else self.partial  # where each result goes at once
         self.prompts = prompts
         try:  # "a+": opening never truncates, so a live job's file survives until the lock is tried
-            self._file: TextIO = open(self.partial, "a+", encoding="utf-8")
+            self._file: TextIO = open(self._lines, "w" if self.stream else "a+", encoding="utf-8")
         except OSError as err:
             raise BatchResultsError(
-                f"cannot write {self.partial} ({err.strerror}); give a writable --output"
+                f"cannot write {self._lines} ({err.strerror}); give a writable --output"
             ) from None
+        if self.stream:  # nothing to lock, check or continue: a stream is only written
+            self.done = self.written = 0
+            return
         try:
             self._lock()
             self.done = self._continue(settings, resume)  # results there before this run
@@ -163,16 +248,22 @@ class BatchResults:
             self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
             self._file.flush()  # a killed process keeps every line written before it
         except OSError as err:  # a full disk: what is written stays, --resume continues once there is room
-            raise BatchResultsError(f"cannot write {self.partial} ({err.strerror})") from None
+            raise BatchResultsError(f"cannot write {self._lines} ({err.strerror})") from None
         self.written += 1
 
     def finish(self) -> None:
         """Every prompt written: the results alone become `path`, the partial file goes."""
         if self.written != len(self.prompts):
             raise BatchResultsError(
-                f"{self.written} of {len(self.prompts)} results written; {self.partial} kept"
+                f"{self.written} of {len(self.prompts)} results written; nothing to finish yet"
             )
-        final = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        if self.stream:
+            try:
+                self._file.close()  # the last buffered bytes: a full /dev/full says so here
+            except OSError as err:
+                raise BatchResultsError(f"cannot write --output {self.path} ({err.strerror})") from None
+            return
+        final = _temporary_path(self.path)
         try:
             self._file.seek(0)
             self._file.readline()  # the header stays behind
@@ -190,9 +281,16 @@ class BatchResults:
         self.partial.unlink(missing_ok=True)
         self.close()
 
+    def kept(self) -> str:
+        """What an unfinished job leaves behind, and how to go on from there."""
+        done = f"{self.written:,} of {len(self.prompts):,} results"
+        if self.stream:
+            return f"{done} went to {self.path}, a stream that cannot be resumed; run the job again"
+        return f"{done} kept in {self.partial}; the same command with --resume continues from there"
+
     def close(self) -> None:
         """Release the file (and its lock); results written stay, a file holding none goes."""
-        if self.written == 0:
+        if self.written == 0 and not self.stream:
             self.partial.unlink(missing_ok=True)
         try:
             self._file.close()

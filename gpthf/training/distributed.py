@@ -55,15 +55,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def resolve_device(name: str, local_rank: int) -> torch.device:
+def resolve_device(name: str, local_rank: int, setting: str = "impl.device") -> torch.device:
+    """The torch device `name` asks for; errors name `setting`, where the user gave it (a command
+    line's --device, or the config's impl.device)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError("impl.device=cuda but no CUDA GPU is visible; use impl.device=cpu or auto")
+            raise ConfigError(f"{setting}={name} but no CUDA GPU is visible; use {setting}=cpu or auto")
         return torch.device("cuda", local_rank if name == "cuda" else torch.device(name).index)
     if name != "cpu":
-        raise ConfigError(f"impl.device={name!r}: use auto, cpu, cuda or cuda:N")
+        raise ConfigError(f"{setting}={name!r}: use auto, cpu, cuda or cuda:N")
     return torch.device("cpu")
 
 

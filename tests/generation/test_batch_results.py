@@ -190,3 +190,38 @@ def test_a_header_without_a_setting_recorded_later_still_resumes(tmp_path):
     results = BatchResults(out, PROMPTS, {**SETTINGS, "weights": "step 20"}, resume=True)
     assert results.done == 2
     results.close()
+
+
+def test_a_stream_output_is_written_straight_and_cannot_be_resumed(tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "results"
+    os.mkfifo(fifo)
+    received: list[str] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()), daemon=True)
+    reader.start()
+    results = BatchResults(fifo, PROMPTS, SETTINGS, resume=False)
+    assert results.stream and results.partial is None
+    write_all(results, upto=1)
+    assert "1 of 4 results went to" in results.kept() and "cannot be resumed" in results.kept()
+    write_all(results)
+    results.finish()
+    reader.join(timeout=30)
+    assert [json.loads(line)["index"] for line in received[0].splitlines()] == [0, 1, 2, 3], "no header"
+    assert [p.name for p in tmp_path.iterdir()] == ["results"], "no partial file, no rename"
+    with pytest.raises(BatchResultsError, match="no partial file to resume from"):
+        BatchResults(fifo, PROMPTS, SETTINGS, resume=True)
+
+
+def test_a_symlinked_output_is_written_through_its_target(tmp_path):
+    target = tmp_path / "runs" / "r.jsonl"
+    target.parent.mkdir()
+    target.write_text("stale\n")
+    link = tmp_path / "r.jsonl"
+    link.symlink_to(target)
+    results = BatchResults(link, PROMPTS, SETTINGS, resume=False)
+    assert results.partial == partial_path(target), "the partial lies beside the target, its rename's folder"
+    write_all(results)
+    results.finish()
+    assert link.is_symlink() and [r["index"] for r in lines(link)] == [0, 1, 2, 3]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import runpy
 
 import pytest
+import torch
 
-from gpthf.cli import run_cli
+from gpthf.cli import EXIT_USER_ERROR, run_cli
 from gpthf.data.special_tokens import EOS_ID
 from gpthf.data.splitter import build_splitter
 from gpthf.data.tokenizer import load_tokenizer
@@ -69,6 +70,10 @@ BATCH_FILES = {  # bytes of a --batch-file -> the prompts read from it
     "blank and space-only lines skipped": (b"\nOne.\n  \n\t\nTwo.\n\n", ["One.", "Two."]),
     "spaces inside a prompt kept": (b"  indented, trailing  \n", ["  indented, trailing  "]),
     "utf-8": ("Ἐν ἀρχῇ ἦν ὁ λόγος\n".encode(), ["Ἐν ἀρχῇ ἦν ὁ λόγος"]),
+    "a byte order mark": (b"\xef\xbb\xbfOne.\nTwo.\n", ["One.", "Two."]),
+    "a byte order mark on a line of its own": (b"\xef\xbb\xbf\nOne.\n", ["One."]),
+    "byte order marks of files concatenated": (b"\xef\xbb\xbfOne.\n\xef\xbb\xbfTwo.\n", ["One.", "Two."]),
+    "a byte order mark inside a line kept": ("One\ufefftwo.\n".encode(), ["One\ufefftwo."]),
 }
 
 
@@ -105,3 +110,24 @@ def test_a_prompt_is_named_by_its_line_or_without_one_when_the_file_changed(tmp_
     path.write_text("One.\n")  # rewritten since it was read
     assert name_prompt(args, 1) == f"prompt 1 of {path}"
     assert name_prompt(argparse.Namespace(prompt="Hi.", batch_file=None), 0) == "the prompt"
+
+
+DEVICES = [  # --device given -> the one error line, naming --device (the flag used), not impl.device
+    ("cuda", "error: --device=cuda but no CUDA GPU is visible; use --device=cpu or auto"),
+    ("cuda:1", "error: --device=cuda:1 but no CUDA GPU is visible; use --device=cpu or auto"),
+    ("tpu", "error: --device='tpu': use auto, cpu, cuda or cuda:N"),
+]
+
+
+@pytest.mark.parametrize("device, error", DEVICES, ids=[d[0] for d in DEVICES])
+def test_an_unusable_device_is_named_by_the_flag_given(trained_runs, capsys, device, error):
+    if device.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    main = runpy.run_path(str(REPO / "generate.py"))["main"]
+    capsys.readouterr()
+    assert (
+        run_cli(main, ["--ckpt", str(trained_runs["gpt"]), "--prompt", "Hi.", "--device", device])
+        == EXIT_USER_ERROR
+    )
+    out = capsys.readouterr()
+    assert out.err.strip().splitlines() == [error] and not out.out
