@@ -61,9 +61,19 @@ def resolve_device(name: str, local_rank: int, setting: str = "impl.device") -> 
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
+        try:
+            index = local_rank if name == "cuda" else torch.device(name).index
+        except RuntimeError:  # cuda:abc, cuda:-1
+            raise ConfigError(f"{setting}={name!r}: use auto, cpu, cuda or cuda:N") from None
         if not torch.cuda.is_available():
             raise ConfigError(f"{setting}={name} but no CUDA GPU is visible; use {setting}=cpu or auto")
-        return torch.device("cuda", local_rank if name == "cuda" else torch.device(name).index)
+        count = torch.cuda.device_count()
+        if index is None or index >= count:
+            raise ConfigError(
+                f"{setting}={name} (rank {local_rank}) but this host shows {count} GPU(s), cuda:0 to "
+                f"cuda:{count - 1}; give one of those, or start at most {count} processes per host"
+            )
+        return torch.device("cuda", index)
     if name != "cpu":
         raise ConfigError(f"{setting}={name!r}: use auto, cpu, cuda or cuda:N")
     return torch.device("cpu")

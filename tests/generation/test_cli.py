@@ -116,6 +116,8 @@ DEVICES = [  # --device given -> the one error line, naming --device (the flag u
     ("cuda", "error: --device=cuda but no CUDA GPU is visible; use --device=cpu or auto"),
     ("cuda:1", "error: --device=cuda:1 but no CUDA GPU is visible; use --device=cpu or auto"),
     ("tpu", "error: --device='tpu': use auto, cpu, cuda or cuda:N"),
+    ("cuda:abc", "error: --device='cuda:abc': use auto, cpu, cuda or cuda:N"),
+    ("cuda:-1", "error: --device='cuda:-1': use auto, cpu, cuda or cuda:N"),
 ]
 
 
@@ -131,3 +133,16 @@ def test_an_unusable_device_is_named_by_the_flag_given(trained_runs, capsys, dev
     )
     out = capsys.readouterr()
     assert out.err.strip().splitlines() == [error] and not out.out
+
+
+@pytest.mark.parametrize("name, local_rank", [("cuda:7", 0), ("cuda", 3)])
+def test_a_gpu_this_host_does_not_have_is_one_line(monkeypatch, name, local_rank):
+    """cuda:7 on a one-GPU host, or more torchrun ranks than GPUs: named, not 'invalid device ordinal'."""
+    from gpthf.errors import ConfigError
+    from gpthf.training.distributed import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"this host shows 2 GPU\(s\), cuda:0 to cuda:1"):
+        resolve_device(name, local_rank, "impl.device")
+    assert resolve_device("cuda:1", 0, "impl.device") == torch.device("cuda", 1)
