@@ -24,6 +24,13 @@ def test_default_config_composes_every_group():
         ("budget=abc", "not a duration"),
         ("budget=0", "must be positive"),
         ("budget=-1h", "not a duration"),
+        ("budget=1e400h", "must be positive and finite"),
+        ("budget=1e-400", "must be positive and finite"),
+        ("budget=nan", "not a duration"),
+        ("budget=inf", "not a duration"),
+        ("budget=1e", "not a duration"),
+        ("name=${nosuch.key}", "name cannot be resolved: Interpolation key 'nosuch.key' not found"),
+        ("data.seq_len=${oc.env:GPTHF_NO_SUCH_VARIABLE}", "data.seq_len cannot be resolved"),
     ],
 )
 def test_bad_overrides_are_one_clear_error(override, message):
@@ -32,7 +39,9 @@ def test_bad_overrides_are_one_clear_error(override, message):
 
 
 @pytest.mark.parametrize(
-    "budget, seconds", [("24h", 86400), ("90m", 5400), ("30s", 30), ("0.05", 180), (2, 7200)]
+    "budget, seconds",
+    [("24h", 86400), ("90m", 5400), ("30s", 30), ("0.05", 180), (2, 7200), ("1e-07", 0.00036), (1e-07, 0.00036),
+     ("2e1m", 1200), ("1.5E+1s", 15)],  # hydra turns budget=0.0000001 into the float 1e-07
 )
 def test_budget_units(budget, seconds):
     assert parse_budget_seconds(budget) == pytest.approx(seconds)
