@@ -18,6 +18,9 @@ EXIT_USER_ERROR = 2
 def run_cli(main: Callable[[list[str]], int | None], argv: list[str] | None = None) -> int:
     """Run `main(argv)`; a `GpthfError` becomes `error: <message>` on stderr and exit code 2."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # A log line that cannot be written (the run's log file on a full disk) must not print a
+    # traceback per line: the failed write that matters is reported once, as an `error:` line.
+    logging.raiseExceptions = False
     try:
         return main(sys.argv[1:] if argv is None else argv) or 0
     except GpthfError as err:
