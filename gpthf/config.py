@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
@@ -137,6 +137,7 @@ class Range:
     high: float | None = None
     low_open: bool = False  # low < x (else low <= x)
     high_open: bool = False
+    too_high: Callable[[float], str] | None = None  # why a value above `high` is refused, for the error
 
     def contains(self, x: float) -> bool:
         if not math.isfinite(x):
@@ -151,6 +152,17 @@ class Range:
         return f"{left}{key}{right}"
 
 
+# Tokens per row. The GPT twin's causal attention scores T×T pairs (GPTHF's body up to T²/2), so one
+# head of one row holds T² fp32 scores wherever the attention kernel materialises them: 16 GiB here.
+MAX_SEQ_LEN = 1 << 16
+
+
+def attention_scores_cost(seq_len: float) -> str:
+    """What one row of `seq_len` tokens would take in attention scores: the reason for MAX_SEQ_LEN."""
+    gib = seq_len**2 * 4 / 2**30
+    return f"one row's {seq_len:,.0f}² attention scores would take {gib:,.0f} GiB per head in fp32"
+
+
 AT_LEAST_1, AT_LEAST_0, POSITIVE = Range(1), Range(0), Range(0, low_open=True)
 FRACTION, SHARE = Range(0, 1, high_open=True), Range(0, 1)
 # Every numeric field of the schema (tests/test_config.py checks none is missing).
@@ -161,7 +173,8 @@ NUMBER_RANGES: dict[str, Range] = {
     "arch.recurrent_layer": AT_LEAST_0, "arch.truncate_blocks": AT_LEAST_1, "arch.dropout": FRACTION,
     "arch.rope_base": Range(1, low_open=True), "arch.norm_eps": Range(0, 1, low_open=True),
     "data.validation_fraction": FRACTION, "data.test_fraction": FRACTION, "data.split_seed": Range(),
-    "data.vocab_size": Range(260, 2**32), "data.seq_len": Range(8), "data.max_sentence_len": Range(2),
+    "data.vocab_size": Range(260, 2**32), "data.seq_len": Range(8, MAX_SEQ_LEN, too_high=attention_scores_cost),
+    "data.max_sentence_len": Range(2),
     "data.max_bytes": AT_LEAST_1, "data.tokenizer_sample_mb": POSITIVE, "data.num_proc": Range(1, 1024),
     "train.batch_size": AT_LEAST_1, "train.micro_batch_size": AT_LEAST_1, "train.lr": Range(0, 1, low_open=True),
     "train.weight_decay": AT_LEAST_0, "train.beta1": FRACTION, "train.beta2": FRACTION, "train.grad_clip": AT_LEAST_0,
@@ -177,7 +190,9 @@ def validate_numbers(cfg: DictConfig) -> None:
     for key, valid in NUMBER_RANGES.items():
         value = OmegaConf.select(cfg, key)
         if value is not None and not valid.contains(value):
-            raise ConfigError(f"{key}={value} is out of range; valid: {valid.describe(key)}")
+            above = valid.too_high and math.isfinite(value) and valid.high is not None and value > valid.high
+            why = f" ({valid.too_high(value)})" if above else ""
+            raise ConfigError(f"{key}={value} is out of range; valid: {valid.describe(key)}{why}")
     relations = [
         (cfg.arch.d_model % cfg.arch.n_heads == 0 and (cfg.arch.d_model // cfg.arch.n_heads) % 2 == 0,
          f"arch.d_model={cfg.arch.d_model} must split into arch.n_heads={cfg.arch.n_heads} heads of an even width"),

@@ -17,23 +17,56 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from gpthf.attention.sentences import block_causal_mask, sentence_starts
+from gpthf.attention.sentences import block_causal_mask, longest_sentence, sentence_starts, window_mask
 from gpthf.errors import ConfigError
 
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 
+# Encoder queries per `F.scaled_dot_product_attention` call of the sdpa backend: rows up to this
+# long get one (B, 1, T, T) mask; longer ones are attended in windows of this many queries.
+ENCODER_QUERY_CHUNK = 256
+
+
 class SdpaBackend:
-    """`F.scaled_dot_product_attention`; the encoder gets a boolean block-diagonal causal mask."""
+    """`F.scaled_dot_product_attention`; the encoder gets a boolean block-diagonal causal mask.
+
+    A token sees only its own sentence, which starts at most L - 1 tokens back (L: the batch's
+    longest sentence, at most data.max_sentence_len). So a long row is attended a window of
+    ENCODER_QUERY_CHUNK queries at a time, each against the keys from L - 1 before the window to its
+    end, and each window's mask is built when it is used: the masks and scores cost O(T·(C + L))
+    for the row, not O(T²), and each token attends to the same keys as under the whole mask."""
 
     def causal(self, q, k, v, dropout_p: float = 0.0):
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
 
     def within_sentences(self, sentence_ids: torch.Tensor) -> Attend:
-        mask = block_causal_mask(sentence_ids)  # (B, 1, T, T)
-        return lambda q, k, v, dropout_p=0.0: F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=dropout_p
-        )
+        length = sentence_ids.shape[1]
+        if length <= ENCODER_QUERY_CHUNK:
+            mask = block_causal_mask(sentence_ids)  # (B, 1, T, T)
+            return lambda q, k, v, dropout_p=0.0: F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout_p
+            )
+        reach = longest_sentence(sentence_ids) - 1  # a query's sentence starts at most this far back
+        windows = [
+            (start, min(start + ENCODER_QUERY_CHUNK, length), max(start - reach, 0))
+            for start in range(0, length, ENCODER_QUERY_CHUNK)
+        ]
+
+        def attend(q, k, v, dropout_p=0.0):
+            out = [
+                F.scaled_dot_product_attention(
+                    q[:, :, start:end],
+                    k[:, :, first_key:end],
+                    v[:, :, first_key:end],
+                    attn_mask=window_mask(sentence_ids, start, end, first_key),  # (B, 1, C, C + reach)
+                    dropout_p=dropout_p,
+                )
+                for start, end, first_key in windows
+            ]
+            return torch.cat(out, dim=2)  # (B, H, T, hd)
+
+        return attend
 
 
 def _no_dropout(name: str, dropout_p: float) -> None:

@@ -38,9 +38,24 @@ def sentence_end_positions(sentence_ids: torch.Tensor) -> torch.Tensor:
     return ends.scatter_reduce(1, sentence_ids.long(), index, reduce="amax", include_self=True)
 
 
+def longest_sentence(sentence_ids: torch.Tensor) -> int:
+    """Tokens in the longest sentence of the batch (one host sync): how far back a token's own
+    sentence, the only keys the encoder lets it see, can start."""
+    return int(positions_in_sentence(sentence_ids).max()) + 1 if sentence_ids.numel() else 1
+
+
+def window_mask(sentence_ids: torch.Tensor, start: int, end: int, first_key: int) -> torch.Tensor:
+    """(B, 1, end - start, end - first_key) bool, True = may attend: queries start..end-1 against
+    keys first_key..end-1, causal inside a sentence, blind across sentences."""
+    queries, keys = sentence_ids[:, start:end], sentence_ids[:, first_key:end]
+    same = queries[:, :, None] == keys[:, None, :]  # (B, Tq, Tk)
+    key_index = torch.arange(first_key, end, device=sentence_ids.device)
+    query_index = torch.arange(start, end, device=sentence_ids.device)
+    causal = key_index[None, :] <= query_index[:, None]  # (Tq, Tk)
+    return (same & causal).unsqueeze(1)
+
+
 def block_causal_mask(sentence_ids: torch.Tensor) -> torch.Tensor:
     """(B, 1, T, T) bool, True = may attend: causal inside a sentence, blind across sentences."""
     length = sentence_ids.shape[1]
-    same = sentence_ids[:, :, None] == sentence_ids[:, None, :]
-    causal = torch.ones(length, length, dtype=torch.bool, device=sentence_ids.device).tril()
-    return (same & causal).unsqueeze(1)
+    return window_mask(sentence_ids, 0, length, 0)

@@ -2,7 +2,11 @@
 
 A malformed record (a line that is not JSON, a missing or non-string text field, bytes that do not
 decode) is skipped and counted in `SkippedRecords` rather than stopping a build of hours at its 10
-millionth line; the build warns once at the end, and refuses only when nothing usable is left.
+millionth line; the build warns once at the end, and refuses only when nothing usable is left. A file
+that cannot be read or decoded at all, or stops decoding part way (corrupt or truncated compression, a
+damaged parquet page, a zero-byte archive, plain text under a compressed name), is handled the same
+way by one guard, `file_documents`, whatever its format: the documents read before the damage are
+kept, the file is counted once as unreadable, and the build goes on with the next file.
 
 A `.txt` file is one document; a file larger than `TXT_BLOCK_BYTES` is read as several documents, cut
 at paragraph breaks, so a single 40 GB text file streams in bounded memory (each block closes with <eod>).
@@ -10,18 +14,20 @@ at paragraph breaks, so a single 40 GB text file streams in bounded memory (each
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import io
 import json
+import lzma
+import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gpthf.errors import DataError
 
-LOCAL_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
 TXT_BLOCK_BYTES = 8 << 20  # a .txt file is cut into documents of about this size at paragraph breaks
 PARQUET_BATCH_ROWS = 1024
 
@@ -33,7 +39,7 @@ SKIP_HINTS = {
     "empty text": "",
     "undecodable": "convert it, e.g. `iconv -f latin1 -t utf-8`, or set data.encoding to its real encoding",
     "binary": "give text files",
-    "unreadable": "check the file",
+    "unreadable": "check the file; replace it if it is damaged (what was read before the damage is kept)",
 }
 
 
@@ -124,13 +130,8 @@ def _safe_cut(buffer: bytes) -> int:
 
 def txt_documents(path: Path, name: str, encoding: str, skipped: SkippedRecords) -> Iterator[Document]:
     """One document per file; larger files as `name#k` blocks of about TXT_BLOCK_BYTES."""
-    try:
-        one_block = path.stat().st_size <= TXT_BLOCK_BYTES
-        handle = path.open("rb")
-    except OSError as err:
-        skipped.skip("unreadable", f"{name} ({err.strerror})")
-        return
-    with handle:
+    one_block = path.stat().st_size <= TXT_BLOCK_BYTES
+    with path.open("rb") as handle:
         pending, block = b"", 0
         while True:
             data = handle.read(TXT_BLOCK_BYTES)
@@ -155,55 +156,108 @@ def txt_documents(path: Path, name: str, encoding: str, skipped: SkippedRecords)
             block += 1
 
 
-def _open_lines(path: Path) -> io.BufferedIOBase:
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if path.name.endswith(".zst"):
+# Compressed bytes fed to the zstd decoder at a time: what one step may decode is bounded by this
+# times zstd's ratio (about 10x on text), as the stdlib decoders bound theirs.
+ZSTD_READ_BYTES = 1 << 14
+
+
+class _ZstdStream(io.RawIOBase):
+    """The decompressed bytes of a .zst file (one or more frames), decoded a chunk at a time.
+
+    zstandard's own `stream_reader` ends quietly when the file stops inside a frame, so a truncated
+    file would pass for a shorter corpus; this one raises EOFError there, as gzip, bz2 and lzma do."""
+
+    def __init__(self, path: Path):
         try:
             import zstandard
         except ImportError:
             raise DataError(f"{path} is zstd-compressed: pip install zstandard") from None
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(path.open("rb")))
+        self._decompressor = zstandard.ZstdDecompressor()
+        self._file = path.open("rb")
+        self._frame = None  # the decompressobj of the frame being read (one per frame)
+        self._out, self._taken = b"", 0  # decoded bytes not yet handed out start at _out[_taken]
+
+    def readable(self) -> bool:
+        return True
+
+    def _decode(self, compressed: bytes) -> bytes:
+        decoded = []
+        while compressed:
+            if self._frame is None or self._frame.eof:
+                self._frame = self._decompressor.decompressobj()
+            decoded.append(self._frame.decompress(compressed))
+            compressed = self._frame.unused_data if self._frame.eof else b""
+        return b"".join(decoded)
+
+    def readinto(self, buffer) -> int:
+        while self._taken == len(self._out):
+            compressed = self._file.read(ZSTD_READ_BYTES)
+            if not compressed:
+                if self._frame is not None and not self._frame.eof:
+                    raise EOFError("the zstd stream ends inside a frame (the file is truncated)")
+                return 0
+            self._out, self._taken = self._decode(compressed), 0
+        size = min(len(buffer), len(self._out) - self._taken)
+        buffer[:size] = self._out[self._taken : self._taken + size]
+        self._taken += size
+        return size
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+# How each compression a .jsonl file may carry is opened: a binary stream of its decompressed bytes.
+COMPRESSIONS: dict[str, Callable[[Path], io.BufferedIOBase]] = {
+    ".gz": lambda path: gzip.open(path, "rb"),
+    ".bz2": lambda path: bz2.open(path, "rb"),
+    ".xz": lambda path: lzma.open(path, "rb"),
+    ".zst": lambda path: io.BufferedReader(_ZstdStream(path), buffer_size=1 << 16),
+}
+
+
+def _open_lines(path: Path) -> io.BufferedIOBase:
+    """The file's bytes, decompressed when its name ends in a suffix of COMPRESSIONS. A zero-byte
+    compressed file holds not even an empty stream: it is refused as truncated, whatever the format
+    (gzip and zstd would otherwise read it as empty, bz2 and xz already refuse it)."""
+    for suffix, open_stream in COMPRESSIONS.items():
+        if path.name.endswith(suffix):
+            if path.stat().st_size == 0:
+                raise EOFError(f"a zero-byte {suffix} file holds no compressed data")
+            return open_stream(path)
     return path.open("rb")
 
 
 def jsonl_documents(
     path: Path, name: str, text_field: str, encoding: str, skipped: SkippedRecords
 ) -> Iterator[Document]:
-    """One document per JSON line (plain, .gz or .zst), read line by line."""
-    try:
-        with _open_lines(path) as lines:
-            for lineno, raw in enumerate(lines, start=1):
-                where = f"{name}:{lineno}"
-                if not raw.strip():
-                    continue
-                try:
-                    record = json.loads(raw.decode(encoding))
-                except UnicodeDecodeError:
-                    skipped.skip("undecodable", where)
-                    continue
-                except json.JSONDecodeError:
-                    skipped.skip("not JSON", where)
-                    continue
-                if not isinstance(record, dict) or text_field not in record:
-                    skipped.skip("no text field", where)
-                    continue
-                text = text_record(record[text_field], where, skipped)
-                if text is not None:
-                    yield Document(where, text)
-    except (OSError, EOFError) as err:  # unreadable, or a truncated/corrupt .gz/.zst stream
-        skipped.skip("unreadable", f"{name} ({getattr(err, 'strerror', None) or err})")
+    """One document per JSON line (plain or compressed), read line by line."""
+    with _open_lines(path) as lines:
+        for lineno, raw in enumerate(lines, start=1):
+            where = f"{name}:{lineno}"
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode(encoding))
+            except UnicodeDecodeError:
+                skipped.skip("undecodable", where)
+                continue
+            except json.JSONDecodeError:
+                skipped.skip("not JSON", where)
+                continue
+            if not isinstance(record, dict) or text_field not in record:
+                skipped.skip("no text field", where)
+                continue
+            text = text_record(record[text_field], where, skipped)
+            if text is not None:
+                yield Document(where, text)
 
 
 def parquet_documents(path: Path, name: str, text_field: str, skipped: SkippedRecords) -> Iterator[Document]:
     """One document per row, read in batches of rows of the text column only."""
     import pyarrow.parquet as pq
 
-    try:
-        table = pq.ParquetFile(path)
-    except Exception as err:  # pyarrow raises several types for files that are not parquet
-        skipped.skip("unreadable", f"{name} ({str(err).splitlines()[0]})")
-        return
+    table = pq.ParquetFile(path)
     if text_field not in table.schema_arrow.names:
         skipped.skip("no text field", f"{name}:0", count=table.metadata.num_rows)
         return
@@ -214,3 +268,49 @@ def parquet_documents(path: Path, name: str, text_field: str, skipped: SkippedRe
             if text is not None:
                 yield Document(f"{name}:{row}", text)
             row += 1
+
+
+Reader = Callable[[Path, str, Any, SkippedRecords], Iterator[Document]]
+
+# The reader of each local file kind, by how the file's name ends (first match wins).
+READERS: dict[tuple[str, ...], Reader] = {
+    (".txt",): lambda path, name, cfg, skipped: txt_documents(path, name, cfg.encoding, skipped),
+    (".parquet",): lambda path, name, cfg, skipped: parquet_documents(path, name, cfg.text_field, skipped),
+    (".jsonl", *(f".jsonl{c}" for c in COMPRESSIONS)): lambda path, name, cfg, skipped: jsonl_documents(
+        path, name, cfg.text_field, cfg.encoding, skipped
+    ),
+}
+LOCAL_SUFFIXES: tuple[str, ...] = tuple(suffix for suffixes in READERS for suffix in suffixes)
+
+# Errors that mean "this file cannot be read or decoded (any more)": the OS's, the stdlib decoders'
+# (gzip's BadGzipFile is an OSError, a truncated stream an EOFError), and, matched by class name so
+# that neither optional library is imported just to catch its errors, zstandard's and pyarrow's.
+_FILE_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
+_FILE_ERROR_NAMES = {"ZstdError", "ArrowException"}
+
+
+def is_damaged_file_error(err: BaseException) -> bool:
+    """Whether `err` says a file is unreadable, corrupt or truncated (rather than a bug or a user's
+    setting, which must still stop the run)."""
+    return isinstance(err, _FILE_ERRORS) or any(
+        cls.__name__ in _FILE_ERROR_NAMES for cls in type(err).__mro__
+    )
+
+
+def file_documents(path: Path, name: str, data_cfg: Any, skipped: SkippedRecords) -> Iterator[Document]:
+    """The documents of one local file, read by its kind's reader under one guard: a file that
+    cannot be opened or stops decoding part way is counted once as unreadable (documents read
+    before the damage are kept) and the stream goes on with the next file."""
+    reader = next(read for suffixes, read in READERS.items() if path.name.endswith(suffixes))
+    try:
+        yield from reader(path, name, data_cfg, skipped)
+    except Exception as err:
+        if not is_damaged_file_error(err):
+            raise
+        skipped.skip("unreadable", f"{name} ({_first_line(err)})")
+
+
+def _first_line(err: BaseException) -> str:
+    """A short reason for a file error: the OS's wording, else the first line of the message."""
+    text = getattr(err, "strerror", None) or str(err).strip() or type(err).__name__
+    return text.splitlines()[0]

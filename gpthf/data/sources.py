@@ -24,12 +24,10 @@ from gpthf.data.readers import (
     LOCAL_SUFFIXES,
     Document,
     SkippedRecords,
+    file_documents,
     file_name,
-    jsonl_documents,
     local_files,
-    parquet_documents,
     text_record,
-    txt_documents,
 )
 from gpthf.errors import DataError
 
@@ -78,13 +76,7 @@ def _kjv_fingerprint(data_cfg: Any) -> dict:
 def _local_documents(data_cfg: Any, skipped: SkippedRecords) -> Iterator[Document]:
     root, files = local_files(data_cfg.path)
     for path in files:
-        name = file_name(root, path)
-        if path.name.endswith(".txt"):
-            yield from txt_documents(path, name, data_cfg.encoding, skipped)
-        elif path.name.endswith(".parquet"):
-            yield from parquet_documents(path, name, data_cfg.text_field, skipped)
-        else:
-            yield from jsonl_documents(path, name, data_cfg.text_field, data_cfg.encoding, skipped)
+        yield from file_documents(path, file_name(root, path), data_cfg, skipped)
 
 
 def _local_fingerprint(data_cfg: Any) -> dict:

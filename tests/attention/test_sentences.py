@@ -1,4 +1,5 @@
 import torch
+import torch.nn.functional as F
 
 from gpthf.attention.sentences import block_causal_mask, positions_in_sentence, sentence_end_positions
 from tests.models.helpers import random_batch
@@ -22,3 +23,49 @@ def test_structure_helpers_match_a_python_reference():
     for row, row_ends in enumerate(ends):
         assert computed_ends[row, : len(row_ends)].tolist() == row_ends
     assert block_causal_mask(sentence_ids)[:, 0].tolist() == masks
+
+
+def _long_rows(length: int) -> torch.Tensor:
+    """(2, length) sentence_ids: short random sentences, and in row 1 one sentence longer than a
+    window of queries, so windows must reach back across their start."""
+    _, sentence_ids = random_batch(2, length, seed=5, max_sentence_len=40)
+    sentence_ids[1, 300:700] = sentence_ids[1, 300]
+    sentence_ids[1, 700:] = sentence_ids[1, 700:] - sentence_ids[1, 700] + sentence_ids[1, 300] + 1
+    return sentence_ids
+
+
+def test_windowed_encoder_attention_equals_the_whole_mask_forward_and_backward():
+    from gpthf.attention.backends import ENCODER_QUERY_CHUNK, SdpaBackend
+
+    sentence_ids = _long_rows(3 * ENCODER_QUERY_CHUNK + 37)
+    length = sentence_ids.shape[1]
+    q, k, v = (torch.randn(2, 3, length, 8, requires_grad=True) for _ in range(3))
+    windowed = SdpaBackend().within_sentences(sentence_ids)(q, k, v)
+    grads = torch.autograd.grad(windowed.square().sum(), (q, k, v))
+    whole = F.scaled_dot_product_attention(q, k, v, attn_mask=block_causal_mask(sentence_ids))
+    whole_grads = torch.autograd.grad(whole.square().sum(), (q, k, v))
+    torch.testing.assert_close(windowed, whole, atol=1e-5, rtol=1e-5)
+    for got, expected in zip(grads, whole_grads):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_encoder_masks_grow_with_the_row_times_the_longest_sentence_not_its_square(monkeypatch):
+    """No (T, T) mask for a long row: each mask is a window of queries against the keys it can reach."""
+    from gpthf.attention import backends
+    from gpthf.attention.sentences import longest_sentence
+
+    sizes = []
+    real = F.scaled_dot_product_attention
+
+    def recording(q, k, v, attn_mask=None, **kwargs):
+        sizes.append(attn_mask.numel())
+        return real(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(backends.F, "scaled_dot_product_attention", recording)
+    length = 8192
+    _, sentence_ids = random_batch(1, length, seed=3, max_sentence_len=40)
+    q = k = v = torch.randn(1, 1, length, 4)
+    backends.SdpaBackend().within_sentences(sentence_ids)(q, k, v)
+    chunk, longest = backends.ENCODER_QUERY_CHUNK, longest_sentence(sentence_ids)
+    assert max(sizes) <= chunk * (chunk + longest - 1)
+    assert sum(sizes) <= length * (chunk + longest - 1) < length * length // 20
