@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from gpthf.atomic import atomic_write
 from gpthf.cli import ArgumentParser, positive_int, run_cli, writable_folder
 from gpthf.precision import DEFAULT_DTYPE, DTYPE_NAMES
 
@@ -105,7 +106,7 @@ def main(argv: list[str]) -> int:
         / -(-new_tokens // args.slots),
         "same_tokens": continuous == fixed,
     }
-    (args.out / "batching.json").write_text(json.dumps(result, indent=2))
+    atomic_write(args.out / "batching.json", json.dumps(result, indent=2))
     plot(result, lengths, args.out / "batching.png")
     print(
         f"{len(prompts)} prompts, {args.slots} slots, {new_tokens:,} new tokens: fixed batches "
@@ -134,7 +135,9 @@ def plot(result: dict, lengths: list[int], path: Path) -> None:
     )
     bars.set(ylabel="generated tokens/s", title=f"{result['prompts']} prompts, {result['slots']} slots")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(
+        path, lambda tmp: fig.savefig(tmp, format="png", dpi=120), f"{path.with_suffix('.json')} is written"
+    )
     plt.close(fig)
 
 

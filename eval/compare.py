@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gpthf.atomic import atomic_write
 from gpthf.cli import ArgumentParser, byte_size, non_negative_int, positive_int, run_cli, writable_folder
 from gpthf.precision import DEFAULT_DTYPE, DTYPE_NAMES
 
@@ -185,7 +186,9 @@ def plot(results: dict, path: Path) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(f"GPTHF vs equal-size GPT and others ({results['arch']}, {results['threads']} CPU threads)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(
+        path, lambda tmp: fig.savefig(tmp, format="png", dpi=120), f"{path.with_suffix('.json')} is written"
+    )
     plt.close(fig)
 
 
@@ -422,7 +425,7 @@ def main(argv: list[str]) -> int:
         "seconds": time.time() - started,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "compare.json").write_text(json.dumps(results, indent=2))
+    atomic_write(args.out / "compare.json", json.dumps(results, indent=2))
     plot(results, args.out / "compare.png")
 
     def fmt(value: float | None, digits: int = 2) -> str:

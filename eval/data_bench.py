@@ -17,6 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from gpthf.atomic import atomic_write
 from gpthf.cli import ArgumentParser, positive_float, positive_int, run_cli, writable_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,7 +128,9 @@ def plot(results: dict, path: Path) -> None:
         ax.set_ylim(bottom=0)
     fig.suptitle("data pipeline at scale")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(
+        path, lambda tmp: fig.savefig(tmp, format="png", dpi=120), f"{path.with_suffix('.json')} is written"
+    )
     plt.close(fig)
 
 
@@ -178,7 +181,7 @@ def main(argv: list[str]) -> int:
         "train_rss_spread": max(train_rss) / min(train_rss) - 1,
         "first_step_s_max": max(r["train"]["first_step_s"] or float("inf") for r in rows),
     }
-    (out / "data_bench.json").write_text(json.dumps(results, indent=2))
+    atomic_write(out / "data_bench.json", json.dumps(results, indent=2))
     plot(results, out / "data_bench.png")
     print(json.dumps(results["summary"]))
     return 0

@@ -85,8 +85,8 @@ def main(argv: list[str]) -> int:
     from gpthf.evaluation.results import save_result
 
     summary = {"checkpoint": str(checkpoint), "model": meta["arch"]["model"], **result}
+    print(json.dumps(summary))  # first: a result the disk has no room for is printed all the same
     save_result(checkpoint, f"downstream-{result['task']}", summary)
-    print(json.dumps(summary))
     return 0
 
 

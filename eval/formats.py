@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from gpthf.atomic import atomic_write
 from gpthf.cli import ArgumentParser, positive_int, run_cli, writable_folder
 
 FORMATS = ("fp32", "bf16")
@@ -139,7 +140,7 @@ def main(argv: list[str]) -> int:
         "rows": rows,
         "ratios": ratios,
     }
-    (args.out / "formats.json").write_text(json.dumps(result, indent=2))
+    atomic_write(args.out / "formats.json", json.dumps(result, indent=2))
     plot(result, modes, args.out / "formats.png")
     for r in rows:
         print(
@@ -200,7 +201,9 @@ def plot(result: dict, modes: list[str], path: Path) -> None:
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(
+        path, lambda tmp: fig.savefig(tmp, format="png", dpi=120), f"{path.with_suffix('.json')} is written"
+    )
     plt.close(fig)
 
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from gpthf.cli import ArgumentParser, non_negative_int, positive_int, run_cli
+from gpthf.data.readers import LOCAL_SUFFIXES
 from gpthf.precision import DEFAULT_DTYPE, DTYPE_NAMES
 
 
@@ -21,7 +22,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--data",
         default="default",
-        help="default (the checkpoint's corpus) or a .txt/.jsonl/.parquet file or folder",
+        help=f"default (the checkpoint's corpus) or a {'/'.join(LOCAL_SUFFIXES)} file or folder",
     )
     parser.add_argument(
         "--split", default="test", choices=["train", "validation", "test"], help="with --data default"
@@ -45,9 +46,6 @@ def main(argv: list[str]) -> int:
     result = evaluate_checkpoint(
         args.ckpt, args.data, args.split, args.batch_size, args.max_rows, device, args.samples, args.dtype
     )
-    if args.data == "default":
-        suffix = "" if args.dtype == DEFAULT_DTYPE else f"-{args.dtype}"  # report.py reads the fp32 one
-        save_result(Path(result["checkpoint"]), f"perplexity-{args.split}{suffix}", result)
     print(
         f"{result['model']} on {result['data']} ({result['split']}): {result['bits_per_byte']:.4f} bits/byte, "
         f"perplexity {result['perplexity']:.2f}, {result['tokens']:,} tokens at {result['tokens_per_s']:.0f} tokens/s"
@@ -61,6 +59,9 @@ def main(argv: list[str]) -> int:
             + "/".join(f"{v:.2f}" for v in sanity["distinct_n"].values())
         )
     print(json.dumps(result))
+    if args.data == "default":  # saved last: a result the disk has no room for is printed all the same
+        suffix = "" if args.dtype == DEFAULT_DTYPE else f"-{args.dtype}"  # report.py reads the fp32 one
+        save_result(Path(result["checkpoint"]), f"perplexity-{args.split}{suffix}", result)
     return 0
 
 

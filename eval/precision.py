@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from gpthf.atomic import atomic_write
 from gpthf.cli import ArgumentParser, positive_int, run_cli, writable_folder
 from gpthf.precision import DTYPE_NAMES
 
@@ -90,7 +91,7 @@ def main(argv: list[str]) -> int:
         "bpb_relative_change": bpb[args.dtype] / bpb["fp32"] - 1,
         "torch": torch.__version__,
     }
-    (args.out / "precision.json").write_text(json.dumps(result, indent=2))
+    atomic_write(args.out / "precision.json", json.dumps(result, indent=2))
     plot(result, args.out / "precision.png")
     print(
         f"{result['model']} {args.dtype} against fp32 ({len(prompts)} prompts × {args.new_tokens} greedy tokens)"
@@ -123,7 +124,9 @@ def plot(result: dict, path: Path) -> None:
     )
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(
+        path, lambda tmp: fig.savefig(tmp, format="png", dpi=120), f"{path.with_suffix('.json')} is written"
+    )
     plt.close(fig)
 
 

@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from gpthf.atomic import atomic_write
 from gpthf.cli import ArgumentParser, run_cli, writable_folder
 from gpthf.errors import GpthfError
 
@@ -146,7 +147,9 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_xticks(range(len(rows)), [r["model"] for r in rows])
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(
+        path, lambda tmp: fig.savefig(tmp, format="png", dpi=110), f"{path.with_suffix('.json')} is written"
+    )
     plt.close(fig)
 
 
@@ -172,7 +175,7 @@ def main(argv: list[str]) -> int:
             )
         matched[0].update(lm_eval_metrics(results_file))
     writable_folder(args.out)
-    (args.out / "report.json").write_text(json.dumps(rows, indent=2))
+    atomic_write(args.out / "report.json", json.dumps(rows, indent=2))
     plot(rows, args.out / "report.png")
     print(markdown(rows))
     print(json.dumps(rows))

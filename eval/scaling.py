@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from gpthf.atomic import atomic_write
 from gpthf.cli import ArgumentParser, positive_int, run_cli, writable_folder
 from gpthf.measure.scaling import KINDS, LADDER, arch_name, pareto_front, read_sweep, sweep_overrides
 
@@ -156,7 +157,7 @@ def write_table(rows: list[dict], path: Path, args) -> None:
             f"| {r['arch']} | {r['params'] / 1e6:.2f}M | {r['test_bits_per_byte']:.4f} | {r['train_flops']:.2e} | "
             f"{r['decode_tokens_per_s']:.0f} | {r['state_bytes_per_row'] / 2**20:.2f} MiB |"
         )
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write(path, "\n".join(lines) + "\n", f"{path.with_suffix('.json')} is written")
 
 
 def plot(rows: list[dict], front: list[int], path: Path, args) -> None:
@@ -192,7 +193,9 @@ def plot(rows: list[dict], front: list[int], path: Path, args) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(
+        path, lambda tmp: fig.savefig(tmp, format="png", dpi=120), f"{path.with_suffix('.json')} is written"
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -242,7 +245,7 @@ def main(argv: list[str]) -> int:
                 "decode_tokens_per_s": ours["decode_tokens_per_s"] / twin["decode_tokens_per_s"],
                 "state_bytes": ours["state_bytes_per_row"] / twin["state_bytes_per_row"],
             }
-    (args.out / "scaling.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1) + "\n")
+    atomic_write(args.out / "scaling.json", json.dumps({"summary": summary, "rows": rows}, indent=1) + "\n")
     write_table(rows, args.out / "scaling.md", args)
     plot(rows, front, args.out / "scaling.png", args)
     print(json.dumps(summary))

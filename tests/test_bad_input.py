@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import resource
@@ -32,6 +33,7 @@ from gpthf.cli import EXIT_USER_ERROR, run_cli
 from gpthf.config import load_config
 from gpthf.data.dataset import STATS_FILE, prepare_data
 from tests.conftest import REPO, TALES, run_overrides, tiny_overrides
+from tests.data.test_readers import COMPRESS, parquet
 
 WORDS = "the of and to in a is that for it as with was on be by".split()
 
@@ -139,12 +141,98 @@ def check_malformed_records_skipped(ws: Workspace, stdout: str) -> None:
     assert "skipped records: 1 no text field, 1 not JSON, 5 text not a string, 1 undecodable" in stdout
 
 
+def damaged_file(ws: Workspace, name: str, file: str, content: bytes, good: bool = True) -> Path:
+    """A corpus folder holding the damaged `file`, beside a file of good records when `good`."""
+    folder = ws.corpus(name, content, file)
+    if good:
+        (folder / "good.jsonl").write_bytes(b"".join(GOOD_LINES))
+    return folder
+
+
+def check_damaged_file_skipped(ws: Workspace, stdout: str) -> None:
+    stats = newest_build(ws)
+    assert stats["skipped_records"] == {"unreadable": 1}
+    documents = sum(s["documents"] for s in stats["splits"].values())
+    assert documents >= 30, "every good record kept (and those of a truncated file before its end)"
+    assert "skipped records: 1 unreadable" in stdout
+
+
+def check_scored_good_file(ws: Workspace, stdout: str) -> None:
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["tokens"] > 0 and math.isfinite(result["bits_per_byte"])
+
+
+GOOD_JSONL = b"".join(GOOD_LINES)
+RANDOM = bytes(range(256)) * 8  # not zstd, gzip or parquet
+# Files with the right name for their format holding something that is not it, cut early enough that
+# no record decodes (tests/data/test_readers.py has the full table against the reader, with records
+# kept from before the damage; these go through the command lines).
+DAMAGED_FILES = {
+    "corrupt .jsonl.zst": ("c.jsonl.zst", lambda: RANDOM),
+    "truncated .jsonl.zst": ("c.jsonl.zst", lambda: COMPRESS[".zst"](GOOD_JSONL)[:24]),
+    "zero-byte .jsonl.zst": ("c.jsonl.zst", lambda: b""),
+    "plain text named .jsonl.zst": ("c.jsonl.zst", lambda: GOOD_JSONL),
+    "truncated .jsonl.gz": ("c.jsonl.gz", lambda: COMPRESS[".gz"](GOOD_JSONL)[:24]),
+    "zero-byte .jsonl.gz": ("c.jsonl.gz", lambda: b""),
+    "plain text named .jsonl.gz": ("c.jsonl.gz", lambda: GOOD_JSONL),
+    "truncated .jsonl.bz2": ("c.jsonl.bz2", lambda: COMPRESS[".bz2"](GOOD_JSONL)[:24]),
+    "plain text named .jsonl.xz": ("c.jsonl.xz", lambda: GOOD_JSONL),
+    "truncated .parquet": ("c.parquet", lambda: parquet([f"Row {i}. It ends." for i in range(100)])[:-50]),
+    "plain text named .parquet": ("c.parquet", lambda: GOOD_JSONL),
+    "zero-byte .parquet": ("c.parquet", lambda: b""),
+}
+
+
+def damaged_content(what: str) -> tuple[str, bytes]:
+    file, content = DAMAGED_FILES[what]
+    return file, content()
+
+
+# Those also built beside good files (a build each: one per format keeps the table quick).
+BUILT_BESIDE_GOOD = ("corrupt .jsonl.zst", "truncated .jsonl.gz", "truncated .jsonl.bz2",
+                     "plain text named .jsonl.xz", "truncated .parquet")  # fmt: skip
+
+
+def damaged_file_cases() -> list[Case]:
+    """Each damaged file alone (nothing left: one error naming it) and, for BUILT_BESIDE_GOOD, beside
+    good files (skipped and counted, the build goes on)."""
+    cases = []
+    for what, (file, content) in DAMAGED_FILES.items():
+        slug = what.replace(" ", "-")
+        cases.append(
+            Case(
+                f"{what} alone",
+                "prepare",
+                lambda ws, s=slug, f=file, c=content: tiny_overrides(
+                    ws.cache, damaged_file(ws, s + "-alone", f, c(), good=False)
+                ),
+                error=f"has no text: 1 unreadable (first at {file} (",
+            )
+        )
+        if what in BUILT_BESIDE_GOOD:
+            cases.append(
+                Case(
+                    f"{what} beside good files",
+                    "prepare",
+                    lambda ws, s=slug, f=file, c=content: tiny_overrides(
+                        ws.cache, damaged_file(ws, s, f, c())
+                    ),
+                    check=check_damaged_file_skipped,
+                )
+            )
+    return cases
+
+
 def damaged_run_args(ws: Workspace, name: str, file: str) -> list[str]:
     tales = ws.root / "tales"
     return [
         *tiny_overrides(ws.damaged_cache(name, file), tales),
         "arch=gpthf-test", "train=test", "budget=2s", f"output_dir={ws.root / 'damaged-runs'}",
     ]  # fmt: skip
+
+
+def perplexity_args(ckpt: Path, *extra: str) -> list[str]:
+    return ["--ckpt", str(ckpt), "--samples", "0", *extra]
 
 
 def generate_args(ckpt: Path, *extra: str) -> list[str]:
@@ -211,10 +299,53 @@ def huge_sizes(ckpt: Path) -> None:
     (ckpt / "config.json").write_text(json.dumps(meta))
 
 
+def edit_meta(seq_len: int | None = None, tokens: int | None = None) -> Callable[[Path], None]:
+    """Damage: config.json's rows (data.seq_len) or context (context.tokens) edited."""
+
+    def damage(ckpt: Path) -> None:
+        meta = json.loads((ckpt / "config.json").read_text())
+        if seq_len is not None:
+            meta["data"]["seq_len"] = seq_len
+        if tokens is not None:
+            meta["context"]["tokens"] = tokens
+        (ckpt / "config.json").write_text(json.dumps(meta))
+
+    return damage
+
+
 def change_width(ckpt: Path) -> None:
     meta = json.loads((ckpt / "config.json").read_text())
     meta["arch"]["d_model"] *= 2
     (ckpt / "config.json").write_text(json.dumps(meta))
+
+
+def non_finite_weight(value: float, which: int) -> Callable[[Path], None]:
+    """Damage: one value of the `which`-th tensor (sorted by name) of model.safetensors set to `value`."""
+
+    def damage(ckpt: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        weights = load_file(ckpt / "model.safetensors")
+        name = sorted(weights)[which]
+        weights[name].view(-1)[weights[name].numel() // 2] = value
+        save_file(weights, ckpt / "model.safetensors")
+
+    return damage
+
+
+def resumable_run_with(ws: Workspace, name: str, damage: Callable[[Path], None]) -> list[str]:
+    """Overrides resuming a copy of the workspace's run stopped at a step checkpoint, damaged."""
+    from omegaconf import OmegaConf
+
+    (run,) = (ws.outputs / "gpthf-kjv").glob("*/")
+    outputs = ws.root / name
+    copy = outputs / "gpthf-kjv" / run.name
+    shutil.copytree(run, copy)
+    step = copy / "checkpoints" / "step-00000010"
+    (copy / "checkpoints" / "final").rename(step)
+    damage(step)
+    cache = OmegaConf.load(run / "config.yaml").cache_dir
+    return run_overrides(Path(cache), outputs, "train.max_tokens=3000", "resume=true")
 
 
 ONE_MB_SENTENCE = (_words(300_000)[:1_000_000] + ".").encode()
@@ -247,6 +378,37 @@ CASES = [
         lambda ws: prepare_args(ws, "all-bad", MALFORMED_JSONL, "c.jsonl"),
         error="has no text: 1 no text field (first at c.jsonl:7; set data.text_field",
     ),
+    *damaged_file_cases(),
+    Case(
+        "perplexity --data with a corrupt .jsonl.zst beside a good file",
+        "perplexity",
+        lambda ws: perplexity_args(
+            ws.checkpoint,
+            "--max-rows",
+            "2",
+            "--data",
+            str(damaged_file(ws, "ppl-zst", "c.jsonl.zst", RANDOM)),
+        ),
+        check=check_scored_good_file,
+    ),
+    Case(
+        "perplexity --data of a corrupt .jsonl.zst",
+        "perplexity",
+        lambda ws: perplexity_args(
+            ws.checkpoint, "--data", str(damaged_file(ws, "ppl-zst-alone", "c.jsonl.zst", RANDOM, good=False))
+        ),
+        error="has no text: 1 unreadable (first at c.jsonl.zst (zstd",
+    ),
+    Case(
+        "perplexity --data of a truncated .parquet",
+        "perplexity",
+        lambda ws: perplexity_args(
+            ws.checkpoint,
+            "--data",
+            str(damaged_file(ws, "ppl-pq", *damaged_content("truncated .parquet"), good=False)),
+        ),
+        error="has no text: 1 unreadable (first at c.parquet (",
+    ),
     Case(
         "truncated token shard",
         "pretrain",
@@ -271,6 +433,18 @@ CASES = [
         lambda ws: prepare_args(ws, "one-sentence", ONE_MB_SENTENCE),
         check=check_long_sentence_is_chunked,
     ),
+    # (a prepare row that logs must come before the in-process training rows: hydra leaves its log
+    # file handler on the run folder of the last training run, where later log lines would land)
+    Case(
+        "seq_len at the bound",
+        "prepare",
+        lambda ws: tiny_overrides(
+            ws.cache, ws.root / "tales", seq_len=65536, max_sentence_len=16, num_proc=1
+        ),
+        check=lambda ws, out: (
+            None if newest_build(ws)["data_config"]["seq_len"] == 65536 else pytest.fail(out)
+        ),
+    ),
     Case(
         "training on a 1 MB single sentence",
         "pretrain",
@@ -288,6 +462,50 @@ CASES = [
         "generate",
         lambda ws: generate_args(ws.broken_checkpoint("truncated", truncate_weights), "--prompt", "Hi."),
         error="are unreadable",
+    ),
+    Case(
+        "a NaN in the weights, greedy",
+        "generate",
+        lambda ws: generate_args(
+            ws.broken_checkpoint("nan", non_finite_weight(float("nan"), 0)), "--prompt", "Hi."
+        ),
+        error="are damaged: tensor 'embed.weight' holds 1 NaN and 0 infinite values",
+    ),
+    Case(
+        "an inf in the weights, sampling",
+        "generate",
+        lambda ws: generate_args(
+            ws.broken_checkpoint("inf", non_finite_weight(float("inf"), -1)),
+            "--prompt",
+            "Hi.",
+            "--temperature",
+            "1",
+        ),
+        error="holds 0 NaN and 1 infinite values",
+    ),
+    Case(
+        "a -inf in the weights, perplexity",
+        "perplexity",
+        lambda ws: perplexity_args(
+            ws.broken_checkpoint("ninf", non_finite_weight(float("-inf"), 3)), "--max-rows", "2"
+        ),
+        error="holds 0 NaN and 1 infinite values; use another checkpoint",
+    ),
+    Case(
+        "a NaN in the weights, perplexity --data",
+        "perplexity",
+        lambda ws: perplexity_args(
+            ws.broken_checkpoint("nan-ppl", non_finite_weight(float("nan"), 5)),
+            "--data",
+            str(ws.root / "tales"),
+        ),
+        error="holds 1 NaN and 0 infinite values",
+    ),
+    Case(
+        "resume from a checkpoint with NaN weights",
+        "pretrain",
+        lambda ws: resumable_run_with(ws, "nan-resume", non_finite_weight(float("nan"), 2)),
+        error="to resume the run from an earlier one, delete",
     ),
     Case(
         "config.json edited to huge sizes",
@@ -322,6 +540,41 @@ CASES = [
     Case("a learning rate of 1e4", "pretrain", lambda ws: ["train.lr=1e4"], error="valid: 0 < train.lr ≤ 1"),
     Case("rope_base=0", "pretrain", lambda ws: ["arch.rope_base=0"], error="valid: 1 < arch.rope_base"),
     Case("seq_len=2", "pretrain", lambda ws: ["data.seq_len=2"], error="valid: 8 ≤ data.seq_len"),
+    Case(
+        "seq_len=1000000",
+        "pretrain",
+        lambda ws: ["data.seq_len=1000000"],
+        error="data.seq_len=1000000 is out of range; valid: 8 ≤ data.seq_len ≤ 65536 (one row's 1,000,000² "
+        "attention scores would take 3,725 GiB per head in fp32)",
+    ),
+    Case(
+        "seq_len one past the bound",
+        "prepare",
+        lambda ws: ["data.seq_len=65537"],
+        error="valid: 8 ≤ data.seq_len ≤ 65536",
+    ),
+    Case(
+        "checkpoint config.json edited to seq_len=1000000, generate",
+        "generate",
+        lambda ws: generate_args(
+            ws.broken_checkpoint("long-rows", edit_meta(seq_len=1_000_000)), "--prompt", "Hi."
+        ),
+        error="gives data.seq_len=1000000, out of the range training allows (8 ≤ data.seq_len ≤ 65536; one row's",
+    ),
+    Case(
+        "checkpoint config.json edited to seq_len=1000000, perplexity",
+        "perplexity",
+        lambda ws: perplexity_args(ws.broken_checkpoint("long-rows-ppl", edit_meta(seq_len=1_000_000))),
+        error="gives data.seq_len=1000000, out of the range",
+    ),
+    Case(
+        "checkpoint config.json edited to a context of 10^9 tokens",
+        "generate",
+        lambda ws: generate_args(
+            ws.broken_checkpoint("long-context", edit_meta(tokens=10**9)), "--prompt", "Hi."
+        ),
+        error="gives context.tokens=1000000000, out of the range",
+    ),
     Case(
         "keep_checkpoints=0",
         "pretrain",
@@ -681,7 +934,8 @@ def _limit_file_size(max_bytes: int) -> Callable[[], None]:
 
 def last_error_with_files_limited_to(max_bytes: int, *command: str) -> str:
     """Run `python COMMAND...` where no file may grow past `max_bytes` (a full disk, as the kernel
-    reports it); it must fail as a user error: its last stderr line."""
+    reports it); it must fail as a user error: its last stderr line. (The data, checkpoint, metrics,
+    plot and result writers have their full-disk table in tests/test_faults.py.)"""
     run = subprocess.run(
         [sys.executable, *command],
         cwd=REPO,
@@ -692,28 +946,6 @@ def last_error_with_files_limited_to(max_bytes: int, *command: str) -> str:
     )
     assert run.returncode == EXIT_USER_ERROR, run.stderr[-2000:]
     return run.stderr.strip().splitlines()[-1]
-
-
-def test_disk_full_while_preparing_data(tales_dir, tmp_path):
-    """A file-size limit stands in for a full disk under a build: one line, and no half build left."""
-    cache = tmp_path / "cache"
-    last = last_error_with_files_limited_to(
-        2_000, "-m", "gpthf.data.prepare", *tiny_overrides(cache, tales_dir)
-    )
-    assert last.startswith("error: cannot write the data cache under") and "free space" in last
-    assert list(cache.iterdir()) == [], "nothing half-written is left to be read as complete"
-
-
-def test_disk_full_while_writing_a_checkpoint(data_cache, tmp_path):
-    """A file-size limit makes the kernel refuse the checkpoint's largest file, as a full disk would."""
-    before = digest(data_cache)
-    args = run_overrides(data_cache, tmp_path, "train.max_tokens=400")
-    last = last_error_with_files_limited_to(32_000, "pretrain.py", *args)
-    assert last.startswith("error: could not write checkpoint") and "earlier checkpoints are intact" in last
-    (run_dir,) = (tmp_path / "gpthf-kjv").glob("*/")
-    leftovers = [p.name for p in (run_dir / "checkpoints").iterdir()]
-    assert leftovers == [], f"no half-written checkpoint or staging folder: {leftovers}"
-    assert digest(data_cache) == before
 
 
 def test_disk_full_during_a_batch_job_keeps_what_was_written(trained_runs, tmp_path, capsys):

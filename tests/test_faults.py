@@ -2,7 +2,8 @@
 
 The contract: the next run recovers (rebuilds the data, resumes the training) and loses nothing that
 was complete. A kill in the middle of training steps is tested in tests/training/test_trainer.py.
-Also here: two runs of one seed and config write the same metrics.jsonl.
+Also here: two runs of one seed and config write the same metrics.jsonl, and the full-disk table: each
+writer the disk has no room for stops with one error line naming what was kept.
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
 
 from gpthf.config import load_config
 from gpthf.data.dataset import STATS_FILE, prepare_data
@@ -26,7 +32,8 @@ from gpthf.training.checkpoint import (
     resolve_checkpoint,
 )
 from gpthf.training.metrics import WALL_CLOCK_FIELDS, read_metrics
-from tests.conftest import REPO, run_overrides, tiny_overrides
+from gpthf.training.trainer import train
+from tests.conftest import REPO, frozen_clock, run_overrides, run_script, tiny_overrides
 
 
 def _kill_when(proc: subprocess.Popen, ready, timeout: float = 90) -> None:
@@ -195,3 +202,239 @@ def test_kill_9_during_a_batch_job_then_resume_writes_every_result_once(trained_
     assert not partial.exists()
     assert run_cli(main, [*job, "--output", str(out), "--resume"]) == 0
     assert "nothing to resume" in capsys.readouterr().err
+
+
+# ---- a full disk: every writer stops with one error line naming what was kept --------------------
+
+FULL_DISK = """
+import resource, runpy, signal, sys
+
+
+def limit_files(max_bytes):
+    # As on a full disk: a write past the limit fails (EFBIG), instead of a signal killing the process.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
+
+when, max_bytes, script, *args = sys.argv[1:]
+max_bytes = int(max_bytes)
+if when == "start":
+    limit_files(max_bytes)
+elif when == "metrics":  # from this session's first record on, metrics.jsonl has room for max_bytes more
+    from gpthf.training.metrics import MetricsLog
+
+    real_write = MetricsLog.write
+
+    def write(self, record):
+        limit_files(self.path.stat().st_size + max_bytes)
+        real_write(self, record)
+
+    MetricsLog.write = write
+elif when == "plot":  # the disk fills after the final checkpoint, before the loss plot
+    from gpthf.training import trainer
+
+    real_plot = trainer.plot_losses
+
+    def plot(run_dir):
+        limit_files(max_bytes)
+        return real_plot(run_dir)
+
+    trainer.plot_losses = plot
+sys.argv = [script, *args]
+if script.endswith(".py"):
+    runpy.run_path(script, run_name="__main__")
+else:
+    runpy.run_module(script, run_name="__main__", alter_sys=True)
+"""
+
+
+@dataclass
+class Scene:
+    """A test's folder and fixtures, for the rows of the table below."""
+
+    tmp: Path
+    request: pytest.FixtureRequest
+
+    def __getattr__(self, fixture: str):
+        if fixture.startswith("_"):
+            raise AttributeError(fixture)
+        return self.request.getfixturevalue(fixture)
+
+    def run_dir(self) -> Path:
+        (run_dir,) = (self.tmp / "gpthf-kjv").glob("*/")
+        return run_dir
+
+    def stepped_run(self) -> list[str]:
+        """A run stopped after its first step (checkpoint step-00000001), and the arguments to resume it."""
+        args = run_overrides(self.data_cache, self.tmp, "train.max_tokens=400")
+        train(load_config(args), clock=frozen_clock, stop_after_steps=1)
+        self.checkpoint = self.run_dir() / "checkpoints" / "step-00000001"
+        return ["pretrain.py", *args, "resume=true"]
+
+    def corpus(self) -> Path:
+        """~165 kB of text: its shard's train.bin (~100 kB) is the largest file of its data set."""
+        rng = random.Random(0)
+        words = "the king went to a city of stone and the people sang with him in spring".split()
+        folder = self.tmp / "corpus"
+        folder.mkdir()
+        text = (" ".join(rng.choice(words) for _ in range(12)).capitalize() + "." for _ in range(3000))
+        (folder / "doc.txt").write_text(" ".join(text))
+        return folder
+
+    def copied_run(self) -> Path:
+        """A finished run, without the results other tests evaluated into it."""
+        shutil.copytree(self.trained_runs["gpthf"], self.tmp / "run")
+        shutil.rmtree(self.tmp / "run" / "eval", ignore_errors=True)
+        return self.tmp / "run"
+
+
+@dataclass(frozen=True)
+class DiskFull:
+    """One writer the disk has no room for: the command (after its setup), the room left, when the
+    disk fills ("start", or just before this session's first metrics record or the loss plot), what
+    the error line must name (the file and what was kept) and what must be on disk afterwards."""
+
+    name: str
+    command: Callable[[Scene], list[str]]
+    max_bytes: int
+    names: Callable[[Scene], list[str]]
+    check: Callable[[Scene], None]
+    when: str = "start"
+
+
+def check_no_cache(s: Scene) -> None:
+    assert list((s.tmp / "cache").iterdir()) == [], "a build with nothing finished is removed"
+
+
+def check_tokenizer_kept_then_continued(s: Scene) -> None:
+    (partial,) = (s.tmp / "cache").iterdir()
+    assert ".partial-" in partial.name, "never taken for a finished data set"
+    kept = sorted(str(p.relative_to(partial)) for p in partial.rglob("*"))
+    assert kept == ["shards", "tokenizer.json"], "the half-written shard is removed, the tokenizer kept"
+    tokenizer = (partial / "tokenizer.json").read_bytes()
+    prepared = prepare_data(load_config(tiny_overrides(s.tmp / "cache", s.tmp / "corpus", num_proc=1)), False)
+    assert [p.name for p in (s.tmp / "cache").iterdir()] == [prepared.path.name], "the build was continued"
+    assert (prepared.path / "tokenizer.json").read_bytes() == tokenizer
+    assert len(prepared.split("train")) > 0
+
+
+def check_no_checkpoint(s: Scene) -> None:
+    assert list((s.run_dir() / "checkpoints").iterdir()) == [], "no half-written checkpoint or staging folder"
+
+
+def check_resumes_from_the_kept_checkpoint(s: Scene) -> None:
+    checkpoints = s.run_dir() / "checkpoints"
+    assert [p.name for p in checkpoints.iterdir()] == [s.checkpoint.name], "no staging folder left"
+    load_model_from_checkpoint(s.checkpoint)
+    resumed = run_script(
+        "pretrain.py", *run_overrides(s.data_cache, s.tmp, "train.max_tokens=400", "resume=true")
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"from {s.checkpoint}" in resumed.stderr and latest_checkpoint(s.run_dir()).name == "final"
+
+
+def check_metrics_whole(s: Scene) -> None:
+    metrics = (s.run_dir() / "metrics.jsonl").read_text()
+    assert metrics.endswith("\n") and [json.loads(line)["step"] for line in metrics.splitlines()] == [1], (
+        "the record the disk had no room for is not left torn"
+    )
+    check_resumes_from_the_kept_checkpoint(s)
+
+
+def check_finished_without_plot(s: Scene) -> None:
+    load_model_from_checkpoint(s.run_dir() / "checkpoints" / "final")
+    assert not [p.name for p in s.run_dir().iterdir() if "loss" in p.name]
+
+
+def check_no_result(s: Scene) -> None:
+    assert list((s.tmp / "run" / "eval").glob("*")) == []
+
+
+def check_report_json_only(s: Scene) -> None:
+    assert [p.name for p in (s.tmp / "report").iterdir()] == ["report.json"]
+    json.loads((s.tmp / "report" / "report.json").read_text())
+
+
+def prepare(cache: Path, corpus: Path, **data) -> list[str]:
+    return ["gpthf.data.prepare", *tiny_overrides(cache, corpus, **data)]
+
+
+DISK_FULL = [
+    DiskFull(
+        "tokenizer",
+        lambda s: prepare(s.tmp / "cache", s.tales_dir, num_proc=1),
+        2_000,
+        lambda s: ["tokenizer.json", "nothing of this build was kept"],
+        check_no_cache,
+    ),
+    DiskFull(  # numpy's short write: an OSError without errno
+        "data shard",
+        lambda s: prepare(s.tmp / "cache", s.corpus(), num_proc=1),
+        20_000,
+        lambda s: ["shards/00000.tmp/train.bin", "its tokenizer and 0 finished shard(s) are kept"],
+        check_tokenizer_kept_then_continued,
+    ),
+    DiskFull(  # safetensors' own error type
+        "checkpoint weights",
+        lambda s: ["pretrain.py", *run_overrides(s.data_cache, s.tmp, "train.max_tokens=400")],
+        100_000,  # model.safetensors is ~150 kB
+        lambda s: ["model.safetensors", "no checkpoint of this run was kept"],
+        check_no_checkpoint,
+    ),
+    DiskFull(  # torch.save's RuntimeError ("unexpected pos"), in the final checkpoint of a resumed run
+        "checkpoint training state",
+        Scene.stepped_run,
+        200_000,  # train_state.pt is ~320 kB
+        lambda s: ["train_state.pt", f"the last checkpoint kept is {s.checkpoint}", "resume=true"],
+        check_resumes_from_the_kept_checkpoint,
+    ),
+    DiskFull(
+        "metrics line",
+        Scene.stepped_run,
+        40,  # room for part of the next record
+        lambda s: ["metrics.jsonl", f"the last checkpoint kept is {s.checkpoint}", "resume=true"],
+        check_metrics_whole,
+        when="metrics",
+    ),
+    DiskFull(
+        "loss plot",
+        lambda s: ["pretrain.py", *run_overrides(s.data_cache, s.tmp, "train.max_tokens=400")],
+        1_000,
+        lambda s: ["loss.png", f"its final checkpoint {s.run_dir() / 'checkpoints' / 'final'} is complete"],
+        check_finished_without_plot,
+        when="plot",
+    ),
+    DiskFull(
+        "eval result",
+        lambda s: ["eval/perplexity.py", "--ckpt", str(s.copied_run()), "--max-rows", "4", "--samples", "0"],
+        300,
+        lambda s: [str(s.tmp / "run" / "eval" / "perplexity-test.json"), "this result is not saved"],
+        check_no_result,
+    ),
+    DiskFull(
+        "report plot",
+        lambda s: ["eval/report.py", str(s.copied_run()), "--out", str(s.tmp / "report")],
+        5_000,  # report.json is ~400 B, report.png ~20 kB
+        lambda s: ["report.png", f"{s.tmp / 'report' / 'report.json'} is written"],
+        check_report_json_only,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", DISK_FULL, ids=lambda c: c.name)
+def test_a_full_disk_is_one_error_naming_what_was_kept(case: DiskFull, tmp_path, request):
+    """Each writer, stopped by the kernel as a full disk would stop it: exit 2, one `error:` line
+    naming the file, free space and what was kept, no traceback, no half-written file a reader
+    would take as complete, and what was kept is usable."""
+    scene = Scene(tmp_path, request)
+    command = case.command(scene)
+    run = run_script("-c", FULL_DISK, case.when, str(case.max_bytes), *command)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and run.stderr.strip().splitlines()[-1] == errors[0], run.stderr[-3000:]
+    assert errors[0].startswith("error: could not write") and "free space" in errors[0], errors[0]
+    for name in case.names(scene):
+        assert name in errors[0], f"{name!r} not in {errors[0]!r}"
+    leftovers = [str(p) for p in tmp_path.rglob("*") if ".tmp" in p.name or ".old-" in p.name]
+    assert leftovers == [], "no temporary file or staging folder is left behind"
+    case.check(scene)

@@ -4,7 +4,8 @@ The cache folder is named by a hash of the resolved data config (less the keys t
 the source's fingerprint and `PIPELINE_VERSION`, so the same config reuses it and any change rebuilds
 it. A build writes into a private `.partial-PID-*` folder and renames it into place when complete: a
 killed build leaves nothing that is later mistaken for a finished data set. The next build of the same
-config adopts a dead build's folder and keeps its tokenizer and finished shards (`gpthf.data.build`).
+config adopts a dead build's folder and keeps its tokenizer and finished shards (`gpthf.data.build`);
+a build the disk has no room for keeps them too, and its error line says where.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from gpthf.atomic import WriteFailed, atomic_write
 from gpthf.config import DataConfig
 from gpthf.data.build import (
     default_num_proc,
@@ -202,7 +204,7 @@ def build_dataset(data_cfg: Any, out_dir: Path, progress: bool = True) -> dict:
                 split,
                 sum(s["sentences"] for s in stats["splits"].values()),
             )
-    (out_dir / STATS_FILE).write_text(json.dumps(stats, indent=2))
+    atomic_write(out_dir / STATS_FILE, json.dumps(stats, indent=2))
     return stats
 
 
@@ -304,6 +306,20 @@ def _adopt_or_remove_abandoned(parent: Path, final: Path, mine: Path) -> bool:
     return adopted
 
 
+def _what_a_failed_build_keeps(partial: Path, parent: Path) -> str:
+    """After a write the disk had no room for: a build with a tokenizer keeps it and its finished
+    shards in `partial` (dead, it is adopted and continued by the next build of the same config, as
+    after a kill); one with nothing finished is removed. Says which."""
+    if not (partial / TOKENIZER_FILE).is_file():
+        shutil.rmtree(partial, ignore_errors=True)
+        return f"nothing of this build was kept; the data sets already in {parent} are intact"
+    shards = sorted(p.name for p in (partial / SHARDS_DIR).glob("*") if (p / SHARD_META).is_file())
+    return (
+        f"its tokenizer and {len(shards)} finished shard(s) are kept in {partial}, and the next build of "
+        f"this config continues from them"
+    )
+
+
 def prepare_data(cfg: Any, progress: bool = True) -> PreparedData:
     """The prepared data set for `cfg.data`: reused from `cfg.cache_dir` when built before, else built."""
     validate_data_config(cfg.data)
@@ -317,6 +333,8 @@ def prepare_data(cfg: Any, progress: bool = True) -> PreparedData:
         if _adopt_or_remove_abandoned(parent, final, partial):
             log.info("continuing an interrupted build of %s", final.name)
         build_dataset(cfg.data, partial, progress=progress)
+    except WriteFailed as err:
+        raise err.keeping(_what_a_failed_build_keeps(partial, parent)) from None
     except BaseException as err:
         disk_error = isinstance(err, OSError) and err.errno is not None
         if not disk_error and isinstance(err, (KeyboardInterrupt, SystemExit)):

@@ -4,7 +4,8 @@ Each shard is a folder `shards/NNNNN/` holding, per split, `SPLIT.bin` (the pack
 without padding, as uint16 — uint32 when the vocabulary needs it) and `SPLIT.idx` (int64 offsets: row
 i is `bin[idx[i]:idx[i+1]]`). That is ~2 bytes per token on disk. Sentence ids are not stored: they are
 recomputed from the <eos>/<eod> tokens when a row is read. A shard is written under `NNNNN.tmp/` and
-renamed when complete, so a killed build never leaves a half shard that looks finished.
+renamed when complete, so a killed build never leaves a half shard that looks finished; a write the
+disk has no room for raises `WriteFailed` naming the file.
 
 The reader memory-maps every file: opening a split costs the same for 4 MB and 40 GB of text, and a
 training process only ever pages in the rows it reads.
@@ -12,11 +13,14 @@ training process only ever pages in the rows it reads.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 
+from gpthf.atomic import writing
 from gpthf.data.packing import padded_rows
 from gpthf.errors import DataError
 
@@ -35,18 +39,22 @@ class ShardWriter:
     def __init__(self, folder: Path, name: str, splits: tuple[str, ...], dtype: np.dtype):
         self.final = folder / name
         self.tmp = folder / f"{name}.tmp"
-        self.tmp.mkdir(parents=True, exist_ok=False)
         self.dtype = dtype
-        self.tokens = {s: (self.tmp / f"{s}.bin").open("wb") for s in splits}
-        self.offsets = {s: (self.tmp / f"{s}.idx").open("wb") for s in splits}
+        with writing(self.tmp):
+            self.tmp.mkdir(parents=True, exist_ok=False)
+            self.tokens = {s: (self.tmp / f"{s}.bin").open("wb") for s in splits}
+            self.offsets = {s: (self.tmp / f"{s}.idx").open("wb") for s in splits}
         self.written = dict.fromkeys(splits, 0)
         self.rows = dict.fromkeys(splits, 0)
         for f in self.offsets.values():
-            np.zeros(1, OFFSET_DTYPE).tofile(f)
+            with writing(f.name):
+                np.zeros(1, OFFSET_DTYPE).tofile(f)
 
     def add(self, split: str, tokens: np.ndarray, row_lengths: np.ndarray) -> None:
-        tokens.astype(self.dtype, copy=False).tofile(self.tokens[split])
-        (self.written[split] + np.cumsum(row_lengths, dtype=OFFSET_DTYPE)).tofile(self.offsets[split])
+        with writing(self.tokens[split].name):  # numpy's short write is an OSError without errno
+            tokens.astype(self.dtype, copy=False).tofile(self.tokens[split])
+        with writing(self.offsets[split].name):
+            (self.written[split] + np.cumsum(row_lengths, dtype=OFFSET_DTYPE)).tofile(self.offsets[split])
         self.written[split] += int(row_lengths.sum())
         self.rows[split] += len(row_lengths)
 
@@ -54,14 +62,19 @@ class ShardWriter:
         """Close the files, write the shard's statistics (with its row and token counts), and rename
         the shard into place: only now can it be read or reused."""
         for f in (*self.tokens.values(), *self.offsets.values()):
-            f.close()
+            with writing(f.name):  # the last buffered bytes are written now
+                f.close()
         meta = {s: {"rows": self.rows[s], "tokens": self.written[s], **stats.get(s, {})} for s in self.rows}
-        (self.tmp / SHARD_META).write_text(json.dumps(meta))
-        self.tmp.rename(self.final)
+        with writing(self.tmp / SHARD_META):
+            (self.tmp / SHARD_META).write_text(json.dumps(meta))
+            self.tmp.rename(self.final)
 
     def abandon(self) -> None:
+        """Drop the unfinished shard (a full disk gets its space back; a reader never looked at it)."""
         for f in (*self.tokens.values(), *self.offsets.values()):
-            f.close()
+            with contextlib.suppress(OSError):  # closing flushes, which fails again on a full disk
+                f.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _corrupt(path: Path, cache: Path, what: str) -> DataError:

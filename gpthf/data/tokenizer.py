@@ -9,13 +9,13 @@ packing, which is what lets the sentence structure be recovered from the tokens 
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from gpthf.atomic import atomic_write
 from gpthf.data.special_tokens import SPECIAL_TOKENS
 from gpthf.errors import DataError
 
@@ -47,13 +47,9 @@ def train_tokenizer(sentences: Iterable[str], vocab_size: int) -> Tokenizer:
 
 
 def save_tokenizer(tokenizer: Tokenizer, folder: Path) -> Path:
-    """Written to a temporary name and renamed, so a killed write never leaves a torn tokenizer.json
-    (a dead data build's tokenizer is reused by the next build); disk errors are `OSError`s."""
-    path = Path(folder) / TOKENIZER_FILE
-    tmp = path.with_name(f".{TOKENIZER_FILE}.tmp")
-    tmp.write_text(tokenizer.to_str(), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    """Written whole or not at all, so a killed write never leaves a torn tokenizer.json (a dead data
+    build's tokenizer is reused by the next build); a full disk raises `WriteFailed`."""
+    return atomic_write(Path(folder) / TOKENIZER_FILE, tokenizer.to_str())
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:

@@ -14,23 +14,42 @@ command cannot see a model another package defines. `python -m gpthf lm-eval ARG
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import difflib
+import functools
 import inspect
+import io
+import math
 import re
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from gpthf.data.special_tokens import EOD_ID, SENTENCE_CLOSERS
 from gpthf.errors import ConfigError, DataError
+from gpthf.precision import DEFAULT_DTYPE, DTYPE_NAMES
+
+if TYPE_CHECKING:
+    from lm_eval._cli import HarnessCLI
+
+    from gpthf.generation import ContextLimit, GenerationSettings
 
 try:
+    # lm-eval's own models, registered before ours: its `get_model` imports them only while its
+    # registry is empty, so registering gpthf first would hide every other model
+    import lm_eval.models  # noqa: F401
     from lm_eval.api.model import LM
     from lm_eval.api.registry import register_model
 except ImportError as err:  # the optional extra
     raise ConfigError('the lm-eval adapter needs lm-eval: pip install ".[eval]"') from err
 
 MODEL_NAME = "gpthf"
+DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's own default for a request that does not say
+DEFAULT_BATCH_SIZE = 8  # also what `auto` means: no batch size search here
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -47,43 +66,43 @@ class GpthfLM(LM):
     """Any gpthf checkpoint (every model kind) as an lm-eval `LM`.
 
     model_args: ckpt (a checkpoint or run folder, required), dtype (fp32 | bf16 | fp16), batch_size,
-    device (auto | cpu | cuda[:N]), max_length (context tokens kept; default the training row length).
+    device (auto | cpu | cuda[:N]), max_length (context tokens a scored request keeps, default the
+    training row length; given, it also caps a generation prompt, which otherwise keeps what the
+    model's own context limit allows), max_gen_toks (new tokens of a generation request that does
+    not say, default 256).
     """
 
     def __init__(
         self,
         ckpt: str | None = None,
-        dtype: str = "fp32",
-        batch_size: int | str = 8,
+        dtype: str = DEFAULT_DTYPE,
+        batch_size: int | str = DEFAULT_BATCH_SIZE,
         device: str | None = "auto",
         max_length: int | None = None,
+        max_gen_toks: int = DEFAULT_MAX_GEN_TOKS,
         max_batch_size: int | None = None,  # lm-eval passes it; batches here are fixed
     ) -> None:
         super().__init__()
         from gpthf.data.splitter import build_splitter
-        from gpthf.precision import DTYPE_NAMES
+        from gpthf.generation import ContextLimit
         from gpthf.training.checkpoint import load_checkpoint_tokenizer, load_model_from_checkpoint
-        from gpthf.training.distributed import resolve_device
 
-        if not ckpt:
-            raise ConfigError("--model gpthf needs a checkpoint: --model_args ckpt=outputs/gpthf-kjv")
-        if dtype not in DTYPE_NAMES:
-            raise ConfigError(f"dtype={dtype!r} is not one of {', '.join(DTYPE_NAMES)}")
-        if str(batch_size).startswith("auto"):  # lm-eval's `auto[:N]`: no search here, the default size
-            batch_size = 8
-        self.batch_size = _positive("batch_size", batch_size)
-        try:
-            self._device = resolve_device(device or "auto", 0)
-        except ConfigError:
-            raise ConfigError(
-                f"device={device!r}: no such device here; use device=cpu, cuda or cuda:N"
-            ) from None
-        self.model, self.meta, self.checkpoint = load_model_from_checkpoint(ckpt, self._device, dtype=dtype)
+        args = check_model_args(
+            {"ckpt": ckpt, "dtype": dtype, "batch_size": batch_size, "device": device,
+             "max_length": max_length, "max_gen_toks": max_gen_toks, "max_batch_size": max_batch_size}
+        )  # fmt: skip
+        self.batch_size, self._device = args["batch_size"], args["device"]
+        self.max_gen_toks = args["max_gen_toks"]
+        self.model, self.meta, self.checkpoint = load_model_from_checkpoint(
+            args["ckpt"], self._device, dtype=dtype
+        )
         self.model.eval()
         self.tokenizer = load_checkpoint_tokenizer(self.checkpoint, self.meta)
         self.splitter = build_splitter(self.meta["data"]["language"])
         self.max_sentence_len = self.meta["data"]["max_sentence_len"]
-        self.max_length = _positive("max_length", max_length or self.meta["data"]["seq_len"])
+        self.limit = ContextLimit(**self.meta.get("context", {}))  # what generate.py holds a prompt to
+        self.prompt_tokens = args["max_length"]  # a generation prompt's cap, when the user set one
+        self.max_length = args["max_length"] or self.meta["data"]["seq_len"]
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> GpthfLM:
@@ -95,17 +114,7 @@ class GpthfLM(LM):
     def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> GpthfLM:
         """lm-eval's model_args, with an unknown key named instead of a TypeError; a value in
         model_args wins over the command line's general flags (--batch_size, --device)."""
-        valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-        unknown = sorted(set(arg_dict) - set(valid))
-        if unknown:
-            raise ConfigError(
-                f"unknown model_args key(s) for --model gpthf: {', '.join(unknown)}; valid: ckpt, dtype, "
-                f"batch_size, device, max_length"
-            )
-        general = {k: v for k, v in (additional_config or {}).items() if v is not None and k in valid}
-        if "device" in general and "device" not in arg_dict and not torch.cuda.is_available():
-            general["device"] = "cpu"  # lm-eval's --device defaults to cuda; like its HF model, fall back
-        return cls(**{**general, **arg_dict})
+        return cls(**merged_model_args(arg_dict, additional_config))
 
     # ---- text to tokens, as the training data ----------------------------------------------------
 
@@ -179,26 +188,18 @@ class GpthfLM(LM):
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Greedy (or sampled, when asked) continuations cut at the first stop string; prompts run
-        through continuous batching with `batch_size` slots."""
-        from gpthf.generation import GenerationSettings, SamplingSettings, generate
+        through continuous batching with `batch_size` slots, and stop where the model's context
+        limit does (as in generate.py)."""
+        from gpthf.generation import generate
         from gpthf.generation.prompts import decode_continuation
 
         outputs: list[str | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
         for i, request in enumerate(requests):
-            _, kwargs = request.args
-            until = kwargs.get("until") or []
-            until = [until] if isinstance(until, str) else list(until)
-            temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample", False) else 0.0
-            key = (int(kwargs.get("max_gen_toks", 256)), temperature, tuple(until))
+            key = generation_request(request.args[1], self.max_gen_toks, self.max_sentence_len, self.limit)
             groups.setdefault(key, []).append(i)
-        for (max_new, temperature, until), members in groups.items():
-            prompts = [self._prompt(requests[i].args[0], max_new) for i in members]
-            settings = GenerationSettings(
-                max_new_tokens=max_new,
-                sampling=SamplingSettings(temperature=temperature),
-                max_sentence_len=self.max_sentence_len,
-            )
+        for (settings, until), members in groups.items():
+            prompts = [self._prompt(requests[i].args[0]) for i in members]
             result = generate(self.model, prompts, settings, slots=self.batch_size)
             for i, tokens in zip(members, result.tokens):
                 text = decode_continuation(self.tokenizer, tokens)
@@ -208,30 +209,142 @@ class GpthfLM(LM):
                 outputs[i] = text
         return outputs  # type: ignore[return-value]
 
-    def _prompt(self, context: str, max_new: int) -> list[int]:
+    def _prompt(self, context: str) -> list[int]:
+        """The context behind a document start, cut from the left to what the model may hold: the
+        most recent tokens `check_prompts` accepts (a GPT's token limit, GPTHF's sentence limit; and
+        at most max_length tokens when the user set it), started at a whole sentence where one fits,
+        as every training row starts. The continuation then runs until the model's limit stops it."""
+        from gpthf.generation import PromptError, check_prompts
+
         tokens = [EOD_ID, *self.encode(context)]
-        room = max(self.max_length - max_new, 1)
-        return tokens[-room:]
+
+        def fits(cut: int) -> bool:
+            if self.prompt_tokens is not None and len(tokens) - cut > self.prompt_tokens:
+                return False
+            try:
+                check_prompts(self.model, [tokens[cut:]], self.limit)
+            except PromptError:
+                return False
+            return True
+
+        low, high = 0, len(tokens) - 1  # fewer tokens fit more easily: the least cut that fits
+        if fits(low):
+            return tokens
+        while high - low > 1:  # fits(high) or nothing does (then generate names the prompt it refuses)
+            middle = (low + high) // 2
+            low, high = (low, middle) if fits(middle) else (middle, high)
+        if tokens[high - 1] not in SENTENCE_CLOSERS:
+            high = next((i + 1 for i in range(high, len(tokens) - 1) if tokens[i] in SENTENCE_CLOSERS), high)
+        return tokens[high:]
 
 
-def _positive(name: str, value) -> int:
+MODEL_ARGS = [name for name in inspect.signature(GpthfLM.__init__).parameters if name != "self"]
+
+
+def merged_model_args(
+    arg_dict: dict, additional_config: dict | None = None, cuda_fallback: bool = True
+) -> dict:
+    """model_args over the command line's general flags, as lm-eval hands them to a model; an unknown
+    key is named with the valid ones. lm-eval passes --device cuda:0 when none was given, so a general
+    cuda device falls back to the CPU where there is no GPU (as lm-eval's HF model does), unless
+    `cuda_fallback` is off: the command line, which knows whether --device was given, refuses it."""
+    unknown = sorted(set(arg_dict) - set(MODEL_ARGS))
+    if unknown:
+        valid = ", ".join(name for name in MODEL_ARGS if name != "max_batch_size")
+        raise ConfigError(
+            f"unknown model_args key(s) for --model gpthf: {', '.join(unknown)}; valid: {valid}"
+        )
+    general = {k: v for k, v in (additional_config or {}).items() if v is not None and k in MODEL_ARGS}
+    device = str(general.get("device", ""))
+    if (
+        cuda_fallback
+        and device.startswith("cuda")
+        and "device" not in arg_dict
+        and not torch.cuda.is_available()
+    ):
+        general["device"] = "cpu"
+    return {**general, **arg_dict}
+
+
+def check_model_args(args: dict) -> dict:
+    """The model's arguments checked before anything loads, numbers made whole, the checkpoint found
+    and the device resolved: the model checks them so, and the command line does before lm-eval
+    spends seconds indexing its tasks. A missing key takes the model's default."""
+    from gpthf.precision import resolve_dtype
+    from gpthf.training.checkpoint import resolve_checkpoint
+    from gpthf.training.distributed import resolve_device
+
+    checked = dict(args)
+    if not args.get("ckpt"):
+        raise ConfigError("--model gpthf needs a checkpoint: --model_args ckpt=outputs/gpthf-kjv")
+    checked["ckpt"] = resolve_checkpoint(str(args["ckpt"]))
+    dtype = args.get("dtype", DEFAULT_DTYPE)
+    if dtype not in DTYPE_NAMES:
+        raise ConfigError(f"dtype={dtype!r} is not one of {', '.join(DTYPE_NAMES)}")
+    checked["batch_size"] = batch_size("batch_size", args.get("batch_size", DEFAULT_BATCH_SIZE))
+    checked["max_gen_toks"] = positive("max_gen_toks", args.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
+    for name in ("max_length", "max_batch_size"):  # None: the default
+        checked[name] = None if args.get(name) is None else positive(name, args[name])
+    device = args.get("device") or "auto"
     try:
-        number = int(value)
+        checked["device"] = resolve_device(str(device), 0)
+    except (ConfigError, RuntimeError):  # RuntimeError: torch cannot parse the name
+        raise ConfigError(f"device={device!r}: no such device here; use device=cpu, cuda or cuda:N") from None
+    resolve_dtype(dtype, checked["device"])  # a number format this device cannot run
+    return checked
+
+
+def positive(name: str, value: object) -> int:
+    """`value` as a whole number >= 1 (lm-eval hands over `5`, `5.0`, `nan`, `true` or text), or one
+    error naming it; zero is refused rather than read as "the default"."""
+    try:
+        number = math.nan if isinstance(value, bool) else float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name}={value!r} must be a positive whole number") from None
-    if number < 1:
+        number = math.nan
+    if not (number >= 1 and number.is_integer()):  # also refuses nan and inf
         raise ConfigError(f"{name}={value!r} must be a positive whole number")
-    return number
+    return int(number)
 
 
-def _flag(argv: list[str], *names: str) -> str | None:
-    for i, arg in enumerate(argv):
-        for name in names:
-            if arg == name and i + 1 < len(argv):
-                return argv[i + 1]
-            if arg.startswith(name + "="):
-                return arg.split("=", 1)[1]
-    return None
+def batch_size(name: str, value: object) -> int:
+    """A batch size: a positive whole number, or lm-eval's `auto`/`auto:N` (no search here: the default)."""
+    text = str(value)
+    if text == "auto" or text.startswith("auto:"):
+        if text != "auto":
+            positive(name, text[len("auto:") :])
+        return DEFAULT_BATCH_SIZE
+    return positive(name, value)
+
+
+def generation_request(
+    kwargs: dict, max_gen_toks: int, max_sentence_len: int | None = None, limit: ContextLimit | None = None
+) -> tuple[GenerationSettings, tuple[str, ...]]:
+    """(our GenerationSettings, its stop strings) for one lm-eval generation request's kwargs (from
+    the task or --gen_kwargs); a value generation cannot use is one error naming it."""
+    from gpthf.generation import ContextLimit, GenerationSettings, SamplingSettings
+
+    until = kwargs.get("until") or []
+    until = (until,) if isinstance(until, str) else until
+    if not isinstance(until, (list, tuple)) or not all(isinstance(stop, str) for stop in until):
+        raise ConfigError(f"until={until!r} must be a stop string or a list of them, e.g. until=['\\n']")
+    max_new = positive("max_gen_toks", kwargs.get("max_gen_toks", max_gen_toks))
+    temperature = kwargs.get("temperature", 0.0) if kwargs.get("do_sample", False) else 0.0
+    try:
+        temperature = float(temperature)
+    except (TypeError, ValueError):
+        raise ConfigError(f"temperature={temperature!r} must be a number >= 0 (0 = greedy)") from None
+    settings = GenerationSettings(
+        max_new_tokens=max_new,
+        sampling=SamplingSettings(temperature=temperature),
+        max_sentence_len=max_sentence_len,
+        limit=limit or ContextLimit(),
+    )
+    return settings, tuple(until)
+
+
+# ---- the command line: lm-eval's own, with what a user gets wrong checked first ----------------
+
+COMMAND = "python -m gpthf lm-eval"
 
 
 def _data_files(folder: Path, task: str, seen: set) -> list[Path]:
@@ -248,11 +361,11 @@ def _data_files(folder: Path, task: str, seen: set) -> list[Path]:
     return files
 
 
-def check_task_data(argv: list[str]) -> None:
+def check_task_data(tasks: list[str], include_path: str | None) -> None:
     """Our offline tasks read <task folder>/data/<task>.jsonl; a missing file is named before lm-eval
     loads anything (lm-eval itself would end in a traceback deep in its task loading)."""
-    folders = [task_folder()] + [Path(p) for p in (_flag(argv, "--include_path") or "").split(",") if p]
-    for task in (_flag(argv, "--tasks", "-t") or "").split(","):
+    folders = [task_folder()] + [Path(p) for p in (include_path or "").split(",") if p]
+    for task in tasks:
         for folder in folders:
             for data in _data_files(folder, task.strip(), set()):
                 if not data.is_file():
@@ -261,35 +374,143 @@ def check_task_data(argv: list[str]) -> None:
                     )
 
 
-def default_output_path(argv: list[str]) -> list[str]:
-    """Without --output_path, results go beside the checkpoint's other results: <run>/eval/lm-eval/."""
+def check_run_args(args: argparse.Namespace) -> None:
+    """`run`'s arguments as lm-eval parsed them, checked before it starts: what it would refuse only
+    after seconds of task indexing and model loading (a --limit of 0 finds no documents, a negative
+    one is a traceback from islice), or take silently (a negative --num_fewshot; an --output_path it
+    cannot write, found only after the run, its results lost). Without --output_path, gpthf's results
+    go beside the checkpoint's other results: <run>/eval/lm-eval/."""
+    from lm_eval.api.registry import model_registry
+
+    from gpthf.cli import writable_folder
     from gpthf.evaluation.results import run_dir_of
-    from gpthf.training.checkpoint import resolve_checkpoint
 
-    if _flag(argv, "--output_path", "-o") is not None or _flag(argv, "--model") != MODEL_NAME:
-        return []
-    from lm_eval.utils import simple_parse_args_string
+    if not args.tasks and not args.config:
+        raise ConfigError(f"no --tasks given; e.g. --tasks gpthf_offline (list them: {COMMAND} ls tasks)")
+    limit = args.limit
+    if limit is not None and not (0 < limit < 1 or (limit >= 1 and limit.is_integer())):  # nan, inf: no
+        raise ConfigError(
+            f"--limit {limit:g}: give a number of documents per task (e.g. 10) or a fraction of them below 1 (e.g. 0.1)"
+        )
+    if args.num_fewshot is not None and args.num_fewshot < 0:
+        raise ConfigError(f"--num_fewshot {args.num_fewshot}: give 0 or more examples")
+    if getattr(args, "batch_size", None) is not None:
+        batch_size("--batch_size", args.batch_size)
+    if args.max_batch_size is not None:
+        positive("--max_batch_size", args.max_batch_size)
+    if args.model is not None and args.model not in model_registry.keys():
+        close = difflib.get_close_matches(args.model, list(model_registry.keys()), n=1)
+        hint = f"did you mean {close[0]}?" if close else f"gpthf's model is --model {MODEL_NAME}"
+        raise ConfigError(f"--model {args.model!r} is not a model lm-eval knows; {hint}")
+    if args.model == MODEL_NAME:
+        general = {"batch_size": getattr(args, "batch_size", None), "device": args.device}
+        checked = check_model_args(merged_model_args(args.model_args or {}, general, cuda_fallback=False))
+        generation_request(args.gen_kwargs or {}, checked["max_gen_toks"])
+        if args.output_path is None and not args.config:
+            args.output_path = str(run_dir_of(checked["ckpt"]) / "eval" / "lm-eval")
+    if args.output_path:
+        out = Path(args.output_path)  # lm-eval writes a .json path's folder, or into the folder given
+        writable_folder(out.parent if out.suffix == ".json" else out, "--output_path")
+    if args.include_path and not Path(args.include_path).is_dir():
+        raise ConfigError(
+            f"--include_path {args.include_path} is not a folder; give the folder of task files"
+        )
+    check_task_data(args.tasks or [], args.include_path)
 
-    args = simple_parse_args_string(_flag(argv, "--model_args", "-a") or "")
-    if "ckpt" not in args:
-        return []
+
+def _parse(parser: HarnessCLI) -> argparse.Namespace:
+    """lm-eval's arguments parsed; a mistake argparse finds (`--num_fewshot abc`, a model_args item
+    without `=`) is one error line instead of its usage text and message."""
+    printed = io.StringIO()
     try:
-        checkpoint = resolve_checkpoint(args["ckpt"])
-    except Exception:  # let the model report a bad checkpoint in its own words
-        return []
-    return ["--output_path", str(run_dir_of(checkpoint) / "eval" / "lm-eval")]
+        with contextlib.redirect_stderr(printed):
+            return parser.parse_args()
+    except SystemExit as done:
+        if done.code in (0, None):
+            sys.stderr.write(printed.getvalue())
+            raise
+        message = (printed.getvalue().strip().splitlines() or ["invalid arguments"])[-1].split(" error: ", 1)[
+            -1
+        ]
+        if "--ckpt" in message:
+            message += "; give the checkpoint as --model_args ckpt=PATH"
+        raise ConfigError(f"{message} (see {COMMAND} --help)") from None
+
+
+def _one_line(function: Callable, errors: tuple[type[Exception], ...], hint: str = "") -> Callable:
+    @functools.wraps(function)
+    def checked(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except errors as err:
+            raise ConfigError(f"{err}{hint}") from None
+
+    return checked
+
+
+@contextlib.contextmanager
+def _lm_eval_checks_are_one_line() -> Iterator[None]:
+    """lm-eval raises a plain ValueError (or TypeError, FileNotFoundError) for a user's mistake and
+    for its own faults alike, so only what it raises where it checks the user's input becomes one
+    error line: a run's settings (`EvaluatorConfig.from_cli`: --samples with --limit, a bad --config
+    file), the task names (`process_tasks`), and more few-shot examples than a task has documents to
+    draw them from (`ContextSampler.sample`). Everything else keeps its traceback."""
+    from lm_eval.api.samplers import ContextSampler
+    from lm_eval.config.evaluate_config import EvaluatorConfig
+
+    hint = f"; list the tasks with: {COMMAND} ls tasks --include_path {task_folder()}"
+    process_tasks = _one_line(EvaluatorConfig.process_tasks, (ValueError, FileNotFoundError), hint)
+    sample = ContextSampler.sample
+
+    def tasks_found(config, *args, **kwargs):
+        manager = process_tasks(config, *args, **kwargs)
+        if not config.tasks:  # e.g. --tasks naming a folder without task files
+            raise ConfigError(f"no task found in --tasks{hint}")
+        return manager
+
+    def few_shot(sampler, n: int, *args, **kwargs):
+        try:
+            return sample(sampler, n, *args, **kwargs)
+        except ValueError:  # random.sample: more than the population
+            raise ConfigError(
+                f"--num_fewshot {n} is more examples than a task has documents to draw them from "
+                f"({len(sampler.fewshot_docs())}, the one asked about among them); ask for fewer"
+            ) from None
+
+    patches = [
+        (EvaluatorConfig, "from_cli", classmethod(
+            _one_line(EvaluatorConfig.from_cli.__func__, (ValueError, TypeError, FileNotFoundError))
+        )),
+        (EvaluatorConfig, "process_tasks", tasks_found),
+        (ContextSampler, "sample", few_shot),
+    ]  # fmt: skip
+    saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in patches]
+    for owner, name, checked in patches:
+        setattr(owner, name, checked)
+    try:
+        yield
+    finally:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """lm-eval's command line (`lm_eval ...`, same arguments) with the gpthf model registered."""
-    from lm_eval.__main__ import cli_evaluate
+    """lm-eval's command line (`lm_eval ...`, same arguments) with the gpthf model registered; what
+    a user gets wrong is a `GpthfError` (one error line), found before lm-eval starts where it can be."""
+    from lm_eval._cli import HarnessCLI
+    from lm_eval.utils import setup_logging
 
     argv = sys.argv[1:] if argv is None else argv
-    check_task_data(argv)
     saved = sys.argv
-    sys.argv = ["lm_eval", *argv, *default_output_path(argv)]
+    sys.argv = ["lm_eval", *argv]
     try:
-        cli_evaluate()
+        setup_logging()
+        parser = HarnessCLI()
+        args = _parse(parser)
+        if args.command == "run":
+            check_run_args(args)
+        with _lm_eval_checks_are_one_line():
+            parser.execute(args)
     except SystemExit as done:
         return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     finally:

@@ -46,7 +46,7 @@ def rows_for_text(
     meta: dict, tokenizer, split: str = "test", path: str | None = None, max_rows: int | None = None
 ):
     """(input_ids, sentence_ids, bytes) of a split of the checkpoint's corpus, or of every document
-    under `path` (a .txt/.jsonl/.parquet file or folder), packed like the training data; only the
+    under `path` (a file or folder of any kind `gpthf.data.readers` reads), packed like the training data; only the
     first `max_rows` rows (and the documents they need) are read when it is given."""
     data_cfg = OmegaConf.create(meta["data"])
     if path is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from gpthf.atomic import atomic_write, writing
+
 
 def run_dir_of(checkpoint: Path) -> Path:
     """`<run>/checkpoints/<name>` → `<run>`; a checkpoint folder elsewhere keeps its results inside it."""
@@ -13,13 +15,12 @@ def run_dir_of(checkpoint: Path) -> Path:
 
 
 def save_result(checkpoint: Path, name: str, result: dict) -> Path:
+    """`<run>/eval/<name>.json`, written whole or not at all (report.py trusts every file there)."""
     folder = run_dir_of(checkpoint) / "eval"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(path)
-    return path
+    kept = f"this result is not saved; the results already in {folder} are intact"
+    with writing(folder, kept):
+        folder.mkdir(parents=True, exist_ok=True)
+    return atomic_write(folder / f"{name}.json", json.dumps(result, indent=2), kept)
 
 
 def load_results(run_dir: Path) -> dict[str, dict]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gpthf import __version__
+from gpthf.atomic import WriteFailed, write_failure, writing
 from gpthf.errors import CheckpointError
 from gpthf.precision import DEFAULT_DTYPE
 
@@ -46,10 +48,16 @@ def staging_folder(target: Path) -> Path:
     return target.parent / f".{target.name}.tmp"
 
 
+class CheckpointWriteFailed(CheckpointError, WriteFailed):
+    """A checkpoint that could not be written (a full disk): its staging folder is removed and the
+    checkpoints before it are intact."""
+
+
 def write_atomically(target: Path, write: Callable[[Path], None], staged: bool = False) -> Path:
     """Run `write(staging)`, then rename the staging folder to `target` (replacing an older one).
 
     `staged=True`: the staging folder already exists and holds files other ranks wrote into it.
+    A failed write (a full disk) removes the staging folder and raises `CheckpointWriteFailed`.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = staging_folder(target)
@@ -66,15 +74,29 @@ def write_atomically(target: Path, write: Callable[[Path], None], staged: bool =
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(target)
-    except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(
-            f"could not write checkpoint {target} ({err.strerror or err}); earlier checkpoints are intact"
+    except (OSError, WriteFailed) as err:
+        shutil.rmtree(tmp, ignore_errors=True)  # gives the space back; a reader never looks there
+        failed = err if isinstance(err, WriteFailed) else write_failure(err, tmp, "")
+        file = Path(failed.what)
+        reason = f"{file.name}: {failed.reason}" if file.parent == tmp else failed.reason
+        raise CheckpointWriteFailed(
+            f"checkpoint {target}", reason, failed.todo, "earlier checkpoints are intact"
         ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _as_os_error(err: Exception) -> OSError:
+    """A library's report of a failed write (torch's RuntimeError, safetensors' SafetensorError) as
+    the `OSError` it stands for, so that it is told like any other failed write."""
+    text = " ".join(str(err).split())
+    code = re.search(r"os error (\d+)", text)  # safetensors: "... File too large (os error 27)"
+    if code:
+        return OSError(int(code[1]), os.strerror(int(code[1])))
+    detail = text.rpartition("] . ")[2]  # torch: "[enforce fail at FILE:LINE] . unexpected pos ..."
+    return OSError(f"the write stopped short: {detail}")
 
 
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -91,18 +113,23 @@ def save_checkpoint(
     staged: bool = False,
 ) -> Path:
     """Write a complete checkpoint folder at `target`. `meta` must hold `arch` and `vocab_size`."""
+    weights = _weights(model)
+    config = json.dumps({"format": CHECKPOINT_FORMAT, "gpthf_version": __version__, **meta}, indent=2)
+    files: dict[str, Callable[[Path], object]] = {
+        WEIGHTS_FILE: lambda path: save_file(weights, str(path)),
+        CONFIG_FILE: lambda path: path.write_text(config),
+        "tokenizer.json": lambda path: shutil.copyfile(tokenizer_file, path),
+    }
+    if train_state is not None:
+        files[STATE_FILE] = lambda path: torch.save(train_state, path)
 
     def write(folder: Path) -> None:
-        try:
-            save_file(_weights(model), str(folder / WEIGHTS_FILE))
-        except SafetensorError as err:  # its I/O failures (disk full) are not OSErrors
-            raise OSError(str(err)) from err
-        (folder / CONFIG_FILE).write_text(
-            json.dumps({"format": CHECKPOINT_FORMAT, "gpthf_version": __version__, **meta}, indent=2)
-        )
-        shutil.copyfile(tokenizer_file, folder / "tokenizer.json")
-        if train_state is not None:
-            torch.save(train_state, folder / STATE_FILE)
+        for name, write_file in files.items():
+            with writing(folder / name):
+                try:
+                    write_file(folder / name)
+                except (SafetensorError, RuntimeError) as err:  # safetensors' and torch's failed writes
+                    raise _as_os_error(err) from None
 
     return write_atomically(Path(target), write, staged)
 
@@ -201,9 +228,24 @@ def load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
             f"checkpoint {checkpoint} does not fit this model (missing {sorted(missing)[:3]}, "
             f"unexpected {sorted(unexpected)[:3]}, other shapes {other_shape[:3]})"
         )
+    check_finite(weights, checkpoint)
     with torch.no_grad():
         for name, param in expected.items():
             param.copy_(weights[name])
+
+
+def check_finite(weights: dict[str, torch.Tensor], checkpoint: Path) -> None:
+    """Refuse weights holding NaN or inf. Training never saves them (a non-finite loss stops it
+    without saving), so they mean a damaged file; loaded, they would decode nothing or fail deep in
+    sampling, and a resumed run would train on from them. One pass over each tensor, at load."""
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            nan, inf = int(tensor.isnan().sum()), int(tensor.isinf().sum())
+            raise CheckpointError(
+                f"checkpoint weights {checkpoint / WEIGHTS_FILE} are damaged: tensor {name!r} holds "
+                f"{nan:,} NaN and {inf:,} infinite values; use another checkpoint (to resume the run from an "
+                f"earlier one, delete {checkpoint})"
+            )
 
 
 def load_train_state(checkpoint: Path) -> dict:
@@ -266,6 +308,26 @@ def check_shapes_before_allocating(meta: dict, checkpoint: Path) -> None:
         )
 
 
+def check_row_length(meta: dict, checkpoint: Path) -> None:
+    """The tokens per row config.json gives (what evaluation packs rows of and generation allows a
+    GPT as context) within the range training accepts: a config.json edited to a huge data.seq_len
+    is refused before rows of that length are built."""
+    from gpthf.config import NUMBER_RANGES
+
+    valid = NUMBER_RANGES["data.seq_len"]
+    for key, value in (("data.seq_len", meta.get("data", {}).get("seq_len")),
+                       ("context.tokens", meta.get("context", {}).get("tokens"))):  # fmt: skip
+        if value is not None and not (isinstance(value, int) and valid.contains(value)):
+            above = (
+                isinstance(value, int) and valid.too_high and valid.high is not None and value > valid.high
+            )
+            why = f"; {valid.too_high(value)}" if above else ""
+            raise CheckpointError(
+                f"{checkpoint / CONFIG_FILE} gives {key}={value}, out of the range training allows "
+                f"({valid.describe('data.seq_len')}{why}): the file was edited or is damaged"
+            )
+
+
 def load_model_from_checkpoint(
     path: str | Path,
     device: str | torch.device = "cpu",
@@ -281,6 +343,7 @@ def load_model_from_checkpoint(
 
     checkpoint = resolve_checkpoint(path)
     meta = read_meta(checkpoint)
+    check_row_length(meta, checkpoint)
     check_shapes_before_allocating(meta, checkpoint)
     model = build_model(meta["arch"], meta["vocab_size"], attention)
     load_weights(model, checkpoint)

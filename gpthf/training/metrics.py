@@ -8,6 +8,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from gpthf.atomic import append_whole, atomic_write
+
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
 # Fields measuring wall-clock time: the only ones that differ between two runs of one seed and config.
@@ -28,20 +30,18 @@ def _parse_lines(text: str) -> list[dict]:
 
 
 class MetricsLog:
-    """Appends records to `<run>/metrics.jsonl`, flushed line by line so a crash loses nothing logged."""
+    """Appends records to `<run>/metrics.jsonl`, written line by line so a crash loses nothing logged;
+    a line the disk has no room for is not left torn (`append_whole`)."""
 
     def __init__(self, run_dir: Path, resume_step: int | None = None):
         self.path = Path(run_dir) / METRICS_FILE
         if resume_step is not None and self.path.exists():
             # Records past the checkpoint belong to work that is about to be redone.
             kept = [r for r in _parse_lines(self.path.read_text()) if r["step"] <= resume_step]
-            staged = self.path.with_name(f".{METRICS_FILE}.tmp")
-            staged.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            staged.replace(self.path)  # atomic: a kill now leaves the old file or the new one
+            atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, record: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_whole(self.path, json.dumps(record) + "\n")
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -98,7 +98,7 @@ def plot_losses(run_dir: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = Path(run_dir) / LOSS_PLOT
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    try:
+        return atomic_write(Path(run_dir) / LOSS_PLOT, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    finally:
+        plt.close(fig)

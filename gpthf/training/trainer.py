@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
+from gpthf.atomic import WriteFailed, writing
 from gpthf.config import parse_budget_seconds
 from gpthf.data.dataset import prepare_data
 from gpthf.data.special_tokens import PAD_ID
@@ -37,6 +38,7 @@ from gpthf.training.checkpoint import (
     load_train_state,
     load_weights,
     prune_checkpoints,
+    read_meta,
     save_checkpoint,
     staging_folder,
 )
@@ -234,11 +236,12 @@ class Trainer:
             )
         if _switch(cfg.impl.compile, runtime.device.type == "cuda", "impl.compile"):
             self.engine.model = torch.compile(self.engine.model)
-        self.metrics = (
-            MetricsLog(self.run_dir, resume_step=self.progress.step if resume_from else None)
-            if runtime.is_main
-            else None
-        )
+        with self._failed_writes_say_what_is_kept():
+            self.metrics = (
+                MetricsLog(self.run_dir, resume_step=self.progress.step if resume_from else None)
+                if runtime.is_main
+                else None
+            )
 
     # -- progress -------------------------------------------------------------------------------
     def fraction_done(self, elapsed_s: float) -> float:
@@ -254,7 +257,8 @@ class Trainer:
         staging = staging_folder(target)
         if self.runtime.is_main:
             shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(parents=True)
+            with writing(f"checkpoint {target}", "earlier checkpoints are intact"):
+                staging.mkdir(parents=True)
         self.runtime.barrier()
         self.engine.save_sharded_state(staging)
         rng = [_rng_state()]
@@ -310,6 +314,26 @@ class Trainer:
         log.warning("%s: saving a checkpoint after this step, then stopping (Ctrl-C again: stop now)", name)
         self.stop_requested = True
 
+    def _what_is_kept(self) -> str:
+        """What a run stopped by a failed write (a full disk) still has, read from the disk then."""
+        latest = latest_checkpoint(self.run_dir)
+        if latest is None:
+            return f"no checkpoint of this run was kept: its training (to step {self.progress.step}) is lost"
+        if latest.name == FINAL:
+            return f"the run finished: its final checkpoint {latest} is complete"
+        saved, reached = read_meta(latest).get("step"), self.progress.step
+        lost = f"its training after step {saved} (to step {reached}) is lost; " if saved != reached else ""
+        return f"the last checkpoint kept is {latest}: {lost}once there is room, continue from it with resume=true"
+
+    @contextlib.contextmanager
+    def _failed_writes_say_what_is_kept(self):
+        """A checkpoint, metrics line or plot the disk has no room for stops the run with one error
+        naming the last checkpoint kept (the writers know only their own file)."""
+        try:
+            yield
+        except WriteFailed as err:
+            raise err.keeping(self._what_is_kept()) from None
+
     def _diverged(self, loss: float, lr: float) -> TrainingError:
         latest = latest_checkpoint(self.run_dir)
         kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written before it"
@@ -324,6 +348,10 @@ class Trainer:
         `stop_after_steps` simulates a preemption after that many steps of this session: a checkpoint
         is written and the run can be continued with resume=true.
         """
+        with self._failed_writes_say_what_is_kept():
+            return self._run(stop_after_steps)
+
+    def _run(self, stop_after_steps: int | None) -> Path:
         cfg, runtime = self.cfg, self.runtime
         previous = (
             {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
