@@ -48,21 +48,18 @@ class SdpaBackend:
                 q, k, v, attn_mask=mask, dropout_p=dropout_p
             )
         reach = longest_sentence(sentence_ids) - 1  # a query's sentence starts at most this far back
-        windows = [
-            (start, min(start + ENCODER_QUERY_CHUNK, length), max(start - reach, 0))
-            for start in range(0, length, ENCODER_QUERY_CHUNK)
-        ]
+        windows = []  # (first query, end, first key, mask (B, 1, C, C + reach)): built once, every layer uses them
+        for start in range(0, length, ENCODER_QUERY_CHUNK):
+            end, first_key = min(start + ENCODER_QUERY_CHUNK, length), max(start - reach, 0)
+            windows.append((start, end, first_key, window_mask(sentence_ids, start, end, first_key)))
 
         def attend(q, k, v, dropout_p=0.0):
             out = [
                 F.scaled_dot_product_attention(
-                    q[:, :, start:end],
-                    k[:, :, first_key:end],
-                    v[:, :, first_key:end],
-                    attn_mask=window_mask(sentence_ids, start, end, first_key),  # (B, 1, C, C + reach)
+                    q[:, :, start:end], k[:, :, first_key:end], v[:, :, first_key:end], attn_mask=mask,
                     dropout_p=dropout_p,
                 )
-                for start, end, first_key in windows
+                for start, end, first_key, mask in windows
             ]
             return torch.cat(out, dim=2)  # (B, H, T, hd)
 
