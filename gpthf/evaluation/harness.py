@@ -429,9 +429,8 @@ def _parse(parser: HarnessCLI) -> argparse.Namespace:
         if done.code in (0, None):
             sys.stderr.write(printed.getvalue())
             raise
-        message = (printed.getvalue().strip().splitlines() or ["invalid arguments"])[-1].split(" error: ", 1)[
-            -1
-        ]
+        last = (printed.getvalue().strip().splitlines() or ["invalid arguments"])[-1]
+        message = last.split(" error: ", 1)[-1]  # argparse's `PROG: error: MESSAGE`
         if "--ckpt" in message:
             message += "; give the checkpoint as --model_args ckpt=PATH"
         raise ConfigError(f"{message} (see {COMMAND} --help)") from None
@@ -471,10 +470,13 @@ def _lm_eval_checks_are_one_line() -> Iterator[None]:
     def few_shot(sampler, n: int, *args, **kwargs):
         try:
             return sample(sampler, n, *args, **kwargs)
-        except ValueError:  # random.sample: more than the population
+        except ValueError:
+            available = len(sampler.fewshot_docs())
+            if n < available:  # not random.sample's "larger than the population": a fault
+                raise
             raise ConfigError(
                 f"--num_fewshot {n} is more examples than a task has documents to draw them from "
-                f"({len(sampler.fewshot_docs())}, the one asked about among them); ask for fewer"
+                f"({available}, the one asked about among them); ask for fewer"
             ) from None
 
     patches = [

@@ -1,6 +1,7 @@
 """The lm-eval adapter: scores equal our perplexity script's, the chain rule holds across requests,
-batching changes nothing, generation is ours, the offline tasks run end to end through lm-eval's own
-command line, and bad input is one line."""
+batching changes nothing, generation is ours and sees as much of the context as the model holds, the
+offline tasks run end to end through lm-eval's own command line, and every mistake a user can make
+there (in lm-eval's arguments or the model's) is one error line, while a fault keeps its traceback."""
 
 import importlib.util
 import json
@@ -101,6 +102,64 @@ def test_generate_until_is_our_generation_cut_at_the_stop_string(models):
     assert cut == free[: free.index(stop)]
 
 
+LONG_CONTEXT = " ".join(f"And it was good, said the {n}th voice." for n in range(30)) + " And there was"
+
+
+@pytest.mark.parametrize("kind", ["gpthf", "gpt"])
+def test_generation_continues_the_whole_context_at_lm_evals_default_settings(models, kind):
+    """lm-eval's default max_gen_toks (256) is more than these models' 64-token rows: the context is
+    still what the model continues, so two contexts that end alike continue differently."""
+    ending = " and there was"
+    first = "In the beginning God created the heaven and the earth. And God said, Let there be light:"
+    second = "And the LORD spake unto Moses, saying, Speak unto the children of Israel:"
+    one, other = models[kind].generate_until(
+        [Request(first + ending, {"until": []}), Request(second + ending, {"until": []})]
+    )
+    assert one != other
+
+
+@pytest.mark.parametrize("kind", ["gpthf", "gpt"])
+def test_a_context_longer_than_the_model_holds_keeps_its_most_recent_whole_sentences(
+    models, kind, monkeypatch
+):
+    import gpthf.generation
+    from gpthf.data.special_tokens import EOD_ID, SENTENCE_CLOSERS
+    from gpthf.generation import PromptError, check_prompts
+
+    lm, calls = models[kind], []
+    real = gpthf.generation.generate
+    monkeypatch.setattr(
+        gpthf.generation, "generate", lambda *args, **kw: calls.append(args) or real(*args, **kw)
+    )
+    (text,) = lm.generate_until([Request(LONG_CONTEXT, {"until": []})])  # not refused
+    ((_, (prompt,), settings),) = calls
+    whole = [EOD_ID, *lm.encode(LONG_CONTEXT)]
+    cut = len(whole) - len(prompt)
+    assert cut > 0 and prompt == whole[cut:], "the most recent tokens"
+    assert whole[cut - 1] in SENTENCE_CLOSERS, "from the start of a sentence"
+    check_prompts(lm.model, [prompt], lm.limit)  # what the model holds (generate.py's own rule) ...
+    previous = max(i for i in range(cut - 1) if whole[i] in SENTENCE_CLOSERS)
+    with pytest.raises(PromptError):  # ... and not one sentence less than that
+        check_prompts(lm.model, [whole[previous + 1 :]], lm.limit)
+    assert settings.limit == lm.limit and isinstance(text, str), "generation stops at the model's limit"
+
+
+def test_a_max_length_given_caps_the_generation_prompt_too(trained_runs):
+    from gpthf.evaluation.harness import GpthfLM
+
+    lm = GpthfLM(ckpt=str(trained_runs["gpthf"]), max_length=20)
+    assert 0 < len(lm._prompt(LONG_CONTEXT)) <= 20
+
+
+def test_lm_evals_own_models_stay_registered_beside_gpthf():
+    from lm_eval.api.registry import get_model
+
+    from gpthf.evaluation.harness import GpthfLM
+
+    assert get_model("gpthf") is GpthfLM
+    assert get_model("dummy").__name__ == "DummyLM", "registering gpthf must not hide lm-eval's models"
+
+
 def test_offline_tasks_run_end_to_end_through_lm_evals_command_line(trained_runs, tmp_path):
     run = run_script(
         "-m", "gpthf", "lm-eval", "--model", "gpthf", "--model_args", f"ckpt={trained_runs['gpthf']},batch_size=4",
@@ -133,6 +192,17 @@ def test_simple_evaluate_from_python(trained_runs):
             assert all(continuation.startswith(" ") for _, continuation in sample["arguments"]), task
 
 
+# model_args values that are no size, as lm-eval reads them: `nan` a float, `true` True
+NOT_SIZES = {
+    "0": "0",
+    "-5": "-5",
+    "nan": "nan",
+    "many": "'many'",
+    "2.5": "2.5",
+    "inf": "inf",
+    "true": "True",
+}
+
 BAD_MODEL_ARGS = [
     ("ckpt={ckpt},batchsize=4", "unknown model_args key(s) for --model gpthf: batchsize; valid: ckpt"),
     ("batch_size=4", "needs a checkpoint: --model_args ckpt="),
@@ -140,6 +210,14 @@ BAD_MODEL_ARGS = [
     ("ckpt={ckpt},dtype=fp64", "dtype='fp64' is not one of"),
     ("ckpt={ckpt},batch_size=0", "batch_size=0 must be a positive whole number"),
     ("ckpt={ckpt},device=cuda:7", "device='cuda:7': no such device here"),
+    ("ckpt={ckpt},device=banana", "device='banana': no such device here"),
+    ("ckpt={other}/missing", "does not exist"),
+    *[
+        (f"ckpt={{ckpt}},{name}={value}", f"{name}={shown} must be a positive whole number")
+        for name in ("max_length", "max_gen_toks", "batch_size")
+        for value, shown in NOT_SIZES.items()
+    ],
+    ("ckpt={ckpt},batch_size=auto:0", "batch_size='0' must be a positive whole number"),
 ]
 
 
@@ -172,14 +250,111 @@ def test_batch_size_auto_is_accepted(trained_runs):
     assert lm.batch_size == 8 and str(lm.device) == "cpu"
 
 
-def test_a_bad_model_arg_is_one_line_on_the_command_line(trained_runs, tmp_path):
+ENTRY_POINTS = {  # the two ways in: `python -m gpthf lm-eval` and the `gpthf-lm-eval` script
+    "python -m gpthf": ["-m", "gpthf", "lm-eval"],
+    "gpthf-lm-eval": ["-c", "import sys; from gpthf.evaluation.harness import main; sys.exit(main())"],
+}
+
+
+@pytest.mark.parametrize(
+    "entry, mistake, message",
+    [
+        ("python -m gpthf", ["--model_args", "ckpt={ckpt},batchsize=4"], BAD_MODEL_ARGS[0][1]),
+        ("gpthf-lm-eval", ["--model_args", "ckpt={ckpt}", "--limit", "0"], "--limit 0: give a number"),
+    ],
+)
+def test_a_mistake_is_one_line_from_each_entry_point(trained_runs, tmp_path, entry, mistake, message):
     run = run_script(
-        "-m", "gpthf", "lm-eval", "--model", "gpthf", "--model_args", f"ckpt={trained_runs['gpthf']},batchsize=4",
+        *ENTRY_POINTS[entry], "--model", "gpthf", *[m.format(ckpt=trained_runs["gpthf"]) for m in mistake],
         "--tasks", "gpthf_cloze", "--include_path", "eval/tasks", "--output_path", str(tmp_path), timeout=300,
     )  # fmt: skip
-    assert run.returncode == 2, run.stderr[-2000:]
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-2000:]
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and BAD_MODEL_ARGS[0][1] in errors[0], run.stderr[-2000:]
+    assert len(errors) == 1 and message in errors[0], run.stderr[-2000:]
+
+
+BASE_FLAGS = {
+    "--model": "gpthf",
+    "--model_args": "ckpt={ckpt}",
+    "--tasks": "gpthf_cloze",
+    "--include_path": str(REPO / "eval" / "tasks"),
+    "--output_path": "{tmp}/out",
+    "--limit": "2",
+}
+CLI_MISTAKES = [  # flags changed from BASE_FLAGS (None: left out), the error line's text
+    ({"--limit": "0"}, "--limit 0: give a number of documents per task (e.g. 10) or a fraction"),
+    ({"--limit": "-5"}, "--limit -5: give a number of documents"),
+    ({"--limit": "2.5"}, "--limit 2.5: give a number of documents"),
+    ({"--limit": "nan"}, "--limit nan: give a number of documents"),
+    ({"--limit": "inf"}, "--limit inf: give a number of documents"),
+    ({"--limit": "few"}, "argument --limit/-L: invalid float value: 'few'"),
+    ({"--tasks": "gpthf_clozee"}, "Tasks not found: gpthf_clozee; list the tasks with: python -m gpthf"),
+    ({"--tasks": None}, "no --tasks given"),
+    ({"--num_fewshot": "-1"}, "--num_fewshot -1: give 0 or more examples"),
+    ({"--num_fewshot": "abc"}, "argument --num_fewshot/-f: invalid int value: 'abc'"),
+    ({"--num_fewshot": "100000"}, "--num_fewshot 100000 is more examples than a task has documents"),
+    ({"--batch_size": "0"}, "--batch_size='0' must be a positive whole number"),
+    ({"--batch_size": "-3"}, "--batch_size='-3' must be a positive whole number"),
+    ({"--batch_size": "auto:x"}, "--batch_size='x' must be a positive whole number"),
+    ({"--max_batch_size": "0"}, "--max_batch_size=0 must be a positive whole number"),
+    ({"--model": "gpthff"}, "--model 'gpthff' is not a model lm-eval knows; did you mean gpthf?"),
+    ({"--model_args": None}, "--model gpthf needs a checkpoint: --model_args ckpt="),
+    ({"--model_args": None, "--ckpt": "{ckpt}"}, "unrecognized arguments: --ckpt"),
+    ({"--model_args": "ckpt"}, "argument --model_args: expected `key=value`, got 'ckpt'"),
+    ({"--model_args": "ckpt={tmp}/none"}, "does not exist"),
+    ({"--model_args": "ckpt={ckpt},batchsize=4"}, "unknown model_args key(s) for --model gpthf: batchsize"),
+    ({"--model_args": "ckpt={ckpt},max_length=0"}, "max_length=0 must be a positive whole number"),
+    ({"--model_args": "ckpt={ckpt},max_gen_toks=-1"}, "max_gen_toks=-1.0 must be a positive whole number"),
+    ({"--model_args": "ckpt={ckpt},batch_size=nan"}, "batch_size=nan must be a positive whole number"),
+    ({"--device": "banana"}, "device='banana': no such device here"),
+    ({"--gen_kwargs": "max_gen_toks=0"}, "max_gen_toks=0 must be a positive whole number"),
+    ({"--gen_kwargs": "do_sample=True,temperature=hot"}, "temperature='hot' must be a number"),
+    ({"--gen_kwargs": "do_sample=True,temperature=-1"}, "temperature=-1.0 must be a finite number >= 0"),
+    ({"--gen_kwargs": "until=5"}, "until=5 must be a stop string or a list of them"),
+    ({"--gen_kwargs": "until=[5]"}, "until=[5] must be a stop string or a list of them"),
+    ({"--include_path": "{tmp}/no-tasks"}, "no-tasks is not a folder; give the folder of task files"),
+    ({"--output_path": "{tmp}/a-file/out"}, "cannot write to --output_path"),
+    ({"--output_path": "{tmp}/a-file"}, "cannot write to --output_path"),
+    ({"--output_path": "/proc/results"}, "cannot write to --output_path /proc/results"),
+    ({"--samples": '{{"gpthf_cloze": [0]}}'}, "If --samples is not None, then --limit must be None"),
+    ({"--config": "{tmp}/missing.yaml"}, "Config file not found"),
+]
+
+
+@pytest.mark.parametrize("flags, message", CLI_MISTAKES, ids=[m for _, m in CLI_MISTAKES])
+def test_a_command_line_mistake_is_one_error_line(trained_runs, tmp_path, capsys, flags, message):
+    from gpthf.cli import run_cli
+    from gpthf.evaluation.harness import cli
+
+    (tmp_path / "a-file").write_text("not a folder")
+    argv = []
+    for flag, value in {**BASE_FLAGS, **flags}.items():
+        if value is not None:
+            argv += [flag, value.format(ckpt=trained_runs["gpthf"], tmp=tmp_path)]
+    assert run_cli(cli, argv) == 2  # anything but a GpthfError would propagate from here
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], errors
+
+
+def test_a_fault_inside_lm_eval_keeps_its_traceback(trained_runs, tmp_path, monkeypatch):
+    """lm-eval raises ValueError for a user's mistakes and for its own faults alike: only those raised
+    while it checks the run's settings and task names are one line."""
+    import lm_eval
+    from lm_eval.config.evaluate_config import EvaluatorConfig
+
+    from gpthf.cli import run_cli
+    from gpthf.evaluation.harness import cli
+
+    def broken(**kwargs):
+        raise ValueError("a fault in lm-eval")
+
+    monkeypatch.setattr(EvaluatorConfig, "process_tasks", lambda config, metadata=None: None)  # no indexing
+    monkeypatch.setattr(lm_eval, "simple_evaluate", broken)
+    checking = dict(EvaluatorConfig.__dict__)
+    argv = ["--model", "gpthf", "--model_args", f"ckpt={trained_runs['gpthf']}", "--tasks", "gpthf_cloze"]
+    with pytest.raises(ValueError, match="a fault in lm-eval"):
+        run_cli(cli, [*argv, "--output_path", str(tmp_path)])
+    assert dict(EvaluatorConfig.__dict__) == checking, "lm-eval's own checks are as they were"
 
 
 def test_missing_task_data_names_the_fix(tmp_path):
@@ -188,11 +363,9 @@ def test_missing_task_data_names_the_fix(tmp_path):
 
     tasks = tmp_path / "tasks"
     shutil.copytree(REPO / "eval" / "tasks", tasks, ignore=shutil.ignore_patterns("data", "__pycache__"))
-    check_task_data(
-        ["--tasks", "gpthf_offline", "--include_path", str(REPO / "eval" / "tasks")]
-    )  # shipped: fine
+    check_task_data(["gpthf_offline"], str(REPO / "eval" / "tasks"))  # shipped: fine
     with pytest.raises(ConfigError) as caught:  # what `python -m gpthf lm-eval` checks before lm-eval starts
-        check_task_data(["--model", "gpthf", "--tasks", "gpthf_offline", "--include_path", str(tasks)])
+        check_task_data(["gpthf_offline"], str(tasks))
     message = str(caught.value)
     assert (
         "gpthf_cloze.jsonl (data of task gpthf_offline) is missing" in message and "build_data.py" in message
