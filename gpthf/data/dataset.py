@@ -336,7 +336,9 @@ def prepare_data(cfg: Any, progress: bool = True) -> PreparedData:
     except WriteFailed as err:
         raise err.keeping(_what_a_failed_build_keeps(partial, parent)) from None
     except BaseException as err:
-        disk_error = isinstance(err, OSError) and err.errno is not None
+        # A failed write or folder (ENOSPC, EACCES...), not a worker process that died under the pool
+        # (BrokenPipe/ConnectionReset): that is no fault of the cache and keeps its traceback.
+        disk_error = isinstance(err, OSError) and err.errno is not None and not isinstance(err, ConnectionError)
         if not disk_error and isinstance(err, (KeyboardInterrupt, SystemExit)):
             raise  # keep the finished shards: the next build continues from them
         shutil.rmtree(partial, ignore_errors=True)
