@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,19 @@ TALES = [
     "The baker baked bread. The town woke to the smell. Children ran to the shop.",
     "Rain came in the spring. The river rose high. The mill turned all day.",
 ]
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """An in-process pretrain run lets hydra point the root logger at that run's `pretrain.log`:
+    restored after each test, so a later test's log lines never write into an earlier test's files."""
+    root = logging.getLogger()
+    before = set(root.handlers)
+    yield
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and handler not in before:
+            root.removeHandler(handler)
+            handler.close()
 
 
 def tiny_overrides(cache_dir: Path, corpus: Path, **data: object) -> list[str]:
