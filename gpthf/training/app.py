@@ -104,6 +104,7 @@ def check_hydra_overrides(overrides: Sequence[str]) -> None:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             composed = compose(config_name=CONFIG_NAME, overrides=hydra_overrides, return_hydra_config=True)
         chdir = composed.hydra.job.chdir
+        _resolve_hydra_overrides(composed, hydra_overrides)
     except Exception as err:
         launcher = _override_value(hydra_overrides, "hydra/launcher")
         if launcher in LAUNCHER_PACKAGES and ("Could not find" in str(err) or "Could not load" in str(err)):
@@ -121,12 +122,38 @@ def check_hydra_overrides(overrides: Sequence[str]) -> None:
         )
 
 
+def _resolve_hydra_overrides(composed, hydra_overrides: Sequence[str]) -> None:
+    """Each `hydra.x=${...}` given, resolved now: a key or variable that does not exist is one line,
+    not hydra's traceback once it builds the run folder. What only a running job knows (its runtime
+    values, `${hydra:...}`) is left to hydra."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationResolutionError
+
+    for override in hydra_overrides:
+        key = override.partition("=")[0].lstrip("+~")
+        if not key.startswith("hydra.") or "${" not in override:
+            continue
+        try:
+            OmegaConf.select(composed, key, throw_on_resolution_failure=True)
+        except InterpolationResolutionError as err:
+            reason = " ".join(str(err).split("\n")[0].split())
+            if "HydraConfig was not set" in reason or "Missing mandatory value" in reason:
+                continue
+            raise ConfigError(f"{key} cannot be resolved: {reason}") from None
+
+
 def preflight(args) -> list[str]:
     """Validate every job of the command line; for a single run, claim its folder. Returns the
     hydra overrides to add (where the single run writes, or quiet settings for ranks > 0)."""
     overrides = list(args.overrides)
     if args.shell_completion:
         return []  # `-sc install=bash`: hydra's own words, not overrides
+    if args.config_name or args.config_dir or args.config_path:
+        raise ConfigError(
+            "--config-name/--config-dir/--config-path are not supported: gpthf validates, records and "
+            "resumes the config cramming_cfg/cfg_pretrain.yaml composes; give your settings as overrides, "
+            "or as a file in a config group (cramming_cfg/train/mine.yaml, then train=mine)"
+        )
     job_overrides = [o for o in overrides if not _is_hydra_override(o)]
     jobs = expand_jobs(job_overrides)
     if len(jobs) > 1 and not args.multirun:
@@ -201,7 +228,10 @@ def task(cfg) -> str | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from gpthf.training.run_dir import OUTCOME_FILE, claim_run
+    from omegaconf import OmegaConf
+
+    from gpthf.training.checkpoint import FINAL, latest_checkpoint
+    from gpthf.training.run_dir import CONFIG_FILE, OUTCOME_FILE, check_resumable, claim_run
     from gpthf.training.trainer import train  # torch is slow to import: only once a job runs
 
     hydra_cfg = HydraConfig.get()
@@ -220,21 +250,35 @@ def task(cfg) -> str | None:
         if _same_job(earlier.get("overrides", []), outcome["overrides"]):
             log.info("job #%s finished in an earlier run of this sweep: kept (%s)", outcome["job"], folder)
             return earlier.get("run_dir")
-        log.error("job #%s: %s holds a finished job of other overrides (%s); kept, this job not run",
-                  outcome["job"], folder, " ".join(earlier.get("overrides", [])))  # fmt: skip
-        return None
+        raise _JobFailed(
+            ConfigError(
+                f"{folder} holds job #{outcome['job']} of another sweep ({' '.join(earlier.get('overrides', []))}), "
+                f"kept as it is; give a new hydra.sweep.dir"
+            )
+        )
     try:
         cfg = finalize_config(cfg)
-        # A rerun of a sweep continues it: a job killed midway resumes from its last checkpoint.
-        run_dir = train(cfg, claim=claim_run(cfg, folder, continue_job=True))
-        outcome.update(status="finished", run_dir=str(run_dir))
+        checkpoint = latest_checkpoint(folder)
+        if checkpoint is not None and checkpoint.name == FINAL:  # killed after its final checkpoint
+            check_resumable(OmegaConf.load(folder / CONFIG_FILE), cfg, folder)
+            run_dir = folder
+        else:  # a rerun of a sweep continues it: a job stopped midway resumes from its last checkpoint
+            run_dir = train(cfg, claim=claim_run(cfg, folder, continue_job=True))
+        if latest_checkpoint(run_dir).name == FINAL:
+            outcome.update(status="finished", run_dir=str(run_dir))
+        else:  # Ctrl-C or SIGTERM: the job saved a checkpoint and stopped; so does the sweep
+            outcome.update(status="stopped", run_dir=str(run_dir), error="stopped before its budget was spent")
+            _write_outcome(folder / OUTCOME_FILE, outcome)
+            log.warning("job #%s stopped early; the sweep stops too: run the same command again to continue it",
+                        outcome["job"])  # fmt: skip
+            raise KeyboardInterrupt
     except Exception as err:  # every failure of one job: recorded, and the sweep goes on
         message = str(err) if isinstance(err, GpthfError) else f"{type(err).__name__}: {err}"
         if not isinstance(err, GpthfError):
             log.exception("job #%s failed", hydra_cfg.job.num)
         log.error("job #%s (%s) failed: %s", hydra_cfg.job.num, " ".join(outcome["overrides"]), message)
         outcome.update(status="failed", error=message)
-    _write_json(folder / OUTCOME_FILE, outcome)
+    _write_outcome(folder / OUTCOME_FILE, outcome)
     return outcome.get("run_dir")
 
 
@@ -256,11 +300,10 @@ def _read_outcome(path: Path) -> dict:
     return outcome if isinstance(outcome, dict) else {}
 
 
-def _write_json(path: Path, value) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    partial.write_text(json.dumps(value, indent=1) + "\n")
-    partial.replace(path)
+def _write_outcome(path: Path, value) -> None:
+    from gpthf.atomic import atomic_write
+
+    atomic_write(path, json.dumps(value, indent=1) + "\n")
 
 
 class SweepSummary(Callback):
@@ -280,7 +323,9 @@ def summarize_sweep(sweep_dir: Path) -> list[dict]:
 
     outcomes = []
     for path in sorted(sweep_dir.glob(f"*/{OUTCOME_FILE}")):
-        outcomes.append(json.loads(path.read_text()))
+        outcome = _read_outcome(path)
+        if isinstance(outcome.get("job"), int) and "folder" in outcome and "status" in outcome:
+            outcomes.append(outcome)  # one torn by a kill reads as none: the folder is listed below
     known = {str(Path(o["folder"]).resolve()) for o in outcomes}
     for folder in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and str(p.resolve()) not in known):
         if (folder / ".hydra").is_dir():
@@ -288,7 +333,7 @@ def summarize_sweep(sweep_dir: Path) -> list[dict]:
                 {"job": None, "folder": str(folder), "status": "failed", "error": "no outcome (killed?)"}
             )
     outcomes.sort(key=lambda o: (o["job"] is None, o["job"] if o["job"] is not None else 0))
-    _write_json(sweep_dir / SWEEP_FILE, outcomes)
+    _write_outcome(sweep_dir / SWEEP_FILE, outcomes)
     return outcomes
 
 

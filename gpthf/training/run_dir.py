@@ -18,6 +18,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from gpthf.atomic import atomic_write
 from gpthf.data.dataset import data_cache_key, data_identity, with_defaults
 from gpthf.errors import ConfigError
 from gpthf.training.checkpoint import FINAL, latest_checkpoint, read_meta, recover_interrupted_writes
@@ -34,6 +35,10 @@ RESUME_FIXED_TRAIN_KEYS = (
 )  # fmt: skip
 
 
+class RunInUse(ConfigError):
+    """The run folder's lock is held by a live process."""
+
+
 class RunLock:
     """An exclusive, non-blocking lock on a run folder, held until `release` or process exit."""
 
@@ -46,28 +51,34 @@ class RunLock:
             import fcntl
         except ImportError:  # Windows: no advisory locks; runs are still kept apart by mkdir
             return
-        handle = self.path.open("a+")
+        try:  # never through a symlink: the lock file is the run's own, and its text is rewritten
+            handle = os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644), "r+")
+        except OSError as err:
+            raise ConfigError(
+                f"cannot lock run folder {self.path.parent} ({err.strerror}): a run needs a folder it can "
+                f"write; free space, make it writable or set output_dir / hydra.run.dir elsewhere"
+            ) from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
-            raise ConfigError(
+            raise RunInUse(
                 f"run {self.path.parent} is in use by {holder}; wait for it to finish or stop it, "
                 f"then resume=true (or drop resume=true to start a new run)"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(
-            f"process {os.getpid()} on {os.uname().nodename if hasattr(os, 'uname') else 'this host'}"
-        )
-        handle.flush()
+        with contextlib.suppress(OSError):  # who holds it, for the refusal above; a full disk skips it
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"process {os.getpid()} on {os.uname().nodename if hasattr(os, 'uname') else 'this host'}")
+            handle.flush()
         self.handle = handle
 
     def release(self) -> None:
         if self.handle is not None:
-            self.handle.close()  # closing the file releases the flock
+            with contextlib.suppress(OSError):
+                self.handle.close()  # closing the file releases the flock
             self.handle = None
 
 
@@ -98,7 +109,12 @@ def find_run_to_resume(cfg) -> tuple[Path, Path, RunLock]:
         if not (run_dir / CONFIG_FILE).is_file():
             continue  # a run that never got past its start, or one starting right now
         lock = RunLock(run_dir)
-        lock.acquire()  # a live run: refused here, before anything in it is touched
+        try:
+            lock.acquire()  # a live run: refused here, before anything in it is touched
+        except RunInUse:
+            if latest_checkpoint(run_dir) is None:
+                continue  # a live run with nothing to resume yet: an older run may be the one meant
+            raise
         try:
             checkpoint = resumable_checkpoint(cfg, run_dir)
         except BaseException:
@@ -166,43 +182,59 @@ def claim_run(cfg, folder: Path | None = None, continue_job: bool = False) -> Ru
     files, or hold this run when resuming; `continue_job` (a rerun sweep's job): resume the run the
     folder holds where it has a checkpoint, else start it again. Nothing is written or removed
     before the lock is held, and a refusal leaves nothing behind."""
+    if folder is None and cfg.resume:
+        run_dir, checkpoint, lock = find_run_to_resume(cfg)
+        claim = RunClaim(run_dir, lock, checkpoint, created=False)
+        try:
+            check_same_data(cfg, checkpoint)
+        except BaseException:
+            lock.release()
+            raise
+        return claim
     if folder is None:
-        if cfg.resume:
-            run_dir, checkpoint, lock = find_run_to_resume(cfg)
-            return _claimed(cfg, RunClaim(run_dir, lock, checkpoint, created=False))
-        run_dir = create_run_dir(cfg)
-        claim = RunClaim(run_dir, RunLock(run_dir), None, created=True)
-        claim.lock.acquire()
-        return _claimed(cfg, claim)
-    run_dir = Path(folder)
-    created = not run_dir.exists()
-    if not created:
-        _check_folder_is_free(run_dir, resuming=cfg.resume or continue_job)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"cannot create the run folder {run_dir} ({err.strerror}); give a writable one") from None
-    made_lock = not (run_dir / LOCK_FILE).exists()
+        run_dir, created = create_run_dir(cfg), True
+    else:
+        run_dir = Path(folder)
+        created = not run_dir.exists()
+        if not created:
+            _check_folder_is_free(run_dir, resuming=cfg.resume or continue_job)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"cannot create the run folder {run_dir} ({err.strerror}); give a writable one") from None
+    made_lock, locked = not (run_dir / LOCK_FILE).exists(), False
     claim = RunClaim(run_dir, RunLock(run_dir), None, created)
-    claim.lock.acquire()  # refused: someone else's lock, which is left alone
     try:
-        holds_run = (run_dir / CONFIG_FILE).is_file()
-        if holds_run and (cfg.resume or continue_job):
+        claim.lock.acquire()  # refused: someone else's lock, which is left alone
+        locked = True
+        holds_run = (run_dir / CONFIG_FILE).is_file()  # again, now that nobody else can start one here
+        if holds_run and not (cfg.resume or continue_job):
+            raise ConfigError(
+                f"{run_dir} already holds a run; choose another hydra.run.dir, or add resume=true to continue it"
+            )
+        if holds_run:
             claim.resume_from = resumable_checkpoint(cfg, run_dir)
             if claim.resume_from is None and continue_job:  # killed before its first checkpoint
                 for name in RUN_FILES:
                     path = run_dir / name
-                    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+                    if path.is_dir() and not path.is_symlink():
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink(missing_ok=True)
         if cfg.resume and not continue_job and claim.resume_from is None:
             raise ConfigError(f"resume=true but {run_dir} holds no complete checkpoint to resume")
+        if claim.resume_from is not None:
+            check_same_data(cfg, claim.resume_from)
+        else:  # whole or not at all: a torn config.yaml would make the folder look like a run
+            atomic_write(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
     except BaseException:
         claim.lock.release()
         if created:
             shutil.rmtree(run_dir, ignore_errors=True)
-        elif made_lock:
+        elif made_lock and locked:
             (run_dir / LOCK_FILE).unlink(missing_ok=True)
         raise
-    return _claimed(cfg, claim)
+    return claim
 
 
 def _check_folder_is_free(run_dir: Path, resuming: bool) -> None:
@@ -223,21 +255,6 @@ def _check_folder_is_free(run_dir: Path, resuming: bool) -> None:
             f"{run_dir} is not empty and holds no run ({shown}); a run would write over files there: "
             f"give a new or empty folder as hydra.run.dir"
         )
-
-
-def _claimed(cfg, claim: RunClaim) -> RunClaim:
-    """The last checks of a locked claim, and the run's config written for a new run."""
-    try:
-        if claim.resume_from is not None:
-            check_same_data(cfg, claim.resume_from)
-        else:
-            OmegaConf.save(cfg, claim.run_dir / CONFIG_FILE, resolve=True)
-    except BaseException:
-        claim.lock.release()
-        if claim.created:
-            shutil.rmtree(claim.run_dir, ignore_errors=True)
-        raise
-    return claim
 
 
 def check_resumable(saved, cfg, run_dir: Path) -> None:

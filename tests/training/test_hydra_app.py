@@ -72,6 +72,11 @@ def test_cfg_job_prints_the_composed_config_and_creates_nothing(tmp_path):
         (["name=${no_such_resolver:x}"], "Unsupported interpolation type no_such_resolver"),
         (["name=${name}"], "Recursive interpolation"),
         (["budget=1e400h"], "must be positive and finite"),
+        (["hydra.run.dir=/nowhere/x${nosuch.key}"], "hydra.run.dir cannot be resolved"),
+        (["hydra.job.name=${oc.env:GPTHF_NO_SUCH_VARIABLE}"], "hydra.job.name cannot be resolved"),
+        (["-m", "hydra.sweep.dir=/nowhere/y${nosuch.key}"], "hydra.sweep.dir cannot be resolved"),
+        (["--config-name", "mine"], "--config-name/--config-dir/--config-path are not supported"),
+        (["--config-dir", "/tmp"], "--config-name/--config-dir/--config-path are not supported"),
         pytest.param(
             ["-m", "hydra/launcher=slurm"],
             "needs its plugin: pip install hydra-submitit-launcher",
@@ -275,3 +280,54 @@ def test_hydra_run_dir_naming_a_file_is_one_line(data_cache, tmp_path, capsys):
     assert run_cli(main, args) == EXIT_USER_ERROR
     assert "is a file; give a folder" in one_error_line(capsys.readouterr().err)
     assert path.read_text() == "keep me"
+
+
+def test_a_stopped_sweep_job_stops_the_sweep_and_a_rerun_resumes_it(data_cache, tmp_path, capsys, monkeypatch):
+    """Ctrl-C or SIGTERM inside a job: the job saves a step checkpoint and returns; it is recorded as
+    stopped (never finished), the sweep stops, and the same command resumes that job."""
+    import gpthf.training.trainer as trainer_module
+
+    real_train = trainer_module.train
+
+    def stopped_at_seed_1(cfg, **kwargs):
+        return real_train(cfg, stop_after_steps=2 if cfg.train.seed == 1 else None, **kwargs)
+
+    sweep = tmp_path / "sweep"
+    args = ["-m", *run_overrides(data_cache, tmp_path, "budget=1h", "train.max_tokens=3000"),
+            "train.seed=0,1,2", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    monkeypatch.setattr(trainer_module, "train", stopped_at_seed_1)
+    assert run_cli(main, args) == 130, "the sweep stops with the job"
+    monkeypatch.setattr(trainer_module, "train", real_train)
+    first, second = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert json.loads((second / OUTCOME_FILE).read_text())["status"] == "stopped"
+    assert latest_checkpoint(second).name.startswith("step-")
+    assert len([p for p in sweep.iterdir() if p.is_dir()]) == 2, "job #2 never started"
+    (first / OUTCOME_FILE).unlink()  # job #0 killed after its final checkpoint, before its outcome
+    capsys.readouterr()
+    assert run_cli(main, args) == 0, capsys.readouterr().err[-2000:]
+    outcomes = json.loads((sweep / SWEEP_FILE).read_text())
+    assert [(o["job"], o["status"]) for o in outcomes] == [(0, "finished"), (1, "finished"), (2, "finished")]
+    steps = [r["step"] for r in read_metrics(second) if "loss" in r]
+    assert steps == sorted(set(steps)) and steps[0] == 1, "job #1 resumed: its steps continue, none twice"
+
+
+def test_an_interpolated_sweep_folder_of_another_sweep_is_refused(data_cache, tmp_path, capsys):
+    base = ["-m", *run_overrides(data_cache, tmp_path, *QUICK), f"hydra.sweep.dir={tmp_path}/sweep/${{hydra.job.name}}"]
+    assert run_cli(main, base) == 0, capsys.readouterr().err[-2000:]
+    (job,) = (p for p in (tmp_path / "sweep" / "pretrain").iterdir() if p.is_dir())
+    kept = _run_files(job)
+    capsys.readouterr()
+    assert run_cli(main, [*base, "train.seed=5"]) == EXIT_USER_ERROR
+    assert "of another sweep" in one_error_line(capsys.readouterr().err)
+    assert _run_files(job) == kept
+
+
+def test_a_disk_too_full_for_the_run_config_leaves_the_given_folder_as_it_was(data_cache, tmp_path):
+    from tests.test_bad_input import last_error_with_files_limited_to
+
+    folder = tmp_path / "given"
+    folder.mkdir()
+    args = [*run_overrides(data_cache, tmp_path / "outputs", *QUICK), f"hydra.run.dir={folder}"]
+    last = last_error_with_files_limited_to(200, "pretrain.py", *args)
+    assert last.startswith("error: could not write") and "config.yaml" in last
+    assert list(folder.iterdir()) == [], "no .lock and no torn config.yaml: the folder can be used later"

@@ -148,6 +148,42 @@ def test_a_refused_resume_touches_nothing_of_the_live_run(data_cache, tmp_path):
     assert _files(run_dir) == before, "the refused resume changed or removed the live run's files"
 
 
+def test_a_live_run_with_nothing_to_resume_yet_does_not_hide_an_older_one(data_cache, tmp_path):
+    older = train(
+        load_config(run_overrides(data_cache, tmp_path, "train.max_tokens=3000")),
+        clock=frozen_clock,
+        stop_after_steps=2,
+    )
+    newer = older.parent / "29991231-000000"  # started later, still before its first checkpoint
+    newer.mkdir()
+    (newer / "config.yaml").write_bytes((older / "config.yaml").read_bytes())
+    lock = RunLock(newer)
+    lock.acquire()
+    try:
+        resumed = train(
+            load_config(run_overrides(data_cache, tmp_path, "train.max_tokens=3000", "resume=true")),
+            clock=frozen_clock,
+        )
+    finally:
+        lock.release()
+    assert resumed == older and latest_checkpoint(older).name == "final"
+    assert sorted(p.name for p in newer.iterdir()) == [".lock", "config.yaml"], "the live run untouched"
+
+
+def test_resume_into_a_run_folder_that_cannot_be_locked_is_one_line(data_cache, tmp_path):
+    from tests.test_bad_input import read_only
+
+    run_dir = train(
+        load_config(run_overrides(data_cache, tmp_path, "train.max_tokens=3000")),
+        clock=frozen_clock,
+        stop_after_steps=2,
+    )
+    (run_dir / ".lock").unlink()  # as a run copied from elsewhere, or on a read-only mount
+    with read_only(run_dir):
+        with pytest.raises(ConfigError, match="cannot lock run folder"):
+            train(load_config(run_overrides(data_cache, tmp_path, "train.max_tokens=3000", "resume=true")))
+
+
 def test_resume_after_the_corpus_changed_is_refused_before_any_rebuild(tmp_path, tales_dir):
     for i in range(4, 40):  # enough rows for a batch
         (tales_dir / f"tale{i}.txt").write_text(
