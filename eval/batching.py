@@ -45,7 +45,7 @@ def main(argv: list[str]) -> int:
     from gpthf.training.distributed import resolve_device
 
     model, meta, checkpoint = load_model_from_checkpoint(
-        args.ckpt, resolve_device(args.device, 0), dtype=args.dtype
+        args.ckpt, resolve_device(args.device, 0, setting="--device"), dtype=args.dtype
     )
     tokenizer = load_checkpoint_tokenizer(checkpoint, meta)
     input_ids, _, _ = rows_for_text(meta, tokenizer, "test")

@@ -42,7 +42,7 @@ def main(argv: list[str]) -> int:
     from gpthf.evaluation.results import save_result
     from gpthf.training.distributed import resolve_device
 
-    device = resolve_device(args.device, 0)
+    device = resolve_device(args.device, 0, setting="--device")
     result = evaluate_checkpoint(
         args.ckpt, args.data, args.split, args.batch_size, args.max_rows, device, args.samples, args.dtype
     )

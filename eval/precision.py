@@ -42,7 +42,7 @@ def main(argv: list[str]) -> int:
     from gpthf.training.checkpoint import load_checkpoint_tokenizer, load_model_from_checkpoint
     from gpthf.training.distributed import resolve_device
 
-    device = resolve_device(args.device, 0)
+    device = resolve_device(args.device, 0, setting="--device")
     models = {
         name: load_model_from_checkpoint(args.ckpt, device, dtype=name) for name in ("fp32", args.dtype)
     }

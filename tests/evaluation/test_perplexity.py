@@ -1,13 +1,16 @@
 import json
 import math
+import runpy
 
+import pytest
 import torch
 
 from gpthf.data.tokenizer import load_tokenizer
 from gpthf.evaluation.perplexity import GROUPS, rows_for_text, score
 from gpthf.models import build_model
 from gpthf.training.checkpoint import load_model_from_checkpoint
-from tests.conftest import run_script
+from gpthf.cli import EXIT_USER_ERROR, run_cli
+from tests.conftest import REPO, run_script
 
 
 def test_trained_model_has_finite_bits_per_byte_below_an_untrained_one(trained_runs):
@@ -37,3 +40,15 @@ def test_perplexity_cli_on_a_text_file(trained_runs, tmp_path):
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["model"] == "gpt" and result["split"] == "all"
     assert result["bytes"] == len(text.read_bytes()) and result["bits_per_byte"] > 0
+
+
+@pytest.mark.parametrize("script", ["perplexity", "precision"])
+def test_an_unusable_device_is_named_by_the_flag_given(trained_runs, tmp_path, capsys, script):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    main = runpy.run_path(str(REPO / "eval" / f"{script}.py"))["main"]
+    extra = ["--out", str(tmp_path)] if script == "precision" else []
+    capsys.readouterr()
+    assert run_cli(main, ["--ckpt", str(trained_runs["gpt"]), "--device", "cuda", *extra]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --device=cuda but no CUDA GPU is visible; use --device=cpu or auto"]
