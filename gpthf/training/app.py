@@ -308,12 +308,34 @@ def _write_outcome(path: Path, value) -> None:
 
 class SweepSummary(Callback):
     """Remembers the sweep folder (the launcher may run jobs in other processes, so their outcomes
-    are read back from their folders afterwards)."""
+    are read back from their folders afterwards), and locks it for the sweep's life: a second sweep
+    into the same folder (a rerun while it runs, or two started in the same second) is refused before
+    either's jobs or records meet."""
 
     sweep_dir: Path | None = None
+    lock = None
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        SweepSummary.sweep_dir = Path(str(config.hydra.sweep.dir))
+        from gpthf.training.run_dir import RunInUse, RunLock
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise _JobFailed(ConfigError(f"cannot create the sweep folder {sweep_dir} ({err.strerror})")) from None
+        lock = RunLock(sweep_dir)
+        try:
+            lock.acquire()
+        except RunInUse as err:
+            raise _JobFailed(
+                ConfigError(
+                    f"sweep folder {sweep_dir} is in use by {err.holder}; wait for that sweep to end (then the "
+                    f"same command continues it), or give another hydra.sweep.dir"
+                )
+            ) from None
+        except GpthfError as err:
+            raise _JobFailed(err) from None
+        SweepSummary.sweep_dir, SweepSummary.lock = sweep_dir, lock
 
 
 def summarize_sweep(sweep_dir: Path) -> list[dict]:
@@ -356,6 +378,9 @@ def main(argv: list[str]) -> int:
         for claim in _claims.values():  # claimed but never run (hydra stopped first)
             claim.abandon()
         _claims.clear()
+        if SweepSummary.lock is not None:
+            SweepSummary.lock.release()
+            SweepSummary.lock = None
     if not args.multirun or SweepSummary.sweep_dir is None:
         return 0
     outcomes = summarize_sweep(SweepSummary.sweep_dir)

@@ -36,7 +36,11 @@ RESUME_FIXED_TRAIN_KEYS = (
 
 
 class RunInUse(ConfigError):
-    """The run folder's lock is held by a live process."""
+    """The run folder's lock is held by a live process (`holder` says which)."""
+
+    def __init__(self, message: str, holder: str):
+        super().__init__(message)
+        self.holder = holder
 
 
 class RunLock:
@@ -66,7 +70,8 @@ class RunLock:
             handle.close()
             raise RunInUse(
                 f"run {self.path.parent} is in use by {holder}; wait for it to finish or stop it, "
-                f"then resume=true (or drop resume=true to start a new run)"
+                f"then resume=true (or drop resume=true to start a new run)",
+                holder,
             ) from None
         with contextlib.suppress(OSError):  # who holds it, for the refusal above; a full disk skips it
             handle.seek(0)

@@ -331,3 +331,19 @@ def test_a_disk_too_full_for_the_run_config_leaves_the_given_folder_as_it_was(da
     last = last_error_with_files_limited_to(200, "pretrain.py", *args)
     assert last.startswith("error: could not write") and "config.yaml" in last
     assert list(folder.iterdir()) == [], "no .lock and no torn config.yaml: the folder can be used later"
+
+
+def test_a_second_sweep_into_a_folder_a_live_sweep_holds_is_refused(data_cache, tmp_path, capsys):
+    from gpthf.training.run_dir import RunLock
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    live = RunLock(sweep)
+    live.acquire()  # a sweep running now (or one started in the same second, into the same folder)
+    try:
+        args = ["-m", *run_overrides(data_cache, tmp_path, *QUICK), "train.seed=0,1", f"hydra.sweep.dir={sweep}"]
+        assert run_cli(main, args) == EXIT_USER_ERROR
+    finally:
+        live.release()
+    assert "is in use by process" in one_error_line(capsys.readouterr().err)
+    assert [p.name for p in sweep.iterdir()] == [".lock"], "no job ran, no record was written"
