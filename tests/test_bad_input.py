@@ -508,6 +508,16 @@ CASES = [
         error="to resume the run from an earlier one, delete",
     ),
     Case(
+        "resume from a checkpoint with a NaN optimizer moment in train_state.pt",
+        "pretrain",
+        lambda ws: resumable_run_with(
+            ws,
+            "nan-state-resume",
+            __import__("tests.training.test_checkpoint", fromlist=["x"]).nan_in_optimizer_state,
+        ),
+        error="train_state.pt is damaged: entry 'optimizer.state.0.exp_avg_sq' holds 1 NaN and 0 infinite",
+    ),
+    Case(
         "config.json edited to huge sizes",
         "generate",
         lambda ws: generate_args(ws.broken_checkpoint("huge", huge_sizes), "--prompt", "Hi."),

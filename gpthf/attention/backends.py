@@ -17,51 +17,62 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from gpthf.attention.sentences import block_causal_mask, longest_sentence, sentence_starts, window_mask
+from gpthf.attention.sentences import longest_sentence, sentence_starts, window_mask
 from gpthf.errors import ConfigError
 
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 
 # Encoder queries per `F.scaled_dot_product_attention` call of the sdpa backend: rows up to this
-# long get one (B, 1, T, T) mask; longer ones are attended in windows of this many queries.
+# long are one window with one (B, 1, T, T) mask; longer ones are attended in windows of this many queries.
 ENCODER_QUERY_CHUNK = 256
+# Bytes of boolean window masks the sdpa backend builds once per forward and keeps for every encoder
+# layer; windows whose masks would total more (sentences nearly as long as long rows) get each mask
+# built when a layer uses it instead, so only one window's mask is held at a time.
+ENCODER_MASK_BUDGET_BYTES = 64 << 20
 
 
 class SdpaBackend:
     """`F.scaled_dot_product_attention`; the encoder gets a boolean block-diagonal causal mask.
 
     A token sees only its own sentence, which starts at most L - 1 tokens back (L: the batch's
-    longest sentence, at most data.max_sentence_len). So a long row is attended a window of
+    longest sentence, at most data.max_sentence_len). So a row is attended a window of C =
     ENCODER_QUERY_CHUNK queries at a time, each against the keys from L - 1 before the window to its
-    end, and each window's mask is built when it is used: the masks and scores cost O(T·(C + L))
-    for the row, not O(T²), and each token attends to the same keys as under the whole mask."""
+    end, and each token attends to the same keys as under the whole mask. The masks and scores cost
+    O(T·(C + L)) for a row of T tokens: far below T² for short sentences, but T² again when L nears T
+    (data.max_sentence_len close to data.seq_len). The masks are built once per forward and shared by
+    every encoder layer while they total at most ENCODER_MASK_BUDGET_BYTES (B·T·(C + L) bytes); past
+    that, each window's mask (B·C·(C + L) bytes) is built when a layer uses it and dropped after."""
 
     def causal(self, q, k, v, dropout_p: float = 0.0):
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
 
     def within_sentences(self, sentence_ids: torch.Tensor) -> Attend:
-        length = sentence_ids.shape[1]
-        if length <= ENCODER_QUERY_CHUNK:
-            mask = block_causal_mask(sentence_ids)  # (B, 1, T, T)
-            return lambda q, k, v, dropout_p=0.0: F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout_p
-            )
-        reach = longest_sentence(sentence_ids) - 1  # a query's sentence starts at most this far back
-        windows = []  # (first query, end, first key, mask (B, 1, C, C + reach)): built once, every layer uses them
-        for start in range(0, length, ENCODER_QUERY_CHUNK):
-            end, first_key = min(start + ENCODER_QUERY_CHUNK, length), max(start - reach, 0)
-            windows.append((start, end, first_key, window_mask(sentence_ids, start, end, first_key)))
+        batch, length = sentence_ids.shape
+        # a query's sentence starts at most `reach` tokens back (a row of one window needs no sync for it)
+        reach = longest_sentence(sentence_ids) - 1 if length > ENCODER_QUERY_CHUNK else 0
+        windows = [  # (first query, end, first key)
+            (start, min(start + ENCODER_QUERY_CHUNK, length), max(start - reach, 0))
+            for start in range(0, length, ENCODER_QUERY_CHUNK)
+        ]
+        mask_bytes = sum(batch * (end - start) * (end - first_key) for start, end, first_key in windows)
+        held = (  # mask (B, 1, end - start, end - first_key) of each window, kept for every layer
+            [window_mask(sentence_ids, *window) for window in windows]
+            if mask_bytes <= ENCODER_MASK_BUDGET_BYTES
+            else None
+        )
 
         def attend(q, k, v, dropout_p=0.0):
-            out = [
-                F.scaled_dot_product_attention(
-                    q[:, :, start:end], k[:, :, first_key:end], v[:, :, first_key:end], attn_mask=mask,
-                    dropout_p=dropout_p,
+            out = []
+            for i, (start, end, first_key) in enumerate(windows):
+                mask = held[i] if held is not None else window_mask(sentence_ids, start, end, first_key)
+                keys, values = k[:, :, first_key:end], v[:, :, first_key:end]
+                out.append(  # (B, H, end - start, hd)
+                    F.scaled_dot_product_attention(
+                        q[:, :, start:end], keys, values, attn_mask=mask, dropout_p=dropout_p
+                    )
                 )
-                for start, end, first_key, mask in windows
-            ]
-            return torch.cat(out, dim=2)  # (B, H, T, hd)
+            return out[0] if len(out) == 1 else torch.cat(out, dim=2)  # (B, H, T, hd)
 
         return attend
 

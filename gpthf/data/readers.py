@@ -173,24 +173,35 @@ class _ZstdStream(io.RawIOBase):
         except ImportError:
             raise DataError(f"{path} is zstd-compressed: pip install zstandard") from None
         self._decompressor = zstandard.ZstdDecompressor()
+        self._damage_error = zstandard.ZstdError
         self._file = path.open("rb")
         self._frame = None  # the decompressobj of the frame being read (one per frame)
         self._out, self._taken = b"", 0  # decoded bytes not yet handed out start at _out[_taken]
+        self._damage = None  # an error met after bytes of the same chunk decoded: raised once they are out
 
     def readable(self) -> bool:
         return True
 
     def _decode(self, compressed: bytes) -> bytes:
+        """The bytes `compressed` decodes to. Damage part way (garbage after a frame) keeps what was
+        decoded before it, as gzip does: the error is raised by the next read, once that is handed out."""
         decoded = []
-        while compressed:
-            if self._frame is None or self._frame.eof:
-                self._frame = self._decompressor.decompressobj()
-            decoded.append(self._frame.decompress(compressed))
-            compressed = self._frame.unused_data if self._frame.eof else b""
+        try:
+            while compressed:
+                if self._frame is None or self._frame.eof:
+                    self._frame = self._decompressor.decompressobj()
+                decoded.append(self._frame.decompress(compressed))
+                compressed = self._frame.unused_data if self._frame.eof else b""
+        except self._damage_error as err:
+            if not decoded:
+                raise
+            self._damage = err
         return b"".join(decoded)
 
     def readinto(self, buffer) -> int:
         while self._taken == len(self._out):
+            if self._damage is not None:
+                raise self._damage
             compressed = self._file.read(ZSTD_READ_BYTES)
             if not compressed:
                 if self._frame is not None and not self._frame.eof:

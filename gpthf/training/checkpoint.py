@@ -17,7 +17,7 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from gpthf import __version__
 from gpthf.atomic import WriteFailed, write_failure, writing
-from gpthf.errors import CheckpointError
+from gpthf.errors import CheckpointError, DataError
 from gpthf.precision import DEFAULT_DTYPE
 
 CHECKPOINT_FORMAT = 1
@@ -88,15 +88,39 @@ def write_atomically(target: Path, write: Callable[[Path], None], staged: bool =
     return target
 
 
-def _as_os_error(err: Exception) -> OSError:
+# What torch (`PytorchStreamWriter`) and safetensors ("... (os error 28)") say when the file system
+# refused a write; any other RuntimeError or SafetensorError inside a checkpoint write is a bug.
+_FAILED_WRITE = re.compile(r"unexpected pos|PytorchStreamWriter failed|file write failed|os error \d+")
+
+
+def _as_os_error(err: Exception) -> OSError | None:
     """A library's report of a failed write (torch's RuntimeError, safetensors' SafetensorError) as
-    the `OSError` it stands for, so that it is told like any other failed write."""
+    the `OSError` it stands for, so that it is told like any other failed write; None when `err` is
+    not a failed write (a pickling error, a bug), which must keep its traceback."""
     text = " ".join(str(err).split())
+    if not _FAILED_WRITE.search(text):
+        return None
     code = re.search(r"os error (\d+)", text)  # safetensors: "... File too large (os error 27)"
     if code:
         return OSError(int(code[1]), os.strerror(int(code[1])))
     detail = text.rpartition("] . ")[2]  # torch: "[enforce fail at FILE:LINE] . unexpected pos ..."
     return OSError(f"the write stopped short: {detail}")
+
+
+def _copy_tokenizer(source: Path, path: Path) -> None:
+    """The data cache's tokenizer.json into the checkpoint. Failing to read it is not the checkpoint
+    disk's fault: the data cache went away (or was damaged) while the run was going."""
+    try:
+        content = Path(source).read_bytes()
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise DataError(
+            f"the data cache's tokenizer {source} is missing or unreadable ({reason}): the data cache was "
+            f"removed or changed during the run, so no checkpoint could be written (earlier checkpoints are "
+            f"intact); restore the data cache or let the next run rebuild it from the same data config, then "
+            f"resume with resume=true"
+        ) from None
+    path.write_bytes(content)
 
 
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -118,7 +142,7 @@ def save_checkpoint(
     files: dict[str, Callable[[Path], object]] = {
         WEIGHTS_FILE: lambda path: save_file(weights, str(path)),
         CONFIG_FILE: lambda path: path.write_text(config),
-        "tokenizer.json": lambda path: shutil.copyfile(tokenizer_file, path),
+        "tokenizer.json": lambda path: _copy_tokenizer(tokenizer_file, path),
     }
     if train_state is not None:
         files[STATE_FILE] = lambda path: torch.save(train_state, path)
@@ -129,7 +153,10 @@ def save_checkpoint(
                 try:
                     write_file(folder / name)
                 except (SafetensorError, RuntimeError) as err:  # safetensors' and torch's failed writes
-                    raise _as_os_error(err) from None
+                    os_error = _as_os_error(err)
+                    if os_error is None:
+                        raise
+                    raise os_error from None
 
     return write_atomically(Path(target), write, staged)
 
@@ -228,23 +255,43 @@ def load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
             f"checkpoint {checkpoint} does not fit this model (missing {sorted(missing)[:3]}, "
             f"unexpected {sorted(unexpected)[:3]}, other shapes {other_shape[:3]})"
         )
-    check_finite(weights, checkpoint)
+    check_finite(weights, checkpoint / WEIGHTS_FILE)
     with torch.no_grad():
         for name, param in expected.items():
             param.copy_(weights[name])
 
 
-def check_finite(weights: dict[str, torch.Tensor], checkpoint: Path) -> None:
-    """Refuse weights holding NaN or inf. Training never saves them (a non-finite loss stops it
-    without saving), so they mean a damaged file; loaded, they would decode nothing or fail deep in
-    sampling, and a resumed run would train on from them. One pass over each tensor, at load."""
-    for name, tensor in weights.items():
+def _tensors(state, key: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor in nested dicts, lists and tuples, with its key path ("optimizer.state.3.exp_avg_sq")."""
+    if isinstance(state, torch.Tensor):
+        yield key, state
+    elif isinstance(state, dict):
+        for name, value in state.items():
+            yield from _tensors(value, f"{key}.{name}" if key else str(name))
+    elif isinstance(state, (list, tuple)):
+        for i, value in enumerate(state):
+            yield from _tensors(value, f"{key}.{i}" if key else str(i))
+
+
+# How check_finite names what it refuses, by file.
+_DAMAGED = {
+    WEIGHTS_FILE: "checkpoint weights {} are damaged: tensor",
+    STATE_FILE: "training state {} is damaged: entry",
+}
+
+
+def check_finite(state, file: Path) -> None:
+    """Refuse a checkpoint file (model.safetensors, train_state.pt) whose floating tensors, anywhere
+    in `state`, hold NaN or inf. Training never saves them (a non-finite loss stops it without
+    saving), so they mean a damaged file; loaded, weights would decode nothing or fail deep in
+    sampling, and a resumed run would train on from them (or from a NaN optimizer moment) into NaN.
+    One pass over each tensor, at load."""
+    for name, tensor in _tensors(state):
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             nan, inf = int(tensor.isnan().sum()), int(tensor.isinf().sum())
             raise CheckpointError(
-                f"checkpoint weights {checkpoint / WEIGHTS_FILE} are damaged: tensor {name!r} holds "
-                f"{nan:,} NaN and {inf:,} infinite values; use another checkpoint (to resume the run from an "
-                f"earlier one, delete {checkpoint})"
+                f"{_DAMAGED[file.name].format(file)} {name!r} holds {nan:,} NaN and {inf:,} infinite values; "
+                f"use another checkpoint (to resume the run from an earlier one, delete {file.parent})"
             )
 
 
@@ -254,7 +301,7 @@ def load_train_state(checkpoint: Path) -> dict:
     import pickle
 
     try:
-        return torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=True)
+        state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "weights_only" in str(err) or "Unsupported global" in str(err):
             raise CheckpointError(
@@ -264,6 +311,8 @@ def load_train_state(checkpoint: Path) -> dict:
         raise CheckpointError(f"training state {checkpoint / STATE_FILE} is unreadable ({err})") from None
     except Exception as err:  # zip errors of a damaged file
         raise CheckpointError(f"training state {checkpoint / STATE_FILE} is unreadable ({err})") from None
+    check_finite(state, checkpoint / STATE_FILE)
+    return state
 
 
 def load_checkpoint_tokenizer(checkpoint: Path, meta: dict):

@@ -69,3 +69,61 @@ def test_encoder_masks_grow_with_the_row_times_the_longest_sentence_not_its_squa
     chunk, longest = backends.ENCODER_QUERY_CHUNK, longest_sentence(sentence_ids)
     assert max(sizes) <= chunk * (chunk + longest - 1)
     assert sum(sizes) <= length * (chunk + longest - 1) < length * length // 20
+
+
+def test_encoder_masks_over_the_budget_are_built_when_used_and_never_all_held(monkeypatch):
+    """Sentences nearly as long as the row make the windows' masks O(T²) together: past the budget
+    each is built when a layer uses it (only one held at a time), and the result is unchanged."""
+    import weakref
+
+    from gpthf.attention import backends
+    from gpthf.attention.sentences import longest_sentence, window_mask
+
+    built, live_at_call = [], []
+    real_sdpa = F.scaled_dot_product_attention
+
+    def recording_mask(*args):
+        mask = window_mask(*args)
+        built.append(weakref.ref(mask))
+        return mask
+
+    def recording_sdpa(q, k, v, attn_mask=None, **kwargs):
+        live_at_call.append(sum(m().numel() for m in built if m() is not None))
+        return real_sdpa(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(backends, "window_mask", recording_mask)
+    monkeypatch.setattr(backends.F, "scaled_dot_product_attention", recording_sdpa)
+    chunk = backends.ENCODER_QUERY_CHUNK
+    sentence_ids = _long_rows(3 * chunk + 37)
+    batch, length = sentence_ids.shape
+    windows = -(-length // chunk)
+    one_window = batch * chunk * (chunk + longest_sentence(sentence_ids) - 1)  # bytes of the largest mask
+    whole = block_causal_mask(sentence_ids)
+
+    monkeypatch.setattr(backends, "ENCODER_MASK_BUDGET_BYTES", one_window)  # one mask fits, not all
+    q, k, v = (torch.randn(batch, 2, length, 8, requires_grad=True) for _ in range(3))
+    attend = backends.SdpaBackend().within_sentences(sentence_ids)
+    assert not built, "no mask built up front"
+    with torch.no_grad():
+        for _layer in range(2):
+            torch.testing.assert_close(
+                attend(q, k, v), real_sdpa(q, k, v, attn_mask=whole), atol=1e-5, rtol=1e-5
+            )
+    assert len(built) == 2 * windows, "each layer builds each window's mask again"
+    assert max(live_at_call) <= one_window, "never more than the budget held"
+    out = attend(q, k, v)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    expected = real_sdpa(q, k, v, attn_mask=whole)
+    expected_grads = torch.autograd.grad(expected.square().sum(), (q, k, v))
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+    built.clear()
+    monkeypatch.setattr(backends, "ENCODER_MASK_BUDGET_BYTES", 64 << 20)  # under it: built once, shared
+    attend = backends.SdpaBackend().within_sentences(sentence_ids)
+    with torch.no_grad():
+        for _layer in range(2):
+            torch.testing.assert_close(
+                attend(q, k, v), real_sdpa(q, k, v, attn_mask=whole), atol=1e-5, rtol=1e-5
+            )
+    assert len(built) == windows, "every layer uses the same masks"

@@ -43,6 +43,10 @@ def damaged_middle(data: bytes) -> bytes:
     return data[:middle] + bytes(range(256)) * 4 + data[middle + 1024 :]
 
 
+GOOD_BYTES = len("".join(json.dumps(r) + "\n" for r in RECORDS[:200]))  # the first 200 records
+GARBAGE = bytes(range(256)) * 4  # neither a zstd frame nor a gzip member
+
+
 COMPRESS: dict[str, Callable[[bytes], bytes]] = {
     ".gz": gzip.compress,
     ".bz2": bz2.compress,
@@ -58,6 +62,8 @@ DAMAGED: dict[str, tuple[str, Callable[[], bytes]]] = {
     ".zst of random bytes": ("c.jsonl.zst", lambda: bytes(range(256)) * 16),
     ".gz damaged in the middle": ("c.jsonl.gz", lambda: damaged_middle(gzip.compress(JSONL))),
     ".zst damaged in the middle": ("c.jsonl.zst", lambda: damaged_middle(zstd(JSONL))),
+    ".zst with garbage after a frame": ("c.jsonl.zst", lambda: zstd(JSONL[:GOOD_BYTES]) + GARBAGE),
+    ".gz with garbage after a member": ("c.jsonl.gz", lambda: gzip.compress(JSONL[:GOOD_BYTES]) + GARBAGE),
     ".parquet truncated": ("c.parquet", lambda: parquet([r["text"] for r in RECORDS])[:-100]),
     ".parquet of zero bytes": ("c.parquet", lambda: b""),
     ".parquet holding plain text": ("c.parquet", lambda: JSONL[:2000]),
@@ -117,3 +123,13 @@ def test_an_error_that_is_not_the_files_still_stops_the_run(tmp_path, monkeypatc
     monkeypatch.setattr(readers, "text_record", broken)
     with pytest.raises(KeyError):
         read(path)
+
+
+@pytest.mark.parametrize("compression", [".zst", ".gz"])
+def test_garbage_after_a_valid_frame_keeps_every_record_of_the_frame(compression, tmp_path):
+    """The whole frame decodes in the same 16 KB chunk as the garbage after it: its records are kept."""
+    path = tmp_path / f"c.jsonl{compression}"
+    path.write_bytes(COMPRESS[compression](JSONL[:GOOD_BYTES]) + GARBAGE)
+    texts, skipped = read(path)
+    assert texts == [r["text"] for r in RECORDS[:200]]
+    assert skipped.counts == {"unreadable": 1}

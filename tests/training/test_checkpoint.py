@@ -1,11 +1,19 @@
 import errno
+import runpy
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 
-from gpthf.errors import CheckpointError
+from gpthf.atomic import WriteFailed
+from gpthf.cli import EXIT_USER_ERROR, run_cli
+from gpthf.config import load_config
+from gpthf.errors import CheckpointError, DataError
 from gpthf.training import checkpoint as checkpoint_module
 from gpthf.training.checkpoint import latest_checkpoint, load_model_from_checkpoint, save_checkpoint
+from gpthf.training.trainer import train
+from tests.conftest import REPO, frozen_clock, run_overrides
 from tests.models.helpers import VOCAB, tiny_arch, tiny_model
 
 
@@ -76,3 +84,80 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
         load_model_from_checkpoint(tmp_path / "nope")
     with pytest.raises(CheckpointError, match="no complete checkpoint"):
         load_model_from_checkpoint(tmp_path)
+
+
+def nan_in_optimizer_state(checkpoint: Path) -> None:
+    """Damage: one value of the first AdamW `exp_avg_sq` in the checkpoint's train_state.pt set to NaN."""
+    state = torch.load(checkpoint / "train_state.pt", weights_only=True)
+    moments = state["optimizer"]["state"][0]["exp_avg_sq"]
+    moments.view(-1)[moments.numel() // 2] = float("nan")
+    torch.save(state, checkpoint / "train_state.pt")
+
+
+def test_non_finite_training_state_is_refused_on_resume(data_cache, tmp_path, capsys):
+    """A NaN optimizer moment would train the resumed run into NaN and then call this checkpoint 'the
+    last good one': refused at load, naming the file and the entry."""
+    args = run_overrides(data_cache, tmp_path, "train.max_tokens=3000")
+    run_dir = train(load_config(args), clock=frozen_clock, stop_after_steps=2)
+    checkpoint = latest_checkpoint(run_dir)
+    nan_in_optimizer_state(checkpoint)
+    main = runpy.run_path(str(REPO / "pretrain.py"))["main"]
+    capsys.readouterr()
+    assert run_cli(main, [*args, "resume=true"]) == EXIT_USER_ERROR
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert f"training state {checkpoint / 'train_state.pt'} is damaged" in line
+    assert "entry 'optimizer.state.0.exp_avg_sq' holds 1 NaN and 0 infinite values" in line
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == [checkpoint.name], "nothing trained on"
+
+
+@pytest.mark.parametrize(
+    "fail_in, error", [("torch.save", RuntimeError("some bug")), ("save_file", SafetensorError("some bug"))]
+)
+def test_a_bug_inside_a_checkpoint_write_keeps_its_traceback(saved, monkeypatch, fail_in, error):
+    """Only the libraries' failed-write messages are a full disk; any other error is a bug, not 'free space'."""
+    run_dir, model, meta, tokenizer = saved
+
+    def bug(*args, **kwargs):
+        raise error
+
+    if fail_in == "torch.save":
+        monkeypatch.setattr(checkpoint_module.torch, "save", bug)
+    else:
+        monkeypatch.setattr(checkpoint_module, "save_file", bug)
+    with pytest.raises(type(error), match="some bug") as raised:
+        save_checkpoint(
+            run_dir / "checkpoints" / "step-00000002", model, {**meta, "step": 2}, tokenizer, {"progress": {}}
+        )
+    assert not isinstance(raised.value, WriteFailed)
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-00000001"], "none left"
+
+
+@pytest.mark.parametrize(
+    "message, reason",
+    [
+        ("[enforce fail at inline_container.cc:595] . unexpected pos 4416 vs 4310", "stopped short"),
+        ("PytorchStreamWriter failed writing file data/0: file write failed", "stopped short"),
+        ("Error while serializing: IoError(File too large (os error 27))", "File too large"),
+    ],
+)
+def test_a_library_s_failed_write_is_a_full_disk(saved, monkeypatch, message, reason):
+    run_dir, model, meta, tokenizer = saved
+
+    def fails(*args, **kwargs):
+        raise (SafetensorError if "os error" in message else RuntimeError)(message)
+
+    monkeypatch.setattr(checkpoint_module, "save_file", fails)
+    with pytest.raises(CheckpointError, match=f"{reason}.*earlier checkpoints are intact"):
+        save_checkpoint(run_dir / "checkpoints" / "step-00000002", model, {**meta, "step": 2}, tokenizer)
+
+
+def test_a_missing_data_cache_tokenizer_is_named_not_blamed_on_the_disk(saved):
+    """The data cache removed during the run: the checkpoint's tokenizer cannot be copied from it."""
+    run_dir, model, meta, tokenizer = saved
+    tokenizer.unlink()
+    with pytest.raises(DataError) as raised:
+        save_checkpoint(run_dir / "checkpoints" / "step-00000002", model, {**meta, "step": 2}, tokenizer, {})
+    message = str(raised.value)
+    assert f"the data cache's tokenizer {tokenizer} is missing" in message and "resume=true" in message
+    assert not isinstance(raised.value, WriteFailed) and "check the disk" not in message
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-00000001"], "none left"
