@@ -104,6 +104,15 @@ def file_name(root: Path, path: Path) -> str:
     return path.name if root == path else path.relative_to(root).as_posix()
 
 
+def record_document(record: Any, text_field: str, where: str, skipped: SkippedRecords) -> Document | None:
+    """One JSON line's or hub row's document, or None (counted) when it holds no usable text."""
+    if not isinstance(record, dict) or text_field not in record:
+        skipped.skip("no text field", where)
+        return None
+    text = text_record(record[text_field], where, skipped)
+    return None if text is None else Document(where, text)
+
+
 def text_record(value: Any, where: str, skipped: SkippedRecords) -> str | None:
     """The text of one record's field, or None (counted) when it is not usable text."""
     if not isinstance(value, str):
@@ -256,12 +265,9 @@ def jsonl_documents(
             except json.JSONDecodeError:
                 skipped.skip("not JSON", where)
                 continue
-            if not isinstance(record, dict) or text_field not in record:
-                skipped.skip("no text field", where)
-                continue
-            text = text_record(record[text_field], where, skipped)
-            if text is not None:
-                yield Document(where, text)
+            document = record_document(record, text_field, where, skipped)
+            if document is not None:
+                yield document
 
 
 def parquet_documents(path: Path, name: str, text_field: str, skipped: SkippedRecords) -> Iterator[Document]:

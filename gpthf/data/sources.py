@@ -27,7 +27,7 @@ from gpthf.data.readers import (
     file_documents,
     file_name,
     local_files,
-    text_record,
+    record_document,
 )
 from gpthf.errors import DataError
 
@@ -115,13 +115,9 @@ def open_hub_stream(name: str):
 def records_documents(records, name: str, text_field: str, skipped: SkippedRecords) -> Iterator[Document]:
     """Documents from an iterable of dict records (a streaming `datasets` split)."""
     for i, record in enumerate(records):
-        where = f"{name}:{i}"
-        if not isinstance(record, dict) or text_field not in record:
-            skipped.skip("no text field", where)
-            continue
-        text = text_record(record[text_field], where, skipped)
-        if text is not None:
-            yield Document(where, text)
+        document = record_document(record, text_field, f"{name}:{i}", skipped)
+        if document is not None:
+            yield document
 
 
 def _hub_documents(data_cfg: Any, skipped: SkippedRecords) -> Iterator[Document]:
