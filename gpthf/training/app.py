@@ -227,7 +227,6 @@ def task(cfg) -> str | None:
     raised, so the sweep's other jobs still run; a single run's failure reaches `run_cli`."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-
     from omegaconf import OmegaConf
 
     from gpthf.training.checkpoint import FINAL, latest_checkpoint

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from gpthf.cli import EXIT_USER_ERROR, run_cli
-from gpthf.training.app import SWEEP_FILE, main
 from gpthf.config import load_config
+from gpthf.training.app import SWEEP_FILE, main
 from gpthf.training.checkpoint import latest_checkpoint
 from gpthf.training.metrics import read_metrics
 from gpthf.training.run_dir import OUTCOME_FILE, claim_run
