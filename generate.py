@@ -15,10 +15,12 @@ from array import array
 from collections.abc import Iterator
 from pathlib import Path
 
+from gpthf.atomic import WriteFailed
 from gpthf.batch_results import (
     BatchResults,
     InputOrder,
     check_batch_file,
+    check_complete,
     is_stream,
     job_output,
     partial_path,
@@ -55,14 +57,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="write results as JSON lines (input order) to this file (its folder is created if "
         "needed); they stream to FILE.partial as they finish, and FILE appears when all are done. "
-        "A symlink is followed (its target is written); a device or FIFO (/dev/stdout, a named "
-        "pipe) is written straight, with no partial file and no --resume",
+        "A symlink is followed (its target is written); a device, FIFO or open file (/dev/stdout, "
+        "a named pipe) is appended to straight, with no partial file and no --resume",
     )
     parser.add_argument(
         "--resume",
         action="store_true",
         help="continue the interrupted job whose results are in --output's FILE.partial; one "
-        "whose results are all there is only completed",
+        "whose results are all there is only completed, and a complete FILE of these prompts is kept",
     )
     parser.add_argument("--max-new-tokens", type=int, default=100)
     parser.add_argument("--max-sentences", type=int, default=None, help="stop after this many new sentences")
@@ -147,6 +149,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     prompts = read_prompts(args)
     if args.resume and not partial_path(args.output).exists() and args.output.exists():
+        check_complete(args.output, prompts)  # or another batch file's results: refused
         print(
             f"nothing to resume: {args.output} is complete (drop --resume to generate it again)",
             file=sys.stderr,
@@ -175,6 +178,8 @@ def main(argv: list[str]) -> int:
         results.close()
         if not results.written:
             raise
+        if isinstance(err, WriteFailed):  # the output file's own failure: one sentence, told once
+            raise err.keeping(results.kept()) from None
         if isinstance(err, GpthfError):  # still one error line
             raise type(err)(f"{err}; {results.kept()}") from None
         print(results.kept(), file=sys.stderr)

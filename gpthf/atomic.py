@@ -67,6 +67,13 @@ def _fsync(path: Path) -> None:
         os.fsync(f.fileno())
 
 
+def temporary_path(path: str | Path) -> Path:
+    """Where `atomic_write` writes `path`'s new content before renaming it into place (beside it, so
+    the rename stays on one file system; hidden, and not ending in its suffix)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
 def atomic_write(
     path: str | Path, content: str | bytes | Callable[[Path], object], kept: str | None = None
 ) -> Path:
@@ -76,7 +83,7 @@ def atomic_write(
     matplotlib's `savefig`, must be given the format). `kept`: what the user still has if it fails;
     by default the previous file, or nothing."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_path(path)
     if kept is None:
         kept = f"the previous {path.name} is unchanged" if path.exists() else f"no {path.name} was written"
     try:

@@ -7,14 +7,17 @@ format, sampling settings). When every prompt is written, the results alone go t
 file renamed into place) and the partial file is removed: PATH only ever exists complete.
 
 An --output that is not a plain file: a symlink is followed (the partial file and the rename go to
-its target, so the link keeps pointing at the fresh results); a character device or FIFO (/dev/null,
-/dev/stdout, a named pipe) is a stream, written straight with no partial file and no rename, so a job
-written into it cannot be resumed; a folder, block device or socket is refused. `check_batch_file`
-refuses a prompts file that the job would replace or remove, by whatever path it is named.
+its target, so the link keeps pointing at the fresh results); a character device, a FIFO (/dev/null,
+a named pipe) or a file already open (/dev/stdout, /dev/fd/N, /proc/self/fd/N: a shell's `>> log.txt`)
+is a stream, appended to straight with no partial file and no rename, so a job written into it cannot
+be resumed; a folder, block device or socket is refused. `check_batch_file` refuses a prompts file
+that the job would replace, remove or append to, by whatever path it is named.
 
 An interrupted job leaves its partial file; `resume=True` continues it: the results already written
 are a prefix of the prompts, checked line by line against the prompts (same index, same text) and
-the header against this run's settings, and only the rest is generated. A torn last line, as a kill
+the header against this run's settings, and only the rest is generated. A complete output is taken
+as done only if `check_complete` finds one result per prompt, in order (it keeps no header, so
+settings cannot be compared). A torn last line, as a kill
 in mid-write leaves, is cut off. An exclusive lock on the partial file keeps a second process off the
 same output (on systems with `fcntl`).
 
@@ -25,13 +28,16 @@ the partial file once, a line at a time; completing copies it once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from gpthf.atomic import atomic_write, temporary_path, writing
 from gpthf.errors import GpthfError
 
 try:
@@ -43,6 +49,10 @@ HEADER_KEY = "gpthf_batch_job"  # the partial file's first line: {"gpthf_batch_j
 # Settings a header records only since a later version: a job an older version started, whose header
 # lacks them, is resumed without comparing them (any other difference is refused).
 RECORDED_LATER = frozenset({"weights"})
+# A link to a process's open file: what /dev/stdout, /dev/stderr and /dev/fd/N lead to on Linux
+# (/dev/fd/N itself on macOS). Opening it reaches whatever the descriptor holds, a plain file too.
+_OPEN_FILE_LINK = re.compile(r"/proc/[^/]+/(task/[^/]+/)?fd/[^/]+|/dev/fd/[^/]+")
+_MAX_LINKS = 40  # as the kernel's limit on symlinks followed in one path
 
 
 class BatchResultsError(GpthfError):
@@ -68,19 +78,43 @@ def partial_path(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
-def _temporary_path(path: Path) -> Path:
-    """Where the complete results are written before the rename onto `path`."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
 def is_stream(path: Path) -> bool:
-    """A character device or FIFO: it cannot be renamed onto or read back, so results go straight
-    into it, as with a shell's `>`."""
+    """A character device, a FIFO, or a file reached through an open descriptor (/dev/stdout with
+    the shell's stdout a plain file): none can be renamed onto, so results are appended straight
+    into it, as with a shell's `>>`."""
     try:
         mode = os.stat(path).st_mode
     except OSError:
-        return False
-    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+        mode = None
+    if mode is not None and (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
+        return True
+    return (mode is None or stat.S_ISREG(mode)) and _through_open_file(path)
+
+
+def _through_open_file(path: Path) -> bool:
+    """Whether resolving `path` one name at a time passes through a link to an open descriptor
+    (/proc/PID/fd/N, /dev/fd/N), as /dev/stdout, /proc/self/fd/1 or a symlink to either does."""
+    done, todo, links = Path("/"), list((Path.cwd() / path).parts[1:]), 0
+    while todo:
+        name = todo.pop(0)
+        if name == "..":
+            done = done.parent
+            continue
+        here = done / name
+        if _OPEN_FILE_LINK.fullmatch(str(here)):
+            return True
+        try:
+            target = Path(os.readlink(here))
+        except OSError:  # not a link, or not there: the name stands for itself
+            done = here
+            continue
+        links += 1
+        if links > _MAX_LINKS:  # a loop: job_output reports it
+            return False
+        if target.is_absolute():
+            done = Path("/")
+        todo[:0] = target.parts[1:] if target.is_absolute() else target.parts
+    return False
 
 
 def job_output(path: Path, resume: bool = False) -> Path:
@@ -97,11 +131,15 @@ def job_output(path: Path, resume: bool = False) -> Path:
         ) from None
     if mode is not None and stat.S_ISDIR(mode):
         raise BatchResultsError(f"--output {path} is a folder; give a file name (results.jsonl)")
-    if mode is not None and (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
+    if is_stream(path):
+        if mode is None:
+            raise BatchResultsError(
+                f"--output {path} names a file descriptor that is not open; give a file name"
+            )
         if resume:
             raise BatchResultsError(
-                f"--output {path} is a device or pipe, written straight with no partial file to resume "
-                "from; drop --resume to run the job again"
+                f"--output {path} is a device, pipe or open file, written straight with no partial file "
+                "to resume from; drop --resume to run the job again"
             )
         return path  # opened by the name given: /dev/stdout is whatever stdout is now
     if mode is not None and not stat.S_ISREG(mode):
@@ -124,14 +162,16 @@ def same_file(a: Path, b: Path) -> bool:
 
 def check_batch_file(batch_file: Path, output: Path) -> None:
     """Refuse a --batch-file that a job writing `output` (from `job_output`) would replace or remove:
-    the output, its partial file or its temporary file, by any path. A stream replaces nothing."""
+    the output, its partial file or its temporary file, by any path; or a stream that is the batch
+    file itself (/proc/self/fd/N of it), which the results would be appended to."""
     if is_stream(output):
-        return
-    written = {
-        "--output": output,
-        "--output's partial file": partial_path(output),
-        "--output's temporary file": _temporary_path(output),
-    }
+        written = {"--output": output} if os.path.isfile(output) else {}
+    else:
+        written = {
+            "--output": output,
+            "--output's partial file": partial_path(output),
+            "--output's temporary file": temporary_path(output),
+        }
     for role, path in written.items():
         if same_file(batch_file, path):
             named = "" if os.path.abspath(batch_file) == os.path.abspath(path) else f" ({batch_file})"
@@ -150,8 +190,9 @@ class BatchResults:
         self.partial = None if self.stream else partial_path(self.path)
         self._lines = self.path if self.stream else self.partial  # where each result goes at once
         self.prompts = prompts
-        try:  # "a+": opening never truncates, so a live job's file survives until the lock is tried
-            self._file: TextIO = open(self._lines, "w" if self.stream else "a+", encoding="utf-8")
+        try:  # "a+": opening never truncates, so a live job's file survives until the lock is tried;
+            # a stream is appended to, so a shell's `>> log.txt` behind /dev/stdout keeps its lines
+            self._file: TextIO = open(self._lines, "a" if self.stream else "a+", encoding="utf-8")
         except OSError as err:
             raise BatchResultsError(
                 f"cannot write {self._lines} ({err.strerror}); give a writable --output"
@@ -164,7 +205,8 @@ class BatchResults:
             self.done = self._continue(settings, resume)  # results there before this run
             self.written = self.done
         except BaseException:
-            self._file.close()
+            with contextlib.suppress(OSError):  # a header a full disk refused is still buffered
+                self._file.close()
             raise
 
     def _lock(self) -> None:
@@ -233,9 +275,17 @@ class BatchResults:
             )
 
     def _start_over(self, settings: dict) -> int:
-        self._file.truncate(0)
-        self._file.write(json.dumps({HEADER_KEY: settings}) + "\n")
-        self._file.flush()
+        """A new partial file: the header alone. A disk too full for it leaves no partial file."""
+        try:
+            with writing(self.partial, kept="no results were written"):
+                self._file.truncate(0)
+                self._file.write(json.dumps({HEADER_KEY: settings}) + "\n")
+                self._file.flush()
+        except BaseException:
+            with contextlib.suppress(OSError):  # the refused header is still buffered
+                self._file.close()
+            self.partial.unlink(missing_ok=True)  # it held no results: a new or a header-only file
+            raise
         return 0
 
     def write(self, index: int, prompt: str, completion: str, tokens: list[int], reason: str) -> None:
@@ -263,21 +313,17 @@ class BatchResults:
             except OSError as err:
                 raise BatchResultsError(f"cannot write --output {self.path} ({err.strerror})") from None
             return
-        final = _temporary_path(self.path)
-        try:
+
+        def copy_results(final: Path) -> None:
             self._file.seek(0)
             self._file.readline()  # the header stays behind
             with open(final, "w", encoding="utf-8") as out:
                 for line in self._file:
                     out.write(line)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(final, self.path)
-        except OSError as err:
-            final.unlink(missing_ok=True)
-            raise BatchResultsError(
-                f"cannot write --output {self.path} ({err.strerror}); the results stay in {self.partial}"
-            ) from None
+
+        # A failure is a WriteFailed saying the results stay in the partial file; a caller that
+        # says how to go on retells it with `keeping(self.kept())`.
+        atomic_write(self.path, copy_results, kept=f"the results stay in {self.partial}")
         self.partial.unlink(missing_ok=True)
         self.close()
 
@@ -296,6 +342,35 @@ class BatchResults:
             self._file.close()
         except OSError:  # the line a full disk refused is still buffered; its torn start is cut on --resume
             pass
+
+
+def check_complete(path: Path, prompts: list[str]) -> None:
+    """Refuse to take `path`, a complete output (no partial file beside it), as the results of
+    `prompts` unless it holds one result per prompt, in order, each naming its prompt: it may be
+    another batch file's. Read a line at a time, up to the first difference."""
+    problem, count = None, 0
+    try:
+        with open(path, encoding="utf-8") as lines:
+            for count, line in enumerate(lines, start=1):
+                record = _parse(line)
+                if record is None or record.get("index") != count - 1:
+                    problem = f"line {count} is not result {count - 1} of a batch job"
+                elif count > len(prompts):
+                    problem = f"it holds more results than the {len(prompts):,} prompts given"
+                elif record.get("prompt") != prompts[count - 1]:
+                    problem = f"line {count}: prompt {count - 1} differs from the --batch-file's"
+                if problem:
+                    break
+    except (OSError, UnicodeDecodeError) as err:
+        reason = getattr(err, "strerror", None) or "not UTF-8 text"
+        raise BatchResultsError(f"cannot read --output {path} ({reason}); give another --output") from None
+    if problem is None and count < len(prompts):
+        problem = f"it holds {count:,} results for {len(prompts):,} prompts"
+    if problem:
+        raise BatchResultsError(
+            f"--output {path} holds the results of other prompts ({problem}); give another --output, "
+            "or drop --resume to replace it with this job's results"
+        )
 
 
 def _parse(line: str) -> dict | None:

@@ -11,6 +11,8 @@ import os
 import runpy
 import socket
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +22,7 @@ import pytest
 from gpthf.batch_results import partial_path
 from gpthf.cli import EXIT_USER_ERROR, run_cli
 from tests.conftest import REPO
-from tests.test_bad_input import read_only
+from tests.test_bad_input import last_error_with_files_limited_to, read_only
 
 PROMPTS = ["In the beginning", "And God said", "Let there be light.", "And it was so"]
 
@@ -154,6 +156,18 @@ def _through_proc_fd(tmp: Path):
     return Path(f"/proc/self/fd/{fd}"), batch, []
 
 
+def _output_through_proc_fd(tmp: Path):
+    batch = prompts_file(tmp / "prompts.txt")
+    fd = os.open(batch, os.O_RDONLY)  # a stream now: appended to, which would spoil the prompts
+    return batch, Path(f"/proc/self/fd/{fd}"), []
+
+
+def _output_through_dev_fd(tmp: Path):
+    batch = prompts_file(tmp / "prompts.txt")
+    fd = os.open(batch, os.O_RDONLY)
+    return batch, Path(f"/dev/fd/{fd}"), []
+
+
 def _the_temporary_file(tmp: Path):
     out = tmp / "out.jsonl"
     return prompts_file(tmp / f".out.jsonl.tmp-{os.getpid()}"), out, []
@@ -171,6 +185,8 @@ SAME_FILE = [
     ("--batch-file a hard link to the .partial", _hard_link_to_the_partial),
     ("--batch-file the .partial of a symlinked output's target", _partial_of_a_symlinks_target),
     ("--batch-file the output through /proc/self/fd", _through_proc_fd),
+    ("--output the batch file through /proc/self/fd", _output_through_proc_fd),
+    ("--output the batch file through /dev/fd", _output_through_dev_fd),
     ("--batch-file the output's temporary file", _the_temporary_file),
 ]
 
@@ -252,6 +268,62 @@ def test_a_device_that_refuses_writes_is_one_error_line(main, trained_runs, tmp_
     *progress, line = capsys.readouterr().err.strip().splitlines()  # found mid-job: the bar was drawn
     assert not any(p.startswith("error") for p in progress)
     assert line == f"error: cannot write {full} (No space left on device)", "nothing kept, so no --resume"
+
+
+def _appended(tmp: Path) -> int:
+    """A file opened as a shell's `>> log.txt` opens it, holding a line from before."""
+    log = tmp / "log.txt"
+    log.write_text("an earlier line\n")
+    return os.open(log, os.O_WRONLY | os.O_APPEND)
+
+
+def _truncated_then_written(tmp: Path) -> int:
+    """`{ echo an earlier line; generate.py ...; } > log.txt`: the line went through the same descriptor."""
+    fd = os.open(tmp / "log.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.write(fd, b"an earlier line\n")
+    return fd
+
+
+def _link_to_dev_stdout(tmp: Path) -> str:
+    (tmp / "out.jsonl").symlink_to("/dev/stdout")
+    return str(tmp / "out.jsonl")
+
+
+OPEN_FILE_OUTPUTS = [  # (name, how the shell opened log.txt, the descriptor it is, the --output)
+    ("/dev/stdout", _appended, 1, lambda tmp: "/dev/stdout"),
+    ("/dev/fd/1", _appended, 1, lambda tmp: "/dev/fd/1"),
+    ("/proc/self/fd/1", _appended, 1, lambda tmp: "/proc/self/fd/1"),
+    ("/dev/stderr, with the progress bar", _appended, 2, lambda tmp: "/dev/stderr"),
+    ("a symlink to /dev/stdout", _appended, 1, _link_to_dev_stdout),
+    ("/dev/stdout, a file written with > before", _truncated_then_written, 1, lambda tmp: "/dev/stdout"),
+]
+
+
+@pytest.mark.parametrize(
+    "name, open_log, fd, output", OPEN_FILE_OUTPUTS, ids=[c[0] for c in OPEN_FILE_OUTPUTS]
+)
+def test_an_output_that_is_an_open_file_is_appended_to(
+    trained_runs, tmp_path, expected, name, open_log, fd, output
+):
+    """`generate.py --output /dev/stdout >> log.txt`: the results follow the log's lines, never
+    replace the file."""
+    log = open_log(tmp_path)
+    batch = prompts_file(tmp_path / "p.txt")
+    args = job(trained_runs, "--batch-file", str(batch), "--output", output(tmp_path))
+    streams = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, ("stdout", "stderr")[fd - 1]: log}
+    try:
+        run = subprocess.run([sys.executable, "generate.py", *args], cwd=REPO, timeout=120, **streams)
+    finally:
+        os.close(log)
+    assert run.returncode == 0
+    text = (tmp_path / "log.txt").read_text()
+    assert text.startswith("an earlier line\n"), "the file's earlier lines are kept"
+    # On stderr the progress bar's redraws (no newline) share lines with the results.
+    results = [line[line.index('{"index"') :] for line in text.splitlines() if '{"index"' in line]
+    assert results == expected.splitlines()
+    if fd == 1:
+        assert text == "an earlier line\n" + expected
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.is_symlink()) == ["log.txt", "p.txt"]
 
 
 def _symlink_to_a_file(tmp: Path) -> tuple[Path, Path]:
@@ -336,6 +408,12 @@ def _fifo_resumed(tmp: Path) -> Path:
     return tmp / "results"
 
 
+def _open_file_resumed(tmp: Path) -> Path:
+    log = tmp / "log.txt"  # as a shell's `>> log.txt` leaves stdout
+    log.write_text("an earlier line\n")
+    return Path(f"/dev/fd/{os.open(log, os.O_WRONLY | os.O_APPEND)}")
+
+
 def _folder_of_a_file(tmp: Path) -> Path:
     (tmp / "notes.txt").write_text("notes\n")
     return tmp / "notes.txt" / "out.jsonl"
@@ -359,6 +437,18 @@ BAD_OUTPUTS = [  # (name, the --output, extra args, error)
         lambda tmp: device_node(tmp / "null", stat.S_IFCHR, 1, 3),
         ["--resume"],
         "no partial file to resume from; drop --resume",
+    ),
+    (
+        "an open file (/dev/fd/N) with --resume",
+        _open_file_resumed,
+        ["--resume"],
+        "no partial file to resume from; drop --resume",
+    ),
+    (
+        "a file descriptor that is not open",
+        lambda tmp: Path("/dev/fd/987"),
+        [],
+        "names a file descriptor that is not open",
     ),
     (
         "in /proc, where no file can be made",
@@ -467,6 +557,109 @@ def test_resume_completes_a_job_whose_results_are_all_written(
     assert out.read_text() == want, "the output holds exactly the results written before"
     assert not partial_path(out).exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "p.txt"]
+
+
+START_FULL = [  # (name, the partial file there before)
+    ("a new output", None),
+    (
+        "a partial file holding only a header",
+        json.dumps({"gpthf_batch_job": {"checkpoint": "x" * 200}}) + "\n",
+    ),
+]
+
+
+@pytest.mark.parametrize("name, partial", START_FULL, ids=[c[0] for c in START_FULL])
+def test_a_disk_full_at_the_start_is_one_error_line_and_leaves_no_partial_file(
+    trained_runs, tmp_path, name, partial
+):
+    """The kernel refuses the partial file's header (as a full disk would): one error line, exit 2,
+    and no empty or torn partial file left behind (it held no results)."""
+    out = tmp_path / "out.jsonl"
+    if partial is not None:
+        partial_path(out).write_text(partial)
+    batch = prompts_file(tmp_path / "p.txt")
+    args = job(trained_runs, "--batch-file", str(batch), "--output", str(out))
+    last = last_error_with_files_limited_to(100, "generate.py", *args)  # the header is longer
+    assert (
+        last == f"error: could not write {partial_path(out)} (File too large; free space there or "
+        "write elsewhere); no results were written"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.txt"]
+
+
+def _fail_replacing_onto(out: Path, monkeypatch) -> None:
+    replace = os.replace
+
+    def full_disk(source, target):
+        if Path(target) == out:
+            raise OSError(28, "No space left on device")
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+
+
+COMPLETION_FAILS = [  # (name, results in the partial before, extra args)
+    ("the job's last step", None, []),
+    ("--resume of a job whose results were all written", 4, ["--resume"]),
+]
+
+
+@pytest.mark.parametrize("name, results, extra", COMPLETION_FAILS, ids=[c[0] for c in COMPLETION_FAILS])
+def test_a_failed_completion_is_one_clear_sentence(
+    main, trained_runs, tmp_path, capsys, monkeypatch, all_written, name, results, extra
+):
+    out = tmp_path / "out.jsonl"
+    if results is not None:
+        partial_path(out).write_bytes(_first_lines(all_written, results))
+    batch = prompts_file(tmp_path / "p.txt")
+    _fail_replacing_onto(out, monkeypatch)
+    capsys.readouterr()
+    code = run_cli(main, job(trained_runs, "--batch-file", str(batch), "--output", str(out), *extra))
+    *progress, line = capsys.readouterr().err.strip().splitlines()
+    assert code == EXIT_USER_ERROR and not any(p.startswith("error") for p in progress)
+    assert line == (
+        f"error: could not write {out} (No space left on device; free space there or write elsewhere); "
+        f"4 of 4 results kept in {partial_path(out)}; the same command with --resume continues from there"
+    )
+    assert partial_path(out).read_bytes() == all_written, "every result kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl.partial", "p.txt"], "no temporary file"
+
+
+OTHER = ["Once upon a time", "There was", "A king.", "The end"]
+COMPLETE_OUTPUTS = [  # (name, prompts of the batch file, the output there, what --resume says)
+    ("another batch file's results", OTHER, "expected", "(line 1: prompt 0 differs from the --batch-file's)"),
+    (
+        "a batch file of fewer prompts",
+        PROMPTS[:3],
+        "expected",
+        "(it holds more results than the 3 prompts given)",
+    ),
+    ("a batch file of more prompts", [*PROMPTS, "The end"], "expected", "(it holds 4 results for 5 prompts)"),
+    ("the same prompts in another order", PROMPTS[::-1], "expected", "(line 1: prompt 0 differs"),
+    ("a file that is no results", PROMPTS, "notes\n", "(line 1 is not result 0 of a batch job)"),
+    ("an empty file", PROMPTS, "", "(it holds 0 results for 4 prompts)"),
+]
+
+
+@pytest.mark.parametrize(
+    "name, prompts, there, error", COMPLETE_OUTPUTS, ids=[c[0] for c in COMPLETE_OUTPUTS]
+)
+def test_resume_into_a_complete_output_of_other_prompts_is_refused(
+    main, trained_runs, tmp_path, capsys, expected, name, prompts, there, error
+):
+    """`--resume` where the output is complete but holds other prompts' results: refused (their
+    prompts would never be generated); without --resume the job runs and replaces it, as ever."""
+    out = tmp_path / "out.jsonl"
+    out.write_text(expected if there == "expected" else there)
+    batch = prompts_file(tmp_path / "p.txt", prompts)
+    before = snapshot(tmp_path)
+    args = job(trained_runs, "--batch-file", str(batch), "--output", str(out))
+    line = refused(main, [*args, "--resume"], capsys)
+    assert line.startswith(f"error: --output {out} holds the results of other prompts {error}")
+    assert line.endswith("give another --output, or drop --resume to replace it with this job's results")
+    assert snapshot(tmp_path) == before
+    succeeds(main, args, capsys)
+    assert [r["prompt"] for r in records(out.read_text())] == prompts
 
 
 def test_a_batch_file_with_a_byte_order_mark_gives_the_same_results(

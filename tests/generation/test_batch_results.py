@@ -4,6 +4,7 @@ belong to the same job, never written by two processes at once."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -11,7 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from gpthf.batch_results import HEADER_KEY, BatchResults, BatchResultsError, InputOrder, partial_path
+from gpthf.atomic import temporary_path
+from gpthf.batch_results import (
+    HEADER_KEY,
+    BatchResults,
+    BatchResultsError,
+    InputOrder,
+    check_batch_file,
+    check_complete,
+    is_stream,
+    partial_path,
+)
 from tests.conftest import REPO
 
 PROMPTS = ["In the beginning", "And God said", "Let there be light.", "And it was so"]
@@ -225,3 +236,133 @@ def test_a_symlinked_output_is_written_through_its_target(tmp_path):
     write_all(results)
     results.finish()
     assert link.is_symlink() and [r["index"] for r in lines(link)] == [0, 1, 2, 3]
+
+
+def _open(path: Path) -> int:
+    path.write_text("an earlier line\n")
+    return os.open(path, os.O_WRONLY | os.O_APPEND)  # closed with the process; a few for a test run
+
+
+def _link_to_proc_fd(tmp: Path) -> Path:
+    (tmp / "out.jsonl").symlink_to(f"/proc/self/fd/{_open(tmp / 'log.txt')}")
+    return tmp / "out.jsonl"
+
+
+def _dotdot_into_dev_fd(tmp: Path) -> Path:
+    return Path(f"/dev/shm/../fd/{_open(tmp / 'log.txt')}")  # /dev/shm/.. is /dev
+
+
+def _fifo(tmp: Path) -> Path:
+    os.mkfifo(tmp / "pipe")
+    return tmp / "pipe"
+
+
+def _plain_file_under_dev_shm(tmp: Path) -> Path:
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm here")
+    return Path(f"/dev/shm/gpthf-test-{os.getpid()}.jsonl")  # a tmpfs: renames work, not a stream
+
+
+def _link_to_a_file(tmp: Path) -> Path:
+    (tmp / "real.jsonl").write_text("")
+    (tmp / "out.jsonl").symlink_to("real.jsonl")
+    return tmp / "out.jsonl"
+
+
+STREAMS = [  # (name, the --output, whether it is a stream)
+    ("/proc/self/fd/N of a plain file", lambda tmp: Path(f"/proc/self/fd/{_open(tmp / 'log.txt')}"), True),
+    ("/dev/fd/N of a plain file", lambda tmp: Path(f"/dev/fd/{_open(tmp / 'log.txt')}"), True),
+    ("a symlink to /proc/self/fd/N", _link_to_proc_fd, True),
+    ("a .. path into /dev/fd", _dotdot_into_dev_fd, True),
+    ("/dev/stdout", lambda tmp: Path("/dev/stdout"), True),  # whatever pytest made stdout
+    ("a FIFO", _fifo, True),
+    ("a plain file", lambda tmp: tmp / "out.jsonl", False),
+    ("a symlink to a plain file", _link_to_a_file, False),
+    ("a new file under /dev/shm", _plain_file_under_dev_shm, False),
+]
+
+
+@pytest.mark.parametrize("name, output, stream", STREAMS, ids=[c[0] for c in STREAMS])
+def test_what_is_a_stream(tmp_path, name, output, stream):
+    assert is_stream(output(tmp_path)) == stream
+
+
+def test_a_stream_that_is_an_open_plain_file_is_appended_to(tmp_path):
+    """/dev/stdout with the shell's stdout a plain file (`>> log.txt`): no partial, no rename, and
+    the file's earlier lines stay."""
+    log = tmp_path / "log.txt"
+    fd = _open(log)
+    try:
+        results = BatchResults(Path(f"/proc/self/fd/{fd}"), PROMPTS, SETTINGS, resume=False)
+        assert results.stream and results.partial is None
+        write_all(results)
+        results.finish()
+    finally:
+        os.close(fd)
+    kept, *written = log.read_text().splitlines()
+    assert kept == "an earlier line" and [json.loads(line)["index"] for line in written] == [0, 1, 2, 3]
+    assert [p.name for p in tmp_path.iterdir()] == ["log.txt"]
+
+
+def test_the_temporary_file_refused_as_a_batch_file_is_the_one_finish_writes(tmp_path, monkeypatch):
+    """check_batch_file and finish() name the temporary file alike (atomic.temporary_path)."""
+    out = tmp_path / "r.jsonl"
+    seen = []
+    replace = os.replace
+    monkeypatch.setattr(
+        os, "replace", lambda source, target: seen.append(Path(source)) or replace(source, target)
+    )
+    results = BatchResults(out, PROMPTS, SETTINGS, resume=False)
+    write_all(results)
+    results.finish()
+    assert seen == [temporary_path(out)]
+    seen[0].write_text("prompts\n")
+    with pytest.raises(BatchResultsError, match="temporary file .* is the --batch-file itself"):
+        check_batch_file(seen[0], out)
+
+
+def test_a_failed_completion_keeps_every_result_and_no_temporary_file(tmp_path, monkeypatch):
+    from gpthf.atomic import WriteFailed
+
+    out = tmp_path / "r.jsonl"
+    results = BatchResults(out, PROMPTS, SETTINGS, resume=False)
+    write_all(results)
+    monkeypatch.setattr(
+        os, "replace", lambda source, target: (_ for _ in ()).throw(OSError(28, "No space left"))
+    )
+    with pytest.raises(WriteFailed, match=f"; the results stay in {partial_path(out)}$"):
+        results.finish()
+    results.close()
+    assert [p.name for p in tmp_path.iterdir()] == ["r.jsonl.partial"] and len(lines(partial_path(out))) == 5
+
+
+def _results(prompts: list[str]) -> str:
+    return "".join(
+        json.dumps({"index": i, "prompt": p, "completion": "."}) + "\n" for i, p in enumerate(prompts)
+    )
+
+
+COMPLETE = [  # (name, the complete output's text, what check_complete says of it for PROMPTS; None: ours)
+    ("these prompts' results", _results(PROMPTS), None),
+    ("other prompts'", _results(["x", *PROMPTS[1:]]), "line 1: prompt 0 differs"),
+    ("one result more", _results([*PROMPTS, "x"]), "more results than the 4 prompts"),
+    ("one result fewer", _results(PROMPTS[:3]), "holds 3 results for 4 prompts"),
+    (
+        "a result missing mid-way",
+        _results(PROMPTS).replace('"index": 2', '"index": 7'),
+        "line 3 is not result 2",
+    ),
+    ("a torn last line", _results(PROMPTS)[:-1], "line 4 is not result 3"),
+    ("not UTF-8", "\udcff", "cannot read --output"),
+]
+
+
+@pytest.mark.parametrize("name, text, error", COMPLETE, ids=[c[0] for c in COMPLETE])
+def test_a_complete_output_counts_as_done_only_for_its_own_prompts(tmp_path, name, text, error):
+    out = tmp_path / "r.jsonl"
+    out.write_bytes(text.encode("utf-8", "surrogateescape"))
+    if error is None:
+        check_complete(out, PROMPTS)
+        return
+    with pytest.raises(BatchResultsError, match=error):
+        check_complete(out, PROMPTS)
