@@ -16,15 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from gpthf.atomic import WriteFailed
-from gpthf.batch_results import (
-    BatchResults,
-    InputOrder,
-    check_batch_file,
-    check_complete,
-    is_stream,
-    job_output,
-    partial_path,
-)
+from gpthf.batch_output import check_batch_file, is_stream, job_output, partial_path
+from gpthf.batch_results import BatchResults, InputOrder, check_complete
 from gpthf.cli import ArgumentParser, positive_int, run_cli, writable_folder
 from gpthf.errors import GpthfError
 from gpthf.precision import DEFAULT_DTYPE, DTYPE_NAMES

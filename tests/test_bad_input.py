@@ -280,7 +280,8 @@ def batch_file(ws: Workspace, name: str, text: str) -> Path:
 
 def unfinished_job(ws: Workspace, name: str) -> Path:
     """An --output whose job was interrupted after one result."""
-    from gpthf.batch_results import HEADER_KEY, partial_path
+    from gpthf.batch_output import partial_path
+    from gpthf.batch_results import HEADER_KEY
 
     out = ws.root / name
     header = json.dumps({HEADER_KEY: {"checkpoint": str(ws.checkpoint)}})

@@ -155,7 +155,7 @@ def test_same_seed_and_config_write_the_same_metrics(data_cache, tmp_path):
 def test_kill_9_during_a_batch_job_then_resume_writes_every_result_once(trained_runs, tmp_path, capsys):
     import runpy
 
-    from gpthf.batch_results import partial_path
+    from gpthf.batch_output import partial_path
     from gpthf.cli import run_cli
 
     rng = random.Random(1)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from gpthf.batch_results import partial_path
+from gpthf.batch_output import partial_path
 from gpthf.cli import EXIT_USER_ERROR, run_cli
 from tests.conftest import REPO
 from tests.test_bad_input import last_error_with_files_limited_to, read_only
@@ -485,7 +485,7 @@ def test_output_in_a_read_only_folder_is_one_error_line(main, trained_runs, tmp_
 def all_written(trained_runs, tmp_path_factory) -> bytes:
     """The partial file of the job above whose results were all written but whose final rename
     failed (a full disk refusing the complete copy)."""
-    import gpthf.batch_results
+    import gpthf.atomic
 
     tmp = tmp_path_factory.mktemp("rename-failed")
     out = tmp / "out.jsonl"
@@ -500,7 +500,7 @@ def all_written(trained_runs, tmp_path_factory) -> bytes:
 
     err = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(err):
-        patch.setattr(gpthf.batch_results.os, "replace", full_disk)
+        patch.setattr(gpthf.atomic.os, "replace", full_disk)
         args = job(trained_runs, "--batch-file", str(prompts_file(tmp / "p.txt")), "--output", str(out))
         assert run_cli(main, args) == EXIT_USER_ERROR
     assert "No space left on device" in err.getvalue() and "--resume" in err.getvalue()

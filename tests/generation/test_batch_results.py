@@ -13,16 +13,8 @@ from pathlib import Path
 import pytest
 
 from gpthf.atomic import temporary_path
-from gpthf.batch_results import (
-    HEADER_KEY,
-    BatchResults,
-    BatchResultsError,
-    InputOrder,
-    check_batch_file,
-    check_complete,
-    is_stream,
-    partial_path,
-)
+from gpthf.batch_output import BatchResultsError, check_batch_file, is_stream, partial_path
+from gpthf.batch_results import HEADER_KEY, BatchResults, InputOrder, check_complete
 from tests.conftest import REPO
 
 PROMPTS = ["In the beginning", "And God said", "Let there be light.", "And it was so"]
