@@ -58,6 +58,10 @@ def main(argv: list[str]) -> int:
             f"  samples: {sanity['closed_share']:.2f} of {sanity['sentences']} sentences closed by the model, distinct-1/2/3 "
             + "/".join(f"{v:.2f}" for v in sanity["distinct_n"].values())
         )
+    if result["skipped_records"]:  # already warned about, as prepare does; here for the record too
+        print(
+            f"  skipped records: {', '.join(f'{n:,} {why}' for why, n in result['skipped_records'].items())}"
+        )
     print(json.dumps(result))
     if args.data == "default":  # saved last: a result the disk has no room for is printed all the same
         suffix = "" if args.dtype == DEFAULT_DTYPE else f"-{args.dtype}"  # report.py reads the fp32 one

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from gpthf.data.packing import document_units, pack_units
 from gpthf.data.shards import SHARD_META, SHARDS_DIR, ShardWriter, token_dtype
-from gpthf.data.sources import Document, SkippedRecords, corpus_size_hint, no_usable_text
+from gpthf.data.sources import Document, SkippedRecords, corpus_size_hint, iter_documents, no_usable_text
 from gpthf.data.special_tokens import SENTENCE_CLOSERS
 from gpthf.data.splits import SPLITS, SplitPlan
 from gpthf.data.splitter import SentenceSplitter, build_splitter
@@ -189,6 +189,15 @@ def encode_stream(
     return ordered_map(encode_chunk, chunks, num_proc, _encoder_args(data_cfg, splitter, tokenizer))
 
 
+def counted_stream(plan: SplitPlan, skipped: SkippedRecords) -> Iterator[tuple[str, Document]]:
+    """`plan.stream(skipped)`, with every skipped record counted: a tiny corpus (cut into pieces when
+    the split was planned) is not read by its stream, so it is read once more just to count them."""
+    if plan.pieces is not None:
+        for _ in iter_documents(plan.data_cfg, skipped):
+            pass
+    yield from plan.stream(skipped)
+
+
 def shard_name(index: int) -> str:
     return f"{index:05d}"
 
@@ -225,7 +234,7 @@ def write_shards(
     sizes: dict[int, int] = {}
 
     def todo() -> Iterator[tuple[int, Chunk]]:
-        for index, (chunk, size) in enumerate(chunks_of(plan.stream(skipped))):
+        for index, (chunk, size) in enumerate(chunks_of(counted_stream(plan, skipped))):
             if shard_name(index // SHARD_CHUNKS) in done:
                 bar.update(size)
                 continue

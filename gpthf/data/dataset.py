@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from gpthf.atomic import WriteFailed, atomic_write
 from gpthf.config import DataConfig
 from gpthf.data.build import (
+    counted_stream,
     default_num_proc,
     encode_stream,
     make_splitter,
@@ -37,7 +38,7 @@ from gpthf.data.build import (
     write_shards,
 )
 from gpthf.data.packing import padded_rows
-from gpthf.data.readers import Document
+from gpthf.data.readers import Document, SkippedRecords
 from gpthf.data.shards import SHARD_META, SHARDS_DIR, PackedSplit, token_dtype
 from gpthf.data.sources import get_source, no_usable_text
 from gpthf.data.special_tokens import SPECIAL_TOKENS
@@ -227,11 +228,19 @@ def pack_split_in_memory(
     data_cfg: Any, tokenizer, split: str, max_rows: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """(input_ids, sentence_ids, stats) of one split packed exactly as a build packs it, in this
-    process, stopping once `max_rows` rows are packed (for scoring a checkpoint on its own tokenizer)."""
+    process, stopping once `max_rows` rows are packed (for scoring a checkpoint on its own tokenizer);
+    stats["skipped_records"] counts the malformed records and damaged files passed over, as a build's do."""
     data_cfg = with_defaults(data_cfg)
     plan = plan_splits(data_cfg)
-    docs = ((s, d) for s, d in plan.stream() if s == split)
-    return pack_documents(docs, data_cfg, make_splitter(plan, data_cfg), tokenizer, split, max_rows)
+    skipped = SkippedRecords()
+    docs = ((s, d) for s, d in counted_stream(plan, skipped) if s == split)
+    input_ids, sentence_ids, stats = pack_documents(
+        docs, data_cfg, make_splitter(plan, data_cfg), tokenizer, split, max_rows
+    )
+    stats["skipped_records"] = skipped.as_dict()  # of the files read (all of them, unless max_rows)
+    if skipped.malformed:
+        log.warning("skipped %d malformed record(s): %s", skipped.malformed, skipped.describe())
+    return input_ids, sentence_ids, stats
 
 
 def pack_text(data_cfg: Any, tokenizer, text: str, splitter) -> tuple[np.ndarray, np.ndarray, dict]:

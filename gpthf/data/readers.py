@@ -15,10 +15,13 @@ at paragraph breaks, so a single 40 GB text file streams in bounded memory (each
 from __future__ import annotations
 
 import bz2
+import errno
 import gzip
 import io
 import json
 import lzma
+import os
+import stat
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -40,6 +43,7 @@ SKIP_HINTS = {
     "undecodable": "convert it, e.g. `iconv -f latin1 -t utf-8`, or set data.encoding to its real encoding",
     "binary": "give text files",
     "unreadable": "check the file; replace it if it is damaged (what was read before the damage is kept)",
+    "not a regular file": "point the name at a real file, or remove it",
 }
 
 
@@ -82,7 +86,9 @@ class SkippedRecords:
 
 
 def local_files(path: str | None) -> tuple[Path, list[Path]]:
-    """(root, the corpus files under it in a stable order)."""
+    """(root, the corpus files under it in a stable order): every path whose name is a corpus file's,
+    even one that is not a regular file (a dangling symlink, a FIFO, a folder), which `file_documents`
+    counts rather than opens; `regular_file` tells them apart."""
     if not path:
         raise DataError(f"data.source=local needs data.path=FILE_OR_DIR ({'/'.join(LOCAL_SUFFIXES)})")
     root = Path(path).expanduser()
@@ -91,11 +97,30 @@ def local_files(path: str | None) -> tuple[Path, list[Path]]:
             f"data.path {root} does not exist; use data=default (the embedded King James Bible) "
             f"or data=local data.path=FILE_OR_DIR ({'/'.join(LOCAL_SUFFIXES)})"
         )
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    files = [root] if not root.is_dir() else sorted(root.rglob("*"))
     files = [p for p in files if p.name.endswith(LOCAL_SUFFIXES)]
     if not files:
         raise DataError(f"no {'/'.join(LOCAL_SUFFIXES)} files under {root}")
     return root, files
+
+
+def _not_regular(path: Path) -> str | None:
+    """Why `path` is not a regular file that can be read without blocking, or None when it is one.
+    Only stats it (following symlinks): a FIFO is never opened, as opening it would wait for a writer."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:  # a dangling symlink, a symlink loop, no permission to look
+        if err.errno == errno.ELOOP:
+            return "a symlink loop"
+        return "a dangling symlink" if path.is_symlink() else _first_line(err)
+    if stat.S_ISREG(mode):
+        return None
+    kinds = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket"}
+    return next((kind for is_kind, kind in kinds.items() if is_kind(mode)), "a device")
+
+
+def regular_file(path: Path) -> bool:
+    return _not_regular(path) is None
 
 
 def file_name(root: Path, path: Path) -> str:
@@ -118,6 +143,12 @@ def text_record(value: Any, where: str, skipped: SkippedRecords) -> str | None:
     if not isinstance(value, str):
         skipped.skip("text not a string", where)
         return None
+    if not value.isascii():
+        try:
+            value.encode("utf-8")  # a lone surrogate (`"\\ud800"` in JSON) is text no file can hold
+        except UnicodeEncodeError as err:
+            skipped.skip("undecodable", f"{where} (lone surrogate {value[err.start]!a})")
+            return None
     if not value.strip():
         skipped.skip("empty text", where)
         return None
@@ -165,9 +196,9 @@ def txt_documents(path: Path, name: str, encoding: str, skipped: SkippedRecords)
             block += 1
 
 
-# Compressed bytes fed to the zstd decoder at a time: what one step may decode is bounded by this
-# times zstd's ratio (about 10x on text), as the stdlib decoders bound theirs.
-ZSTD_READ_BYTES = 1 << 14
+# Compressed bytes fed to a decoder at a time: what one zstd step may decode is bounded by this times
+# zstd's ratio (about 10x on text); the bz2 and xz readers bound each step by the reader's buffer.
+COMPRESSED_READ_BYTES = 1 << 14
 
 
 class _ZstdStream(io.RawIOBase):
@@ -211,7 +242,7 @@ class _ZstdStream(io.RawIOBase):
         while self._taken == len(self._out):
             if self._damage is not None:
                 raise self._damage
-            compressed = self._file.read(ZSTD_READ_BYTES)
+            compressed = self._file.read(COMPRESSED_READ_BYTES)
             if not compressed:
                 if self._frame is not None and not self._frame.eof:
                     raise EOFError("the zstd stream ends inside a frame (the file is truncated)")
@@ -227,11 +258,50 @@ class _ZstdStream(io.RawIOBase):
         super().close()
 
 
+class _StdlibStreams(io.RawIOBase):
+    """The decompressed bytes of a .bz2 or .xz file (one or more streams), a bounded step at a time.
+
+    `bz2.open` and `lzma.open` end quietly at bytes after a stream that do not start another one, so
+    a file damaged there would pass for a shorter corpus; this reader raises the decoder's error
+    there (as gzip and zstd do), and EOFError when the file stops inside a stream."""
+
+    def __init__(self, path: Path, new_decompressor: Callable[[], Any]):
+        self._file = path.open("rb")
+        self._new = new_decompressor
+        self._stream = new_decompressor()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while True:
+            if self._stream.eof:  # the next stream starts in what this one left, or in the file
+                rest = self._stream.unused_data or self._file.read(COMPRESSED_READ_BYTES)
+                if not rest:
+                    return 0
+                self._stream = self._new()
+                decoded = self._stream.decompress(rest, len(buffer))  # raises on bytes that are no stream
+            elif self._stream.needs_input:
+                compressed = self._file.read(COMPRESSED_READ_BYTES)
+                if not compressed:
+                    raise EOFError("the compressed stream ends before its end marker (the file is truncated)")
+                decoded = self._stream.decompress(compressed, len(buffer))
+            else:
+                decoded = self._stream.decompress(b"", len(buffer))
+            if decoded:
+                buffer[: len(decoded)] = decoded
+                return len(decoded)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
 # How each compression a .jsonl file may carry is opened: a binary stream of its decompressed bytes.
 COMPRESSIONS: dict[str, Callable[[Path], io.BufferedIOBase]] = {
     ".gz": lambda path: gzip.open(path, "rb"),
-    ".bz2": lambda path: bz2.open(path, "rb"),
-    ".xz": lambda path: lzma.open(path, "rb"),
+    ".bz2": lambda path: io.BufferedReader(_StdlibStreams(path, bz2.BZ2Decompressor), buffer_size=1 << 16),
+    ".xz": lambda path: io.BufferedReader(_StdlibStreams(path, lzma.LZMADecompressor), buffer_size=1 << 16),
     ".zst": lambda path: io.BufferedReader(_ZstdStream(path), buffer_size=1 << 16),
 }
 
@@ -262,7 +332,7 @@ def jsonl_documents(
             except UnicodeDecodeError:
                 skipped.skip("undecodable", where)
                 continue
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # bad syntax, an integer over 4300 digits, deep nesting
                 skipped.skip("not JSON", where)
                 continue
             document = record_document(record, text_field, where, skipped)
@@ -319,6 +389,10 @@ def file_documents(path: Path, name: str, data_cfg: Any, skipped: SkippedRecords
     cannot be opened or stops decoding part way is counted once as unreadable (documents read
     before the damage are kept) and the stream goes on with the next file."""
     reader = next(read for suffixes, read in READERS.items() if path.name.endswith(suffixes))
+    why = _not_regular(path)
+    if why is not None:
+        skipped.skip("not a regular file", f"{name} ({why})")
+        return
     try:
         yield from reader(path, name, data_cfg, skipped)
     except Exception as err:

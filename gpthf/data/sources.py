@@ -28,6 +28,7 @@ from gpthf.data.readers import (
     file_name,
     local_files,
     record_document,
+    regular_file,
 )
 from gpthf.errors import DataError
 
@@ -80,8 +81,10 @@ def _local_documents(data_cfg: Any, skipped: SkippedRecords) -> Iterator[Documen
 
 
 def _local_fingerprint(data_cfg: Any) -> dict:
+    """Sizes and times of the regular files (the others are only counted when read, so a corpus without
+    them keys as it always has)."""
     root, files = local_files(data_cfg.path)
-    return {file_name(root, p): [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
+    return {file_name(root, p): [p.stat().st_size, p.stat().st_mtime_ns] for p in files if regular_file(p)}
 
 
 def hub_reachable(timeout_s: float = 3.0) -> bool:
@@ -131,6 +134,7 @@ def _local_size_hint(data_cfg: Any) -> int | None:
     plain .txt/.jsonl files (JSON syntax counts too, so the bar ends a little short); None when
     some files are compressed."""
     _, files = local_files(data_cfg.path)
+    files = [p for p in files if regular_file(p)]
     if any(not p.name.endswith((".txt", ".jsonl")) for p in files):
         return None
     return sum(p.stat().st_size for p in files)

@@ -48,6 +48,15 @@ def rows_for_text(
     """(input_ids, sentence_ids, bytes) of a split of the checkpoint's corpus, or of every document
     under `path` (a file or folder of any kind `gpthf.data.readers` reads), packed like the training data; only the
     first `max_rows` rows (and the documents they need) are read when it is given."""
+    input_ids, sentence_ids, stats = pack_for_scoring(meta, tokenizer, split, path, max_rows)
+    return input_ids, sentence_ids, stats["bytes"]
+
+
+def pack_for_scoring(
+    meta: dict, tokenizer, split: str = "test", path: str | None = None, max_rows: int | None = None
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """`rows_for_text`'s rows with the packing's stats: "bytes", and "skipped_records", the malformed
+    records and damaged files passed over by reason (warned once, as prepare does)."""
     data_cfg = OmegaConf.create(meta["data"])
     if path is not None:
         data_cfg.merge_with(
@@ -59,7 +68,7 @@ def rows_for_text(
     input_ids, sentence_ids, stats = pack_split_in_memory(data_cfg, tokenizer, split, max_rows)
     if not len(input_ids):
         raise DataError(f"the {split} split of {path or data_cfg.source} has no text")
-    return input_ids, sentence_ids, stats["bytes"]
+    return input_ids, sentence_ids, stats
 
 
 @torch.inference_mode()
@@ -133,10 +142,10 @@ def evaluate_checkpoint(
 
     model, meta, checkpoint = load_model_from_checkpoint(ckpt, device, dtype=dtype)
     tokenizer = load_checkpoint_tokenizer(checkpoint, meta)
-    input_ids, sentence_ids, n_bytes = rows_for_text(
+    input_ids, sentence_ids, stats = pack_for_scoring(
         meta, tokenizer, split, None if data == "default" else data, max_rows
     )
-    result = score(model, input_ids, sentence_ids, n_bytes, batch_size, max_rows)
+    result = score(model, input_ids, sentence_ids, stats["bytes"], batch_size, max_rows)
     summary = {
         "checkpoint": str(checkpoint),
         "model": meta["arch"]["model"],
@@ -145,6 +154,7 @@ def evaluate_checkpoint(
         "dtype": dtype,
     }
     summary.update(result.as_dict())
+    summary["skipped_records"] = stats["skipped_records"]
     if samples:
         summary["generation"] = sample_sanity(model, meta, input_ids, samples)
     return summary

@@ -218,6 +218,18 @@ def test_malformed_records_are_skipped_counted_and_warned_once(tmp_path, caplog)
     assert "bad.jsonl:4" in warnings[0], "the warning names where each kind of problem was first seen"
 
 
+def test_a_tiny_corpus_counts_its_skipped_records_too(tmp_path, caplog):
+    """Under three documents the split is cut from the head of the stream; the rest is still counted."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "story.txt").write_text(STORY * 5)
+    (corpus / "bad.jsonl").write_text("not json\n")
+    with caplog.at_level("WARNING"):
+        prepared = prepare_data(load_config(tiny_overrides(tmp_path / "cache", corpus)), progress=False)
+    assert prepared.stats["skipped_records"] == {"not JSON": 1}
+    assert any("bad.jsonl:1" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
 def test_a_corpus_of_only_malformed_records_is_one_error(tmp_path):
     corpus = tmp_path / "bad.jsonl"
     corpus.write_text('{"body": "x."}\n{"body": "y."}\n')

@@ -42,6 +42,26 @@ def test_perplexity_cli_on_a_text_file(trained_runs, tmp_path):
     assert result["bytes"] == len(text.read_bytes()) and result["bits_per_byte"] > 0
 
 
+def test_perplexity_cli_reports_the_records_and_files_it_skipped(trained_runs, tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "psalm.txt").write_text(
+        "The LORD is my shepherd; I shall not want. He maketh me to lie down.\n" * 5
+    )
+    (corpus / "bad.jsonl").write_bytes(b'{"text": "Fine words. More of them."}\nnot json\n[[[[\n')
+    (corpus / "gone.jsonl").symlink_to(tmp_path / "nowhere")
+    run = run_script(
+        "eval/perplexity.py", "--ckpt", str(trained_runs["gpt"]), "--data", str(corpus), "--samples", "0",
+        timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["skipped_records"] == {"not JSON": 2, "not a regular file": 1}
+    warnings = [line for line in run.stderr.splitlines() if "skipped" in line]
+    assert len(warnings) == 1 and "bad.jsonl:2" in warnings[0] and "gone.jsonl" in warnings[0]
+    assert "skipped records: 2 not JSON, 1 not a regular file" in run.stdout
+
+
 @pytest.mark.parametrize("script", ["perplexity", "precision"])
 def test_an_unusable_device_is_named_by_the_flag_given(trained_runs, tmp_path, capsys, script):
     if torch.cuda.is_available():
