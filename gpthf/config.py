@@ -178,7 +178,7 @@ NUMBER_RANGES: dict[str, Range] = {
     "data.max_bytes": AT_LEAST_1, "data.tokenizer_sample_mb": POSITIVE, "data.num_proc": Range(1, 1024),
     "train.batch_size": AT_LEAST_1, "train.micro_batch_size": AT_LEAST_1, "train.lr": Range(0, 1, low_open=True),
     "train.weight_decay": AT_LEAST_0, "train.beta1": FRACTION, "train.beta2": FRACTION, "train.grad_clip": AT_LEAST_0,
-    "train.warmup_fraction": SHARE, "train.cooldown_fraction": SHARE, "train.max_tokens": AT_LEAST_1,
+    "train.warmup_fraction": FRACTION, "train.cooldown_fraction": SHARE, "train.max_tokens": AT_LEAST_1,
     "train.seed": Range(0, 2**32 - 1), "train.log_every_steps": AT_LEAST_1, "train.checkpoint_every_minutes": POSITIVE,
     "train.keep_checkpoints": AT_LEAST_1, "train.eval_rows": AT_LEAST_1, "impl.zero_stage": Range(0, 3),
 }  # fmt: skip

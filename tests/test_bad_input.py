@@ -570,13 +570,13 @@ CASES = [
         lambda ws: generate_args(
             ws.broken_checkpoint("long-rows", edit_meta(seq_len=1_000_000)), "--prompt", "Hi."
         ),
-        error="gives data.seq_len=1000000, out of the range training allows (8 ≤ data.seq_len ≤ 65536; one row's",
+        error="config.json is damaged: data.seq_len=1000000, out of the range training allows (8 ≤ data.seq_len ≤ 65536; one row's",
     ),
     Case(
         "checkpoint config.json edited to seq_len=1000000, perplexity",
         "perplexity",
         lambda ws: perplexity_args(ws.broken_checkpoint("long-rows-ppl", edit_meta(seq_len=1_000_000))),
-        error="gives data.seq_len=1000000, out of the range",
+        error="config.json is damaged: data.seq_len=1000000, out of the range",
     ),
     Case(
         "checkpoint config.json edited to a context of 10^9 tokens",
@@ -584,8 +584,66 @@ CASES = [
         lambda ws: generate_args(
             ws.broken_checkpoint("long-context", edit_meta(tokens=10**9)), "--prompt", "Hi."
         ),
-        error="gives context.tokens=1000000000, out of the range",
+        error="config.json is damaged: context.tokens=1000000000, out of the range",
     ),
+    *[
+        Case(
+            f"checkpoint config.json with {what}, {script}",
+            script,
+            lambda ws, what=what, damage=damage, script=script: (
+                (generate_args if script == "generate" else perplexity_args)(
+                    ws.broken_checkpoint(
+                        f"meta-{script}-{what}",
+                        lambda ckpt: (ckpt / "config.json").write_text(
+                            json.dumps(damage(json.loads((ckpt / "config.json").read_text())))
+                        ),
+                    )
+                )
+                + (["--prompt", "Hi."] if script == "generate" else [])
+            ),
+            error=f"config.json is damaged: {problem}",
+        )
+        for what, damage, problem in [
+            (
+                "a list, not an object",
+                lambda m: [m],
+                "it holds a list, not an object; use another checkpoint",
+            ),
+            ("no data", lambda m: {k: v for k, v in m.items() if k != "data"}, "data is missing"),
+            (
+                "no data.language",
+                lambda m: {**m, "data": {k: v for k, v in m["data"].items() if k != "language"}},
+                "data.language is missing",
+            ),
+            (
+                "max_sentence_len 0",
+                lambda m: {**m, "data": {**m["data"], "max_sentence_len": 0}},
+                "data.max_sentence_len=0, out of the range training allows (2 ≤ data.max_sentence_len)",
+            ),
+            (
+                "max_sentence_len null",
+                lambda m: {**m, "data": {**m["data"], "max_sentence_len": None}},
+                "data.max_sentence_len=null is not a whole number",
+            ),
+            (
+                "max_sentence_len '32'",
+                lambda m: {**m, "data": {**m["data"], "max_sentence_len": "32"}},
+                'data.max_sentence_len="32" is not a whole number',
+            ),
+            (
+                "an unknown context key",
+                lambda m: {**m, "context": {**m["context"], "window": 9}},
+                "context has unknown key(s) window (valid: tokens, sentences)",
+            ),
+            ("context a list", lambda m: {**m, "context": [64, 6]}, "context is a list, not an object"),
+            (
+                "context.sentences 0",
+                lambda m: {**m, "context": {**m["context"], "sentences": 0}},
+                "context.sentences=0, out of the range training allows (1 ≤ context.sentences ≤",
+            ),
+        ]
+        for script in ("generate", "perplexity")
+    ],
     Case(
         "keep_checkpoints=0",
         "pretrain",

@@ -103,6 +103,7 @@ def test_an_out_of_range_number_is_one_error_naming_its_key_and_range(key):
         ("arch.n_heads=3", "must split into arch.n_heads=3 heads"),
         ("train.micro_batch_size=64", "at most train.batch_size=32"),
         ("data.max_sentence_len=512", "at most data.seq_len=256"),
+        ("train.warmup_fraction=1", r"valid: 0 ≤ train.warmup_fraction < 1"),
     ],
 )
 def test_values_that_would_end_in_nan_or_a_traceback_are_refused_at_load(override, message):

@@ -30,6 +30,9 @@ class RowOrder:
         """The next `count` row indices, crossing into the next epoch when this one runs out."""
         taken = []
         while count:
+            # Never from a checked checkpoint; a position outside the epoch gives an empty chunk: no end.
+            if not 0 <= self.offset < self.n_rows:
+                raise ValueError(f"data position {self.offset} is outside the epoch's {self.n_rows} rows")
             end = min(self.offset + count, self.n_rows)
             chunk = Permutation(self.n_rows, self.seed, self.epoch)(np.arange(self.offset, end))
             taken.append(chunk)

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Iterator
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -229,15 +230,82 @@ def weights_fingerprint(checkpoint: Path) -> str:
 
 
 def read_meta(checkpoint: Path) -> dict:
+    """config.json, checked once for every reader (generation, evaluation, the lm-eval adapter, resume):
+    a file edited or damaged into another shape is one error here, never a KeyError deep in a script."""
     try:
         meta = json.loads((checkpoint / CONFIG_FILE).read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(f"checkpoint {checkpoint} has an unreadable {CONFIG_FILE} ({err})") from None
-    if meta.get("format") != CHECKPOINT_FORMAT or "arch" not in meta or "vocab_size" not in meta:
+    if isinstance(meta, dict) and (
+        meta.get("format") != CHECKPOINT_FORMAT or "arch" not in meta or "vocab_size" not in meta
+    ):
         raise CheckpointError(
             f"{checkpoint / CONFIG_FILE} is not a gpthf checkpoint config (format {CHECKPOINT_FORMAT})"
         )
+    problem = _meta_problem(meta)
+    if problem:
+        raise CheckpointError(
+            f"checkpoint {checkpoint}: {CONFIG_FILE} is damaged: {problem}; use another checkpoint"
+        )
     return meta
+
+
+def _json_type(value) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def _whole_number_problem(key: str, value, valid) -> str | None:
+    """Why `value` is no whole number within `valid` (a config Range), or None."""
+    if type(value) is not int:
+        return f"{key}={json.dumps(value)} is not a whole number"
+    if not valid.contains(value):
+        above = valid.too_high and valid.high is not None and value > valid.high
+        why = f"; {valid.too_high(value)}" if above else ""
+        return f"{key}={value}, out of the range training allows ({valid.describe(key)}{why})"
+    return None
+
+
+def _meta_problem(meta) -> str | None:
+    """What is wrong with config.json's shape, or None. The ranges are the training config's own
+    (`NUMBER_RANGES`): the tokens per row (what evaluation packs rows of and generation allows a GPT as
+    context) are refused before rows of a huge length are built."""
+    from gpthf.config import NUMBER_RANGES, Range
+    from gpthf.generation import ContextLimit
+
+    if not isinstance(meta, dict):
+        return f"it holds {_json_type(meta)}, not an object"
+    if not isinstance(meta["arch"], dict):
+        return f"arch is {_json_type(meta['arch'])}, not an object"
+    data = meta.get("data")
+    if not isinstance(data, dict):
+        return "data is missing" if data is None else f"data is {_json_type(data)}, not an object"
+    for key in ("language", "seq_len", "max_sentence_len"):
+        if key not in data:
+            return f"data.{key} is missing"
+    if not isinstance(data["language"], str) or not data["language"]:
+        return f'data.language={json.dumps(data["language"])} is not a language name (e.g. "english")'
+    for key in ("seq_len", "max_sentence_len"):
+        problem = _whole_number_problem(f"data.{key}", data[key], NUMBER_RANGES[f"data.{key}"])
+        if problem:
+            return problem
+    if data["max_sentence_len"] > data["seq_len"]:
+        return f"data.max_sentence_len={data['max_sentence_len']} is above data.seq_len={data['seq_len']}"
+    context = meta.get("context", {})
+    if not isinstance(context, dict):
+        return f"context is {_json_type(context)}, not an object"
+    valid_keys = [f.name for f in fields(ContextLimit)]
+    unknown = sorted(set(context) - set(valid_keys))
+    if unknown:
+        return f"context has unknown key(s) {', '.join(unknown)} (valid: {', '.join(valid_keys)})"
+    ranges = {  # a row holds at most one sentence per token
+        "tokens": NUMBER_RANGES["data.seq_len"], "sentences": Range(1, data["seq_len"]),
+    }  # fmt: skip
+    for key, value in context.items():
+        problem = _whole_number_problem(f"context.{key}", value, ranges[key])
+        if problem:
+            return problem
+    return None
 
 
 def load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
@@ -312,7 +380,115 @@ def load_train_state(checkpoint: Path) -> dict:
     except Exception as err:  # zip errors of a damaged file
         raise CheckpointError(f"training state {checkpoint / STATE_FILE} is unreadable ({err})") from None
     check_finite(state, checkpoint / STATE_FILE)
+    check_train_state(state, checkpoint / STATE_FILE)
     return state
+
+
+def _numbers(state, key: str = "") -> Iterator[tuple[str, float]]:
+    """Every plain float in nested dicts, lists and tuples, with its key path ("optimizer.param_groups.0.eps")."""
+    if isinstance(state, float):
+        yield key, state
+    elif isinstance(state, dict):
+        for name, value in state.items():
+            yield from _numbers(value, f"{key}.{name}" if key else str(name))
+    elif isinstance(state, (list, tuple)):
+        for i, value in enumerate(state):
+            yield from _numbers(value, f"{key}.{i}" if key else str(i))
+
+
+def _train_state_problem(state) -> str | None:
+    """What is wrong with train_state.pt's structure or numbers, or None: every entry resume reads,
+    of the type and in the range the run that saved it could have written."""
+    from gpthf.config import NUMBER_RANGES, Range
+
+    def number(key: str, value, valid: Range, whole: bool) -> str | None:
+        kinds = (int,) if whole else (int, float)
+        if type(value) not in kinds:
+            return f"entry {key!r} is {value!r}, not a {'whole ' if whole else ''}number"
+        if not valid.contains(value):
+            return f"entry {key!r} is {value!r}, outside {valid.describe(key)}"
+        return None
+
+    def entries(key: str, value, names: tuple[str, ...]) -> str | None:
+        if not isinstance(value, dict):
+            return f"entry {key!r} is missing" if value is None else f"entry {key!r} is not a dict"
+        missing, unknown = [n for n in names if n not in value], sorted(set(value) - set(names), key=str)
+        if missing:
+            return f"entry {key!r} lacks {', '.join(missing)}"
+        return f"entry {key!r} has unknown entries {unknown}" if unknown else None
+
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not a dict"
+    for key, value in _numbers(state):
+        if not math.isfinite(value):
+            return f"entry {key!r} is {value}"
+    progress, order = state.get("progress"), state.get("data_order")
+    problem = entries("progress", progress, ("step", "tokens", "elapsed_s")) or entries(
+        "data_order", order, ("epoch", "offset", "n_rows", "seed")
+    )
+    if problem:
+        return problem
+    checks = [
+        ("progress.step", progress["step"], Range(0), True),
+        ("progress.tokens", progress["tokens"], Range(0), True),
+        ("progress.elapsed_s", progress["elapsed_s"], Range(0), False),
+        ("data_order.n_rows", order["n_rows"], Range(1), True),
+        ("data_order.epoch", order["epoch"], Range(0), True),
+        ("data_order.seed", order["seed"], NUMBER_RANGES["train.seed"], True),
+    ]
+    if type(order["n_rows"]) is int:  # a position inside the data set
+        checks.append(("data_order.offset", order["offset"], Range(0, order["n_rows"], high_open=True), True))
+    if "optimizer" not in state:
+        return "entry 'optimizer' is missing"
+    optimizer = state["optimizer"]
+    if optimizer is not None:  # None: DeepSpeed keeps it in the checkpoint's deepspeed/ folder
+        groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None
+        if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+            return "entry 'optimizer.param_groups' is missing or not a list of dicts"
+        for i, group in enumerate(groups):
+            key = f"optimizer.param_groups.{i}"
+            betas = group.get("betas")
+            if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+                return f"entry '{key}.betas' is {betas!r}, not a pair of numbers"
+            checks += [
+                (f"{key}.lr", group.get("lr"), Range(0, 1), False),  # the schedule's, at most train.lr
+                (f"{key}.eps", group.get("eps"), Range(0, low_open=True), False),
+                (
+                    f"{key}.weight_decay",
+                    group.get("weight_decay"),
+                    NUMBER_RANGES["train.weight_decay"],
+                    False,
+                ),
+                *[
+                    (f"{key}.betas.{j}", beta, NUMBER_RANGES["train.beta1"], False)
+                    for j, beta in enumerate(betas)
+                ],
+            ]
+    rng = state.get("rng")
+    if (
+        not isinstance(rng, list)
+        or not rng
+        or not all(isinstance(r, dict) and {"torch", "python", "numpy"} <= set(r) for r in rng)
+    ):
+        return "entry 'rng' is missing or not a list of generator states"
+    for key, value, valid, whole in checks:
+        problem = number(key, value, valid, whole)
+        if problem:
+            return problem
+    return None
+
+
+def check_train_state(state, file: Path) -> None:
+    """Refuse a train_state.pt whose entries are missing, of another type or out of range (a negative
+    step, a NaN epsilon, a data position past the data set): resumed, they would be a traceback, a NaN
+    run, or a data order that never ends. One walk over the plain values, beside `check_finite`'s
+    over the tensors."""
+    problem = _train_state_problem(state)
+    if problem:
+        raise CheckpointError(
+            f"training state {file} is damaged: {problem}; use another checkpoint (to resume the run from "
+            f"an earlier one, delete {file.parent})"
+        )
 
 
 def load_checkpoint_tokenizer(checkpoint: Path, meta: dict):
@@ -357,26 +533,6 @@ def check_shapes_before_allocating(meta: dict, checkpoint: Path) -> None:
         )
 
 
-def check_row_length(meta: dict, checkpoint: Path) -> None:
-    """The tokens per row config.json gives (what evaluation packs rows of and generation allows a
-    GPT as context) within the range training accepts: a config.json edited to a huge data.seq_len
-    is refused before rows of that length are built."""
-    from gpthf.config import NUMBER_RANGES
-
-    valid = NUMBER_RANGES["data.seq_len"]
-    for key, value in (("data.seq_len", meta.get("data", {}).get("seq_len")),
-                       ("context.tokens", meta.get("context", {}).get("tokens"))):  # fmt: skip
-        if value is not None and not (isinstance(value, int) and valid.contains(value)):
-            above = (
-                isinstance(value, int) and valid.too_high and valid.high is not None and value > valid.high
-            )
-            why = f"; {valid.too_high(value)}" if above else ""
-            raise CheckpointError(
-                f"{checkpoint / CONFIG_FILE} gives {key}={value}, out of the range training allows "
-                f"({valid.describe('data.seq_len')}{why}): the file was edited or is damaged"
-            )
-
-
 def load_model_from_checkpoint(
     path: str | Path,
     device: str | torch.device = "cpu",
@@ -392,7 +548,6 @@ def load_model_from_checkpoint(
 
     checkpoint = resolve_checkpoint(path)
     meta = read_meta(checkpoint)
-    check_row_length(meta, checkpoint)
     check_shapes_before_allocating(meta, checkpoint)
     model = build_model(meta["arch"], meta["vocab_size"], attention)
     load_weights(model, checkpoint)

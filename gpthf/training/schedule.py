@@ -40,8 +40,6 @@ def check_schedule(train_cfg) -> None:
         raise ConfigError(
             f"unknown train.schedule={train_cfg.schedule!r}; choose one of: {', '.join(SCHEDULES)}"
         )
-    if not 0 <= train_cfg.warmup_fraction < 1:
-        raise ConfigError(f"train.warmup_fraction={train_cfg.warmup_fraction} must be in [0, 1)")
 
 
 def lr_at(progress: float, train_cfg) -> float:

@@ -1,5 +1,7 @@
 import errno
 import runpy
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,13 @@ from gpthf.cli import EXIT_USER_ERROR, run_cli
 from gpthf.config import load_config
 from gpthf.errors import CheckpointError, DataError
 from gpthf.training import checkpoint as checkpoint_module
-from gpthf.training.checkpoint import latest_checkpoint, load_model_from_checkpoint, save_checkpoint
+from gpthf.training.batches import RowOrder
+from gpthf.training.checkpoint import (
+    latest_checkpoint,
+    load_model_from_checkpoint,
+    load_train_state,
+    save_checkpoint,
+)
 from gpthf.training.trainer import train
 from tests.conftest import REPO, frozen_clock, run_overrides
 from tests.models.helpers import VOCAB, tiny_arch, tiny_model
@@ -23,7 +31,8 @@ def saved(tmp_path):
     model = tiny_model("gpthf")
     tokenizer = tmp_path / "tokenizer.json"
     tokenizer.write_text("{}")
-    meta = {"arch": vars(tiny_arch("gpthf")), "vocab_size": VOCAB, "step": 1}
+    data = {"language": "english", "seq_len": 64, "max_sentence_len": 32}
+    meta = {"arch": vars(tiny_arch("gpthf")), "vocab_size": VOCAB, "data": data, "step": 1}
     save_checkpoint(
         tmp_path / "run" / "checkpoints" / "step-00000001", model, meta, tokenizer, {"progress": {}}
     )
@@ -108,6 +117,101 @@ def test_non_finite_training_state_is_refused_on_resume(data_cache, tmp_path, ca
     assert f"training state {checkpoint / 'train_state.pt'} is damaged" in line
     assert "entry 'optimizer.state.0.exp_avg_sq' holds 1 NaN and 0 infinite values" in line
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == [checkpoint.name], "nothing trained on"
+
+
+@pytest.fixture(scope="module")
+def step_checkpoint(data_cache, tmp_path_factory):
+    """(overrides of a run stopped at a step checkpoint, that checkpoint); tests damage copies of it."""
+    args = run_overrides(data_cache, tmp_path_factory.mktemp("run"), "train.max_tokens=3000")
+    run_dir = train(load_config(args), clock=frozen_clock, stop_after_steps=2)
+    return args, latest_checkpoint(run_dir)
+
+
+def _set(path: str, value) -> Callable[[dict], None]:
+    """Damage: the train_state.pt entry at `path` ("progress.step") set to `value`, or removed (`...`)."""
+
+    def damage(state: dict) -> None:
+        *parents, last = path.split(".")
+        for part in parents:
+            state = state[int(part) if isinstance(state, list) else part]
+        if value is ...:
+            del state[last]
+        else:
+            state[last] = value
+
+    return damage
+
+
+DAMAGED_STATES = [
+    (
+        "data_order.offset",
+        10**12,
+        "entry 'data_order.offset' is 1000000000000, outside 0 ≤ data_order.offset <",
+    ),
+    ("data_order.offset", -1, "entry 'data_order.offset' is -1, outside 0 ≤ data_order.offset <"),
+    ("progress", ..., "entry 'progress' is missing"),
+    ("progress.step", -3, "entry 'progress.step' is -3, outside 0 ≤ progress.step"),
+    ("progress.tokens", -1, "entry 'progress.tokens' is -1, outside 0 ≤ progress.tokens"),
+    ("progress.elapsed_s", float("nan"), "entry 'progress.elapsed_s' is nan"),
+    ("progress.elapsed_s", -5.0, "entry 'progress.elapsed_s' is -5.0, outside 0 ≤ progress.elapsed_s"),
+    ("progress.step", "7", "entry 'progress.step' is '7', not a whole number"),
+    ("optimizer.param_groups.0.eps", float("nan"), "entry 'optimizer.param_groups.0.eps' is nan"),
+    ("optimizer.param_groups.0.lr", float("inf"), "entry 'optimizer.param_groups.0.lr' is inf"),
+    ("optimizer.param_groups.0.weight_decay", -0.1, "entry 'optimizer.param_groups.0.weight_decay' is -0.1"),
+    (
+        "optimizer.param_groups.0.betas",
+        (0.9, float("nan")),
+        "entry 'optimizer.param_groups.0.betas.1' is nan",
+    ),
+    (
+        "optimizer.param_groups.0.betas",
+        (0.9, 1.5),
+        "entry 'optimizer.param_groups.0.betas.1' is 1.5, outside",
+    ),
+    ("rng", ..., "entry 'rng' is missing"),
+]
+
+
+@pytest.mark.parametrize(
+    "path, value, problem", DAMAGED_STATES, ids=[f"{p}={v!r}" for p, v, _ in DAMAGED_STATES]
+)
+def test_a_damaged_training_state_is_refused_at_load(step_checkpoint, tmp_path, path, value, problem):
+    """Missing entries, impossible numbers and a data position past the data set (which made the data
+    order loop forever) are one error naming train_state.pt and the entry, before anything resumes."""
+    _, checkpoint = step_checkpoint
+    copy = tmp_path / checkpoint.name
+    shutil.copytree(checkpoint, copy)
+    state = torch.load(copy / "train_state.pt", weights_only=True)
+    _set(path, value)(state)
+    torch.save(state, copy / "train_state.pt")
+    with pytest.raises(CheckpointError) as raised:
+        load_train_state(copy)
+    assert f"training state {copy / 'train_state.pt'} is damaged: {problem}" in str(raised.value)
+
+
+def test_resume_from_a_data_position_past_the_data_set_stops_with_one_error(step_checkpoint, capsys):
+    """The reviewer's case end to end: resume=true exits 2 with one line instead of looping forever."""
+    args, checkpoint = step_checkpoint
+    saved = (checkpoint / "train_state.pt").read_bytes()
+    state = torch.load(checkpoint / "train_state.pt", weights_only=True)
+    state["data_order"]["offset"] = 10**12
+    torch.save(state, checkpoint / "train_state.pt")
+    main = runpy.run_path(str(REPO / "pretrain.py"))["main"]
+    capsys.readouterr()
+    try:
+        assert run_cli(main, [*args, "resume=true"]) == EXIT_USER_ERROR
+    finally:
+        (checkpoint / "train_state.pt").write_bytes(saved)
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert "train_state.pt is damaged: entry 'data_order.offset' is 1000000000000" in line
+
+
+def test_the_data_order_refuses_a_position_outside_the_epoch():
+    """Guard below the checkpoint check: an empty chunk must never loop."""
+    for offset in (10, -1):
+        with pytest.raises(ValueError, match="outside the epoch"):
+            RowOrder(n_rows=10, seed=0, offset=offset).take(4)
+    assert len(RowOrder(n_rows=10, seed=0, offset=8).take(4)) == 4
 
 
 @pytest.mark.parametrize(
