@@ -21,7 +21,7 @@ def main(argv: list[str]) -> int:
     if command not in COMMANDS:
         raise GpthfError(f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)}")
     if command == "lm-eval":
-        from gpthf.evaluation.harness import cli
+        from gpthf.evaluation.lm_eval_cli import cli
 
         return cli(rest)
     from gpthf import doctor

@@ -8,34 +8,24 @@ with continuous batching.
 
 lm-eval 0.4 looks models up in its own registry only (no plugin entry points), so the `lm_eval`
 command cannot see a model another package defines. `python -m gpthf lm-eval ARGS` (or
-`gpthf-lm-eval ARGS`) is lm-eval's own command line with `gpthf` registered; from Python,
-`import gpthf.evaluation.harness` registers it for `lm_eval.simple_evaluate(model="gpthf", ...)`.
+`gpthf-lm-eval ARGS`) is lm-eval's own command line with `gpthf` registered (`lm_eval_cli`); from
+Python, `import gpthf.evaluation.harness` registers it for `lm_eval.simple_evaluate(model="gpthf")`.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import difflib
-import functools
 import inspect
-import io
 import math
-import re
-import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from gpthf.config import NUMBER_RANGES, Range
 from gpthf.data.special_tokens import EOD_ID, SENTENCE_CLOSERS
 from gpthf.errors import ConfigError, DataError
 from gpthf.precision import DEFAULT_DTYPE, DTYPE_NAMES
 
 if TYPE_CHECKING:
-    from lm_eval._cli import HarnessCLI
-
     from gpthf.generation import ContextLimit, GenerationSettings
 
 try:
@@ -131,7 +121,7 @@ class GpthfLM(LM):
         The whole is encoded at once (so a word split across the two is one token, as in training),
         and the continuation is what the context alone does not already encode."""
         whole = self.encode(context + continuation)
-        start = min(common_prefix(self.encode(context), whole), len(whole) - 1)
+        start = common_prefix(self.encode(context), whole)  # len(whole): nothing to score, log P = 0
         tokens = [EOD_ID, *whole]  # the model saw every document begin after another one's <eod>
         start += 1
         if len(tokens) > self.max_length:  # keep the continuation and the most recent whole sentences
@@ -146,11 +136,16 @@ class GpthfLM(LM):
 
     @torch.inference_mode()
     def _score(self, rows: list[tuple[list[int], int]]) -> list[tuple[float, bool]]:
-        """(summed log-probability of tokens[start:], whether each is the argmax) of every row."""
+        """(summed log-probability of tokens[start:], whether each is the argmax) of every row; a row
+        with no token to score (an empty continuation) is (0.0, True): log 1, and nothing missed."""
         from gpthf.generation.strategies import pad_rows, sentence_ids_for
 
         results: list[tuple[float, bool] | None] = [None] * len(rows)
-        order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))  # similar lengths batch together
+        for i, (tokens, start) in enumerate(rows):
+            if start >= len(tokens):
+                results[i] = (0.0, True)
+        scored = [i for i in range(len(rows)) if results[i] is None]
+        order = sorted(scored, key=lambda i: -len(rows[i][0]))  # similar lengths batch together
         for begin in range(0, len(order), self.batch_size):
             batch = order[begin : begin + self.batch_size]
             ids, lengths = pad_rows([rows[i][0] for i in batch], self._device)
@@ -199,7 +194,7 @@ class GpthfLM(LM):
             key = generation_request(request.args[1], self.max_gen_toks, self.max_sentence_len, self.limit)
             groups.setdefault(key, []).append(i)
         for (settings, until), members in groups.items():
-            prompts = [self._prompt(requests[i].args[0]) for i in members]
+            prompts = [self._prompt(requests[i].args[0], settings.max_new_tokens) for i in members]
             result = generate(self.model, prompts, settings, slots=self.batch_size)
             for i, tokens in zip(members, result.tokens):
                 text = decode_continuation(self.tokenizer, tokens)
@@ -209,20 +204,22 @@ class GpthfLM(LM):
                 outputs[i] = text
         return outputs  # type: ignore[return-value]
 
-    def _prompt(self, context: str) -> list[int]:
-        """The context behind a document start, cut from the left to what the model may hold: the
-        most recent tokens `check_prompts` accepts (a GPT's token limit, GPTHF's sentence limit; and
-        at most max_length tokens when the user set it), started at a whole sentence where one fits,
-        as every training row starts. The continuation then runs until the model's limit stops it."""
+    def _prompt(self, context: str, max_new_tokens: int = DEFAULT_MAX_GEN_TOKS) -> list[int]:
+        """The context behind a document start, cut from the left to what the model may hold with room
+        left for the continuation: the most recent tokens `check_prompts` accepts under `prompt_limit`
+        (and at most max_length tokens when the user set it), started at a whole sentence where one
+        fits, as every training row starts. The continuation then runs until the model's limit stops it.
+        """
         from gpthf.generation import PromptError, check_prompts
 
         tokens = [EOD_ID, *self.encode(context)]
+        limit = self.prompt_limit(max_new_tokens)
 
         def fits(cut: int) -> bool:
             if self.prompt_tokens is not None and len(tokens) - cut > self.prompt_tokens:
                 return False
             try:
-                check_prompts(self.model, [tokens[cut:]], self.limit)
+                check_prompts(self.model, [tokens[cut:]], limit)
             except PromptError:
                 return False
             return True
@@ -237,6 +234,29 @@ class GpthfLM(LM):
             high = next((i + 1 for i in range(high, len(tokens) - 1) if tokens[i] in SENTENCE_CLOSERS), high)
         return tokens[high:]
 
+    def prompt_limit(self, max_new_tokens: int) -> ContextLimit:
+        """The model's context limit less the room a generation of `max_new_tokens` keeps, at most half
+        of it: a GPT's prompt keeps limit - min(max_new_tokens, (limit - 1) // 2) tokens, GPTHF's
+        limit - min(ceil(max_new_tokens / max_sentence_len), (limit - 1) // 2) sentences. So a prompt keeps
+        at least half of what the model holds (not max_length - max_gen_toks, one token at lm-eval's
+        defaults: issue 27) and the continuation at least the other half, never nothing."""
+        from gpthf.generation import ContextLimit
+
+        def less(limit: int | None, wanted: int) -> int | None:  # (limit - 1) // 2: a prompt of one fits
+            return None if limit is None else limit - min(wanted, (limit - 1) // 2)
+
+        sentences = math.ceil(max_new_tokens / self.max_sentence_len)
+        return ContextLimit(
+            tokens=less(self.limit.tokens, max_new_tokens), sentences=less(self.limit.sentences, sentences)
+        )
+
+    def apply_chat_template(self, chat_history, add_generation_prompt: bool = True) -> str:
+        raise ConfigError(NO_CHAT_TEMPLATE)
+
+
+NO_CHAT_TEMPLATE = (
+    "gpthf models are base language models without a chat template: leave out --apply_chat_template"
+)
 
 MODEL_ARGS = [name for name in inspect.signature(GpthfLM.__init__).parameters if name != "self"]
 
@@ -266,10 +286,16 @@ def merged_model_args(
     return {**general, **arg_dict}
 
 
-def check_model_args(args: dict) -> dict:
+# A scored request needs one token of context (<eod> at least) and one to score; above, a row's T²
+# attention scores are what data.seq_len is bounded for.
+MAX_LENGTH = Range(2, NUMBER_RANGES["data.seq_len"].high, too_high=NUMBER_RANGES["data.seq_len"].too_high)
+
+
+def check_model_args(args: dict, device_flag: str | None = None) -> dict:
     """The model's arguments checked before anything loads, numbers made whole, the checkpoint found
     and the device resolved: the model checks them so, and the command line does before lm-eval
-    spends seconds indexing its tasks. A missing key takes the model's default."""
+    spends seconds indexing its tasks (naming `device_flag`, e.g. --device, when the device came from
+    it). A missing key takes the model's default."""
     from gpthf.precision import resolve_dtype
     from gpthf.training.checkpoint import resolve_checkpoint
     from gpthf.training.distributed import resolve_device
@@ -285,11 +311,21 @@ def check_model_args(args: dict) -> dict:
     checked["max_gen_toks"] = positive("max_gen_toks", args.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
     for name in ("max_length", "max_batch_size"):  # None: the default
         checked[name] = None if args.get(name) is None else positive(name, args[name])
-    device = args.get("device") or "auto"
+    if checked["max_length"] is not None and not MAX_LENGTH.contains(checked["max_length"]):
+        length = checked["max_length"]
+        why = MAX_LENGTH.too_high(length) if length > 2 else "a request needs its <eod> and one scored token"
+        raise ConfigError(
+            f"max_length={args['max_length']!r} is out of range; valid: {MAX_LENGTH.describe('max_length')} ({why})"
+        )
+    device = "auto" if args.get("device") is None else args["device"]
+    shown = f"{device_flag} {device}" if device_flag else f"device={device!r}"
+    use = f"{device_flag} " if device_flag else "device="
+    if not isinstance(device, str):  # lm-eval reads device=0 as 0, device=false as False
+        raise ConfigError(f"{shown} is not a device name; use {use}auto, cpu, cuda or cuda:N")
     try:
-        checked["device"] = resolve_device(str(device), 0)
+        checked["device"] = resolve_device(device, 0)
     except (ConfigError, RuntimeError):  # RuntimeError: torch cannot parse the name
-        raise ConfigError(f"device={device!r}: no such device here; use device=cpu, cuda or cuda:N") from None
+        raise ConfigError(f"{shown}: no such device here; use {use}cpu, cuda or cuda:N") from None
     resolve_dtype(dtype, checked["device"])  # a number format this device cannot run
     return checked
 
@@ -320,7 +356,8 @@ def generation_request(
     kwargs: dict, max_gen_toks: int, max_sentence_len: int | None = None, limit: ContextLimit | None = None
 ) -> tuple[GenerationSettings, tuple[str, ...]]:
     """(our GenerationSettings, its stop strings) for one lm-eval generation request's kwargs (from
-    the task or --gen_kwargs); a value generation cannot use is one error naming it."""
+    the task or --gen_kwargs); a value generation cannot use is one error naming it. top_k and top_p
+    apply when sampling (do_sample); a task's other keys (e.g. num_beams) are left to it."""
     from gpthf.generation import ContextLimit, GenerationSettings, SamplingSettings
 
     until = kwargs.get("until") or []
@@ -333,200 +370,20 @@ def generation_request(
         temperature = float(temperature)
     except (TypeError, ValueError):
         raise ConfigError(f"temperature={temperature!r} must be a number >= 0 (0 = greedy)") from None
+    top_k = kwargs.get("top_k", SamplingSettings.top_k)
+    top_k = None if top_k is None else positive("top_k", top_k)
+    top_p = kwargs.get("top_p")
+    if top_p is not None:
+        try:
+            top_p = math.nan if isinstance(top_p, bool) else float(top_p)
+        except (TypeError, ValueError):
+            top_p = math.nan
+        if not 0 < top_p <= 1:  # also refuses nan
+            raise ConfigError(f"top_p={kwargs['top_p']!r} must be a number in (0, 1]")
     settings = GenerationSettings(
         max_new_tokens=max_new,
-        sampling=SamplingSettings(temperature=temperature),
+        sampling=SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p),
         max_sentence_len=max_sentence_len,
         limit=limit or ContextLimit(),
     )
     return settings, tuple(until)
-
-
-# ---- the command line: lm-eval's own, with what a user gets wrong checked first ----------------
-
-COMMAND = "python -m gpthf lm-eval"
-
-
-def _data_files(folder: Path, task: str, seen: set) -> list[Path]:
-    """The data files task `task` (or every task of group `task`) reads, defined in `folder`/`task`.yaml
-    (the file of each of our tasks and groups is named after it)."""
-    yaml_path = folder / f"{task}.yaml"
-    if task in seen or not yaml_path.is_file():
-        return []
-    seen.add(task)
-    text = yaml_path.read_text(encoding="utf-8")
-    files = [folder / "data" / m for m in re.findall(r"^\s*data_file:\s*(\S+)", text, re.M)]
-    for member in re.findall(r"^\s*-\s*(gpthf_\w+)\s*$", text, re.M):  # a group's tasks
-        files += _data_files(folder, member, seen)
-    return files
-
-
-def check_task_data(tasks: list[str], include_path: str | None) -> None:
-    """Our offline tasks read <task folder>/data/<task>.jsonl; a missing file is named before lm-eval
-    loads anything (lm-eval itself would end in a traceback deep in its task loading)."""
-    folders = [task_folder()] + [Path(p) for p in (include_path or "").split(",") if p]
-    for task in tasks:
-        for folder in folders:
-            for data in _data_files(folder, task.strip(), set()):
-                if not data.is_file():
-                    raise ConfigError(
-                        f"{data} (data of task {task}) is missing; rebuild it: python eval/tasks/build_data.py --out {data.parent}"
-                    )
-
-
-def check_run_args(args: argparse.Namespace) -> None:
-    """`run`'s arguments as lm-eval parsed them, checked before it starts: what it would refuse only
-    after seconds of task indexing and model loading (a --limit of 0 finds no documents, a negative
-    one is a traceback from islice), or take silently (a negative --num_fewshot; an --output_path it
-    cannot write, found only after the run, its results lost). Without --output_path, gpthf's results
-    go beside the checkpoint's other results: <run>/eval/lm-eval/."""
-    from lm_eval.api.registry import model_registry
-
-    from gpthf.cli import writable_folder
-    from gpthf.evaluation.results import run_dir_of
-
-    if not args.tasks and not args.config:
-        raise ConfigError(f"no --tasks given; e.g. --tasks gpthf_offline (list them: {COMMAND} ls tasks)")
-    limit = args.limit
-    if limit is not None and not (0 < limit < 1 or (limit >= 1 and limit.is_integer())):  # nan, inf: no
-        raise ConfigError(
-            f"--limit {limit:g}: give a number of documents per task (e.g. 10) or a fraction of them below 1 (e.g. 0.1)"
-        )
-    if args.num_fewshot is not None and args.num_fewshot < 0:
-        raise ConfigError(f"--num_fewshot {args.num_fewshot}: give 0 or more examples")
-    if getattr(args, "batch_size", None) is not None:
-        batch_size("--batch_size", args.batch_size)
-    if args.max_batch_size is not None:
-        positive("--max_batch_size", args.max_batch_size)
-    if args.model is not None and args.model not in model_registry.keys():
-        close = difflib.get_close_matches(args.model, list(model_registry.keys()), n=1)
-        hint = f"did you mean {close[0]}?" if close else f"gpthf's model is --model {MODEL_NAME}"
-        raise ConfigError(f"--model {args.model!r} is not a model lm-eval knows; {hint}")
-    if args.model == MODEL_NAME:
-        general = {"batch_size": getattr(args, "batch_size", None), "device": args.device}
-        checked = check_model_args(merged_model_args(args.model_args or {}, general, cuda_fallback=False))
-        generation_request(args.gen_kwargs or {}, checked["max_gen_toks"])
-        if args.output_path is None and not args.config:
-            args.output_path = str(run_dir_of(checked["ckpt"]) / "eval" / "lm-eval")
-    if args.output_path:
-        out = Path(args.output_path)  # lm-eval writes a .json path's folder, or into the folder given
-        writable_folder(out.parent if out.suffix == ".json" else out, "--output_path")
-    if args.include_path and not Path(args.include_path).is_dir():
-        raise ConfigError(
-            f"--include_path {args.include_path} is not a folder; give the folder of task files"
-        )
-    check_task_data(args.tasks or [], args.include_path)
-
-
-def _parse(parser: HarnessCLI) -> argparse.Namespace:
-    """lm-eval's arguments parsed; a mistake argparse finds (`--num_fewshot abc`, a model_args item
-    without `=`) is one error line instead of its usage text and message."""
-    printed = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(printed):
-            return parser.parse_args()
-    except SystemExit as done:
-        if done.code in (0, None):
-            sys.stderr.write(printed.getvalue())
-            raise
-        last = (printed.getvalue().strip().splitlines() or ["invalid arguments"])[-1]
-        message = last.split(" error: ", 1)[-1]  # argparse's `PROG: error: MESSAGE`
-        if "--ckpt" in message:
-            message += "; give the checkpoint as --model_args ckpt=PATH"
-        raise ConfigError(f"{message} (see {COMMAND} --help)") from None
-
-
-def _one_line(function: Callable, errors: tuple[type[Exception], ...], hint: str = "") -> Callable:
-    @functools.wraps(function)
-    def checked(*args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except errors as err:
-            raise ConfigError(f"{err}{hint}") from None
-
-    return checked
-
-
-@contextlib.contextmanager
-def _lm_eval_checks_are_one_line() -> Iterator[None]:
-    """lm-eval raises a plain ValueError (or TypeError, FileNotFoundError) for a user's mistake and
-    for its own faults alike, so only what it raises where it checks the user's input becomes one
-    error line: a run's settings (`EvaluatorConfig.from_cli`: --samples with --limit, a bad --config
-    file), the task names (`process_tasks`), and more few-shot examples than a task has documents to
-    draw them from (`ContextSampler.sample`). Everything else keeps its traceback."""
-    from lm_eval.api.samplers import ContextSampler
-    from lm_eval.config.evaluate_config import EvaluatorConfig
-
-    hint = f"; list the tasks with: {COMMAND} ls tasks --include_path {task_folder()}"
-    process_tasks = _one_line(EvaluatorConfig.process_tasks, (ValueError, FileNotFoundError), hint)
-    sample = ContextSampler.sample
-
-    def tasks_found(config, *args, **kwargs):
-        manager = process_tasks(config, *args, **kwargs)
-        if not config.tasks:  # e.g. --tasks naming a folder without task files
-            raise ConfigError(f"no task found in --tasks{hint}")
-        return manager
-
-    def few_shot(sampler, n: int, *args, **kwargs):
-        try:
-            return sample(sampler, n, *args, **kwargs)
-        except ValueError:
-            available = len(sampler.fewshot_docs())
-            if n < available:  # not random.sample's "larger than the population": a fault
-                raise
-            raise ConfigError(
-                f"--num_fewshot {n} is more examples than a task has documents to draw them from "
-                f"({available}, the one asked about among them); ask for fewer"
-            ) from None
-
-    patches = [
-        (EvaluatorConfig, "from_cli", classmethod(
-            _one_line(EvaluatorConfig.from_cli.__func__, (ValueError, TypeError, FileNotFoundError))
-        )),
-        (EvaluatorConfig, "process_tasks", tasks_found),
-        (ContextSampler, "sample", few_shot),
-    ]  # fmt: skip
-    saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in patches]
-    for owner, name, checked in patches:
-        setattr(owner, name, checked)
-    try:
-        yield
-    finally:
-        for owner, name, original in saved:
-            setattr(owner, name, original)
-
-
-def cli(argv: list[str] | None = None) -> int:
-    """lm-eval's command line (`lm_eval ...`, same arguments) with the gpthf model registered; what
-    a user gets wrong is a `GpthfError` (one error line), found before lm-eval starts where it can be."""
-    from lm_eval._cli import HarnessCLI
-    from lm_eval.utils import setup_logging
-
-    argv = sys.argv[1:] if argv is None else argv
-    saved = sys.argv
-    sys.argv = ["lm_eval", *argv]
-    try:
-        setup_logging()
-        parser = HarnessCLI()
-        args = _parse(parser)
-        if args.command == "run":
-            check_run_args(args)
-        with _lm_eval_checks_are_one_line():
-            parser.execute(args)
-    except SystemExit as done:
-        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
-    finally:
-        sys.argv = saved
-    return 0
-
-
-def main() -> int:
-    """The `gpthf-lm-eval` console command."""
-    from gpthf.cli import run_cli
-
-    return run_cli(cli)
-
-
-def task_folder() -> Path:
-    """eval/tasks/ of this checkout: give it to lm-eval as --include_path."""
-    return Path(__file__).resolve().parents[2] / "eval" / "tasks"

@@ -70,6 +70,14 @@ def test_loglikelihood_obeys_the_chain_rule_and_ignores_batching(models, kind):
     assert all(isinstance(greedy, bool) for _, greedy in batched)
 
 
+@pytest.mark.parametrize("kind", ["gpthf", "gpt"])
+@pytest.mark.parametrize("context", ["The king.", "The king", ""])
+def test_an_empty_continuation_has_log_probability_zero(models, kind, context):
+    """log P(nothing | context) = log 1: no token is scored, not the context's last one."""
+    results = models[kind].loglikelihood([Request(context, ""), Request(context, " ")])
+    assert results == [(0.0, True), (0.0, True)]
+
+
 def test_greedy_flag_is_true_for_the_models_own_continuation(models):
     lm = models["gpthf"]
     context = "And God said, Let there be light: and there was"
@@ -137,11 +145,35 @@ def test_a_context_longer_than_the_model_holds_keeps_its_most_recent_whole_sente
     cut = len(whole) - len(prompt)
     assert cut > 0 and prompt == whole[cut:], "the most recent tokens"
     assert whole[cut - 1] in SENTENCE_CLOSERS, "from the start of a sentence"
-    check_prompts(lm.model, [prompt], lm.limit)  # what the model holds (generate.py's own rule) ...
+    room = lm.prompt_limit(settings.max_new_tokens)  # the model's limit less the generation's room
+    check_prompts(lm.model, [prompt], room)  # what the prompt may hold (generate.py's own rule) ...
     previous = max(i for i in range(cut - 1) if whole[i] in SENTENCE_CLOSERS)
     with pytest.raises(PromptError):  # ... and not one sentence less than that
-        check_prompts(lm.model, [whole[previous + 1 :]], lm.limit)
+        check_prompts(lm.model, [whole[previous + 1 :]], room)
     assert settings.limit == lm.limit and isinstance(text, str), "generation stops at the model's limit"
+
+
+@pytest.mark.parametrize("kind", ["gpthf", "gpt"])
+def test_a_long_context_leaves_the_generation_room_at_lm_evals_default_settings(models, kind, monkeypatch):
+    """The prompt keeps at least half of what the model holds (not max_length - max_gen_toks: issue
+    27) and leaves the rest to the continuation: a prompt filling the whole limit left GPTHF one token."""
+    import gpthf.generation
+    from gpthf.evaluation.harness import DEFAULT_MAX_GEN_TOKS
+
+    lm, made = models[kind], []
+    real = gpthf.generation.generate
+
+    def spy(*args, **kw):
+        made.append(real(*args, **kw))
+        return made[-1]
+
+    monkeypatch.setattr(gpthf.generation, "generate", spy)
+    lm.generate_until([Request(LONG_CONTEXT, {"until": []})])  # (two contexts, two continuations: above)
+    (result,) = made
+    assert len(result.tokens[0]) > 1, "the continuation has room"
+    room, limit = lm.prompt_limit(DEFAULT_MAX_GEN_TOKS), lm.limit
+    for kept, held in ((room.tokens, limit.tokens), (room.sentences, limit.sentences)):
+        assert held is None or held / 2 <= kept < held, "the prompt keeps at least half the limit"
 
 
 def test_a_max_length_given_caps_the_generation_prompt_too(trained_runs):
@@ -218,6 +250,14 @@ BAD_MODEL_ARGS = [
         for value, shown in NOT_SIZES.items()
     ],
     ("ckpt={ckpt},batch_size=auto:0", "batch_size='0' must be a positive whole number"),
+    ("ckpt={ckpt},max_length=1", "max_length=1 is out of range; valid: 2 ≤ max_length ≤ 65536 (a request"),
+    ("ckpt={ckpt},max_length=01", "max_length=1 is out of range; valid: 2 ≤ max_length"),
+    (
+        "ckpt={ckpt},max_length=65537",
+        "max_length=65537 is out of range; valid: 2 ≤ max_length ≤ 65536 (one row",
+    ),
+    ("ckpt={ckpt},device=0", "device=0 is not a device name; use device=auto, cpu, cuda or cuda:N"),
+    ("ckpt={ckpt},device=false", "device=False is not a device name"),
 ]
 
 
@@ -252,7 +292,7 @@ def test_batch_size_auto_is_accepted(trained_runs):
 
 ENTRY_POINTS = {  # the two ways in: `python -m gpthf lm-eval` and the `gpthf-lm-eval` script
     "python -m gpthf": ["-m", "gpthf", "lm-eval"],
-    "gpthf-lm-eval": ["-c", "import sys; from gpthf.evaluation.harness import main; sys.exit(main())"],
+    "gpthf-lm-eval": ["-c", "import sys; from gpthf.evaluation.lm_eval_cli import main; sys.exit(main())"],
 }
 
 
@@ -288,6 +328,19 @@ CLI_MISTAKES = [  # flags changed from BASE_FLAGS (None: left out), the error li
     ({"--limit": "nan"}, "--limit nan: give a number of documents"),
     ({"--limit": "inf"}, "--limit inf: give a number of documents"),
     ({"--limit": "few"}, "argument --limit/-L: invalid float value: 'few'"),
+    (
+        {"--limit": "1e-300"},
+        "--limit 1e-300: give a number of documents per task (e.g. 10) or a fraction of them from 1e-06",
+    ),
+    ({"--limit": "9e-7"}, "--limit 9e-07: give a number of documents"),
+    (
+        {"--apply_chat_template": ""},
+        "base language models without a chat template: leave out --apply_chat_template",
+    ),
+    ({"--apply_chat_template": "chatml"}, "without a chat template: leave out --apply_chat_template"),
+    ({"--use_cache": "/proc/nope/cache"}, "cannot write to --use_cache /proc/nope"),
+    ({"--use_cache": "{tmp}/a-file/cache"}, "cannot write to --use_cache"),
+    ({"--tasks": ","}, "--tasks names no task"),
     ({"--tasks": "gpthf_clozee"}, "Tasks not found: gpthf_clozee; list the tasks with: python -m gpthf"),
     ({"--tasks": None}, "no --tasks given"),
     ({"--num_fewshot": "-1"}, "--num_fewshot -1: give 0 or more examples"),
@@ -306,7 +359,25 @@ CLI_MISTAKES = [  # flags changed from BASE_FLAGS (None: left out), the error li
     ({"--model_args": "ckpt={ckpt},max_length=0"}, "max_length=0 must be a positive whole number"),
     ({"--model_args": "ckpt={ckpt},max_gen_toks=-1"}, "max_gen_toks=-1.0 must be a positive whole number"),
     ({"--model_args": "ckpt={ckpt},batch_size=nan"}, "batch_size=nan must be a positive whole number"),
-    ({"--device": "banana"}, "device='banana': no such device here"),
+    ({"--device": "banana"}, "--device banana: no such device here; use --device cpu, cuda or cuda:N"),
+    ({"--device": "cuda:7"}, "--device cuda:7: no such device here"),
+    (
+        {"--device": "cpu", "--model_args": "ckpt={ckpt},device=cuda:7"},
+        "device='cuda:7': no such device here",
+    ),
+    ({"--model_args": "ckpt={ckpt},device=0"}, "device=0 is not a device name"),
+    (
+        {"--model_args": "ckpt={ckpt},max_length=1"},
+        "max_length=1 is out of range; valid: 2 ≤ max_length ≤ 65536",
+    ),
+    ({"--gen_kwargs": "top_k=-5"}, "top_k=-5"),
+    ({"--gen_kwargs": "top_k=many"}, "top_k='many' must be a positive whole number"),
+    ({"--gen_kwargs": "top_p=2"}, "top_p=2 must be a number in (0, 1]"),
+    ({"--gen_kwargs": "top_p=nan"}, "top_p=nan must be a number in (0, 1]"),
+    (
+        {"--gen_kwargs": "num_beams=2,top_k=5"},
+        "--gen_kwargs num_beams: not used by --model gpthf; it uses until,",
+    ),
     ({"--gen_kwargs": "max_gen_toks=0"}, "max_gen_toks=0 must be a positive whole number"),
     ({"--gen_kwargs": "do_sample=True,temperature=hot"}, "temperature='hot' must be a number"),
     ({"--gen_kwargs": "do_sample=True,temperature=-1"}, "temperature=-1.0 must be a finite number >= 0"),
@@ -324,16 +395,68 @@ CLI_MISTAKES = [  # flags changed from BASE_FLAGS (None: left out), the error li
 @pytest.mark.parametrize("flags, message", CLI_MISTAKES, ids=[m for _, m in CLI_MISTAKES])
 def test_a_command_line_mistake_is_one_error_line(trained_runs, tmp_path, capsys, flags, message):
     from gpthf.cli import run_cli
-    from gpthf.evaluation.harness import cli
+    from gpthf.evaluation.lm_eval_cli import cli
 
     (tmp_path / "a-file").write_text("not a folder")
     argv = []
     for flag, value in {**BASE_FLAGS, **flags}.items():
-        if value is not None:
-            argv += [flag, value.format(ckpt=trained_runs["gpthf"], tmp=tmp_path)]
+        if value is not None:  # "": the flag alone
+            argv += [flag, value.format(ckpt=trained_runs["gpthf"], tmp=tmp_path)] if value else [flag]
     assert run_cli(cli, argv) == 2  # anything but a GpthfError would propagate from here
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], errors
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        {"--tasks": "nosuch_task"},  # found by lm-eval, after our checks
+        {"--tasks": "nosuch_task", "--output_path": "{tmp}/new/dir"},
+        {
+            "--include_path": "{tmp}/no-tasks",
+            "--output_path": "{tmp}/new/dir",
+            "--use_cache": "{tmp}/cache/db",
+        },
+        {"--output_path": "{tmp}/new/dir", "--use_cache": "/proc/nope/cache"},
+    ],
+)
+def test_a_refused_command_writes_nothing(trained_runs, tmp_path, capsys, flags):
+    """Every check first, folders last: not the default <run>/eval/lm-eval/, --output_path nor
+    --use_cache's folder is created by a command that is then refused."""
+    from gpthf.cli import run_cli
+    from gpthf.evaluation.lm_eval_cli import cli
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_runs["gpthf"], run, ignore=shutil.ignore_patterns("eval"))
+    argv = []
+    for flag, value in {**BASE_FLAGS, "--output_path": None, **flags}.items():
+        if value is not None:
+            argv += [flag, value.format(ckpt=run, tmp=tmp_path)]
+    before = sorted(tmp_path.rglob("*"))
+    assert run_cli(cli, argv) == 2
+    assert sorted(tmp_path.rglob("*")) == before
+    assert len([line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]) == 1
+
+
+def test_an_empty_task_name_is_ignored(trained_runs, tmp_path):
+    """`--tasks a,` (a trailing comma) runs task a; its output folder is created only after checks."""
+    from lm_eval._cli import HarnessCLI
+
+    from gpthf.evaluation.lm_eval_cli import check_run_args
+
+    argv = [
+        "run",
+        "--model",
+        "gpthf",
+        "--model_args",
+        f"ckpt={trained_runs['gpthf']}",
+        "--tasks",
+        "gpthf_cloze,",
+    ]
+    args = HarnessCLI()._parser.parse_args([*argv, "--output_path", str(tmp_path / "out")])
+    folders = check_run_args(args)
+    assert args.tasks == ["gpthf_cloze"] and folders == [(tmp_path / "out", "--output_path")]
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_fault_inside_lm_eval_keeps_its_traceback(trained_runs, tmp_path, monkeypatch):
@@ -343,7 +466,7 @@ def test_a_fault_inside_lm_eval_keeps_its_traceback(trained_runs, tmp_path, monk
     from lm_eval.config.evaluate_config import EvaluatorConfig
 
     from gpthf.cli import run_cli
-    from gpthf.evaluation.harness import cli
+    from gpthf.evaluation.lm_eval_cli import cli
 
     def broken(**kwargs):
         raise ValueError("a fault in lm-eval")
@@ -359,7 +482,7 @@ def test_a_fault_inside_lm_eval_keeps_its_traceback(trained_runs, tmp_path, monk
 
 def test_missing_task_data_names_the_fix(tmp_path):
     from gpthf.errors import ConfigError
-    from gpthf.evaluation.harness import check_task_data
+    from gpthf.evaluation.lm_eval_cli import check_task_data
 
     tasks = tmp_path / "tasks"
     shutil.copytree(REPO / "eval" / "tasks", tasks, ignore=shutil.ignore_patterns("data", "__pycache__"))
