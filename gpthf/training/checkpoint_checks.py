@@ -74,16 +74,17 @@ def meta_problem(meta) -> str | None:
     return None
 
 
-def _tensors(state, key: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor in nested dicts, lists and tuples, with its key path ("optimizer.state.3.exp_avg_sq")."""
-    if isinstance(state, torch.Tensor):
+def _leaves(state, kind: type, key: str = "") -> Iterator[tuple[str, object]]:
+    """Every value of type `kind` (tensors, plain floats) in nested dicts, lists and tuples, with its
+    key path ("optimizer.state.3.exp_avg_sq")."""
+    if isinstance(state, kind):
         yield key, state
     elif isinstance(state, dict):
         for name, value in state.items():
-            yield from _tensors(value, f"{key}.{name}" if key else str(name))
+            yield from _leaves(value, kind, f"{key}.{name}" if key else str(name))
     elif isinstance(state, (list, tuple)):
         for i, value in enumerate(state):
-            yield from _tensors(value, f"{key}.{i}" if key else str(i))
+            yield from _leaves(value, kind, f"{key}.{i}" if key else str(i))
 
 
 # How check_finite names what it refuses, by what the file holds.
@@ -99,25 +100,13 @@ def check_finite(state, file: Path, holds: str) -> None:
     saving), so they mean a damaged file; loaded, weights would decode nothing or fail deep in
     sampling, and a resumed run would train on from them (or from a NaN optimizer moment) into NaN.
     One pass over each tensor, at load."""
-    for name, tensor in _tensors(state):
+    for name, tensor in _leaves(state, torch.Tensor):
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             nan, inf = int(tensor.isnan().sum()), int(tensor.isinf().sum())
             raise CheckpointError(
                 f"{_DAMAGED[holds].format(file)} {name!r} holds {nan:,} NaN and {inf:,} infinite values; "
                 f"use another checkpoint (to resume the run from an earlier one, delete {file.parent})"
             )
-
-
-def _numbers(state, key: str = "") -> Iterator[tuple[str, float]]:
-    """Every plain float in nested dicts, lists and tuples, with its key path ("optimizer.param_groups.0.eps")."""
-    if isinstance(state, float):
-        yield key, state
-    elif isinstance(state, dict):
-        for name, value in state.items():
-            yield from _numbers(value, f"{key}.{name}" if key else str(name))
-    elif isinstance(state, (list, tuple)):
-        for i, value in enumerate(state):
-            yield from _numbers(value, f"{key}.{i}" if key else str(i))
 
 
 def _train_state_problem(state) -> str | None:
@@ -143,7 +132,7 @@ def _train_state_problem(state) -> str | None:
 
     if not isinstance(state, dict):
         return f"it holds a {type(state).__name__}, not a dict"
-    for key, value in _numbers(state):
+    for key, value in _leaves(state, float):
         if not math.isfinite(value):
             return f"entry {key!r} is {value}"
     progress, order = state.get("progress"), state.get("data_order")
