@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from gpthf.atomic import atomic_write
+from gpthf.atomic import atomic_write, save_figure
 from gpthf.cli import ArgumentParser, positive_int, run_cli, writable_folder
 from gpthf.precision import DEFAULT_DTYPE, DTYPE_NAMES
 
@@ -135,9 +135,7 @@ def plot(result: dict, lengths: list[int], path: Path) -> None:
     )
     bars.set(ylabel="generated tokens/s", title=f"{result['prompts']} prompts, {result['slots']} slots")
     fig.tight_layout()
-    atomic_write(
-        path, lambda tmp: fig.savefig(tmp, format="png", dpi=120), f"{path.with_suffix('.json')} is written"
-    )
+    save_figure(fig, path)
     plt.close(fig)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gpthf.atomic import atomic_write
+from gpthf.atomic import atomic_write, save_figure
 from gpthf.cli import ArgumentParser, byte_size, non_negative_int, positive_int, run_cli, writable_folder
 from gpthf.precision import DEFAULT_DTYPE, DTYPE_NAMES
 
@@ -186,9 +186,7 @@ def plot(results: dict, path: Path) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(f"GPTHF vs equal-size GPT and others ({results['arch']}, {results['threads']} CPU threads)")
     fig.tight_layout()
-    atomic_write(
-        path, lambda tmp: fig.savefig(tmp, format="png", dpi=120), f"{path.with_suffix('.json')} is written"
-    )
+    save_figure(fig, path)
     plt.close(fig)
 
 

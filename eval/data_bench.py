@@ -17,7 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from gpthf.atomic import atomic_write
+from gpthf.atomic import atomic_write, save_figure
 from gpthf.cli import ArgumentParser, positive_float, positive_int, run_cli, writable_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,9 +128,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_ylim(bottom=0)
     fig.suptitle("data pipeline at scale")
     fig.tight_layout()
-    atomic_write(
-        path, lambda tmp: fig.savefig(tmp, format="png", dpi=120), f"{path.with_suffix('.json')} is written"
-    )
+    save_figure(fig, path)
     plt.close(fig)
 
 

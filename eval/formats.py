@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from gpthf.atomic import atomic_write
+from gpthf.atomic import atomic_write, save_figure
 from gpthf.cli import ArgumentParser, positive_int, run_cli, writable_folder
 
 FORMATS = ("fp32", "bf16")
@@ -201,9 +201,7 @@ def plot(result: dict, modes: list[str], path: Path) -> None:
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    atomic_write(
-        path, lambda tmp: fig.savefig(tmp, format="png", dpi=120), f"{path.with_suffix('.json')} is written"
-    )
+    save_figure(fig, path)
     plt.close(fig)
 
 

@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from gpthf.atomic import atomic_write
+from gpthf.atomic import atomic_write, save_figure
 from gpthf.cli import ArgumentParser, positive_int, run_cli, writable_folder
 from gpthf.precision import DTYPE_NAMES
 
@@ -124,9 +124,7 @@ def plot(result: dict, path: Path) -> None:
     )
     ax.legend(fontsize=8)
     fig.tight_layout()
-    atomic_write(
-        path, lambda tmp: fig.savefig(tmp, format="png", dpi=120), f"{path.with_suffix('.json')} is written"
-    )
+    save_figure(fig, path)
     plt.close(fig)
 
 

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from gpthf.atomic import atomic_write
+from gpthf.atomic import atomic_write, save_figure
 from gpthf.cli import ArgumentParser, run_cli, writable_folder
 from gpthf.errors import GpthfError
 
@@ -147,9 +147,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_xticks(range(len(rows)), [r["model"] for r in rows])
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    atomic_write(
-        path, lambda tmp: fig.savefig(tmp, format="png", dpi=110), f"{path.with_suffix('.json')} is written"
-    )
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

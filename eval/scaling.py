@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from gpthf.atomic import atomic_write
+from gpthf.atomic import atomic_write, save_figure
 from gpthf.cli import ArgumentParser, positive_int, run_cli, writable_folder
 from gpthf.measure.scaling import KINDS, LADDER, arch_name, pareto_front, read_sweep, sweep_overrides
 
@@ -193,9 +193,7 @@ def plot(rows: list[dict], front: list[int], path: Path, args) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    atomic_write(
-        path, lambda tmp: fig.savefig(tmp, format="png", dpi=120), f"{path.with_suffix('.json')} is written"
-    )
+    save_figure(fig, path)
 
 
 def main(argv: list[str]) -> int:

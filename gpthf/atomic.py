@@ -20,6 +20,7 @@ import errno
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from gpthf.errors import GpthfError
 
@@ -101,6 +102,14 @@ def atomic_write(
             tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def save_figure(fig: Any, path: str | Path, kept: str | None = None, dpi: int = 120) -> Path:
+    """A matplotlib figure saved as `path` (PNG) through `atomic_write`; by default a plot written
+    beside its results says that the results (`path` with `.json`) are written."""
+    path = Path(path)
+    kept = kept if kept is not None else f"{path.with_suffix('.json')} is written"
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi), kept)
 
 
 def append_whole(path: str | Path, text: str, kept: str | None = None) -> None:
