@@ -212,12 +212,8 @@ def claim_run(cfg, folder: Path | None = None, continue_job: bool = False) -> Ru
     try:
         claim.lock.acquire()  # refused: someone else's lock, which is left alone
         locked = True
-        holds_run = (run_dir / CONFIG_FILE).is_file()  # again, now that nobody else can start one here
-        if holds_run and not (cfg.resume or continue_job):
-            raise ConfigError(
-                f"{run_dir} already holds a run; choose another hydra.run.dir, or add resume=true to continue it"
-            )
-        if holds_run:
+        _check_folder_is_free(run_dir, resuming=cfg.resume or continue_job)  # again: nobody else can start a run here now
+        if (run_dir / CONFIG_FILE).is_file():
             claim.resume_from = resumable_checkpoint(cfg, run_dir)
             if claim.resume_from is None and continue_job:  # killed before its first checkpoint
                 for name in RUN_FILES:
