@@ -5,18 +5,19 @@ before the next batch starts; continuous batching hands a finished row's slot to
 once. Prompts of mixed lengths come from the checkpoint's held-out text, generation is greedy and
 stops at the first finished sentence (or `--new-tokens`), so rows finish at different steps as they
 do in practice. Both runs must produce the same tokens for every prompt. Prints one JSON line and
-writes batching.json and batching.png to --out.
+writes batching.json and batching.png to --out. `--device cuda` serves from a GPU (timed by CUDA
+events, its peak tensor memory reported).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 from gpthf.atomic import atomic_write, save_figure
 from gpthf.cli import ArgumentParser, positive_int, run_cli, writable_folder
+from gpthf.measure import DEFAULT_DEVICE, DEVICE_HELP
 from gpthf.precision import DEFAULT_DTYPE, DTYPE_NAMES
 
 
@@ -31,22 +32,23 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--repeats", type=positive_int, default=3, help="timed runs of each, interleaved; medians reported"
     )
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default=DEFAULT_DEVICE, help=DEVICE_HELP)
     parser.add_argument("--out", type=Path, default=Path("outputs/batching"))
     args = parser.parse_args(argv)
     writable_folder(args.out)
     import numpy as np
     import torch
 
+    from gpthf.training.distributed import resolve_device
+
+    device = resolve_device(args.device, 0, setting="--device")
     from gpthf.data.special_tokens import PAD_ID
     from gpthf.evaluation.perplexity import rows_for_text
     from gpthf.generation import GenerationSettings, SamplingSettings, generate
+    from gpthf.measure.timing import machine_name, peak_device_mb, reset_peak_memory, timed_seconds
     from gpthf.training.checkpoint import load_checkpoint_tokenizer, load_model_from_checkpoint
-    from gpthf.training.distributed import resolve_device
 
-    model, meta, checkpoint = load_model_from_checkpoint(
-        args.ckpt, resolve_device(args.device, 0, setting="--device"), dtype=args.dtype
-    )
+    model, meta, checkpoint = load_model_from_checkpoint(args.ckpt, device, dtype=args.dtype)
     tokenizer = load_checkpoint_tokenizer(checkpoint, meta)
     input_ids, _, _ = rows_for_text(meta, tokenizer, "test")
     stream = [t for t in input_ids.reshape(-1).tolist() if t != PAD_ID]
@@ -63,17 +65,20 @@ def main(argv: list[str]) -> int:
         max_sentence_len=meta["data"]["max_sentence_len"],
     )
     generate(model, prompts[: args.slots], GenerationSettings(max_new_tokens=2))  # warm-up
+    reset_peak_memory(device)
+    fixed, continuous, fixed_times, continuous_times = [], [], [], []
 
-    fixed_times, continuous_times = [], []
-    for _ in range(args.repeats):  # interleaved, so a slow spell of a shared machine hits both
-        started = time.perf_counter()
-        fixed = []
+    def fixed_batches() -> None:
+        fixed.clear()
         for begin in range(0, len(prompts), args.slots):
-            fixed += generate(model, prompts[begin : begin + args.slots], settings).tokens
-        fixed_times.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        continuous = generate(model, prompts, settings, slots=args.slots).tokens
-        continuous_times.append(time.perf_counter() - started)
+            fixed.extend(generate(model, prompts[begin : begin + args.slots], settings).tokens)
+
+    def continuous_batching() -> None:
+        continuous[:] = generate(model, prompts, settings, slots=args.slots).tokens
+
+    for _ in range(args.repeats):  # interleaved, so a slow spell of a shared machine hits both
+        fixed_times.append(timed_seconds(fixed_batches, device))
+        continuous_times.append(timed_seconds(continuous_batching, device))
     fixed_s, continuous_s = float(np.median(fixed_times)), float(np.median(continuous_times))
 
     new_tokens = sum(len(t) for t in continuous)
@@ -83,6 +88,8 @@ def main(argv: list[str]) -> int:
         "model": meta["arch"]["model"],
         "dtype": args.dtype,
         "threads": torch.get_num_threads(),
+        "device": str(device),
+        "machine": machine_name(device),
         "prompts": len(prompts),
         "slots": args.slots,
         "new_tokens": new_tokens,
@@ -106,6 +113,8 @@ def main(argv: list[str]) -> int:
         / -(-new_tokens // args.slots),
         "same_tokens": continuous == fixed,
     }
+    if device.type == "cuda":
+        result["peak_cuda_mb"] = peak_device_mb(device)
     atomic_write(args.out / "batching.json", json.dumps(result, indent=2))
     plot(result, lengths, args.out / "batching.png")
     print(

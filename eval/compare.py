@@ -1,13 +1,15 @@
 """`python eval/compare.py [--arch small] [--quick] [--ckpt PATH ...]`: GPTHF against the equal-size GPT.
 
-In one run, on one machine and thread count: analytical FLOPs per generated and per training token;
-decode tokens/s and ms/token of GPTHF and GPT with the `cached` and `full` strategies at several
-context lengths and batch sizes (prompts from real corpus text, prefill timed separately); bytes of
-generation state; peak RSS; Hugging Face `LlamaForCausalLM.generate` of the same shape as the outside
-peer (if `transformers` is installed); training tokens/s of both. The other efficient generators
-(--models: linear attention, T2R, LSTM, Block-Recurrent Transformer) get cached decode, state and training
-rows beside them. Writes `compare.json` and `compare.png` to --out, prints a ratio table and a
-per-model table, and, last, one JSON line with the headline ratios.
+In one run, on one machine and thread count (or on one GPU, `--device cuda`, timed by CUDA events):
+analytical FLOPs per generated and per training token; decode tokens/s and ms/token of GPTHF and GPT
+with the `cached` and `full` strategies at several context lengths and batch sizes (prompts from
+real corpus text, prefill timed separately); bytes of generation state; peak RSS (and on a GPU its
+peak tensor memory); Hugging Face `LlamaForCausalLM.generate` of the same shape as the outside peer
+(if `transformers` is installed); training tokens/s of both. The other efficient generators
+(--models: linear attention, T2R, LSTM, Block-Recurrent Transformer) get cached decode, state and
+training rows beside them. Writes `compare.json` and `compare.png` to --out, prints a ratio table and
+a per-model table, and, last, one JSON line with the headline ratios, the headline cell's tokens/s
+and the device and machine they were measured on.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 
 from gpthf.atomic import atomic_write, save_figure
 from gpthf.cli import ArgumentParser, byte_size, non_negative_int, positive_int, run_cli, writable_folder
+from gpthf.measure import DEFAULT_DEVICE, DEVICE_HELP
 from gpthf.precision import DEFAULT_DTYPE, DTYPE_NAMES
 
 
@@ -64,6 +66,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--dtype", default=DEFAULT_DTYPE, choices=DTYPE_NAMES, help="weights and generation state"
     )
+    parser.add_argument("--device", default=DEFAULT_DEVICE, help=DEVICE_HELP)
     parser.add_argument(
         "--compile",
         action="store_true",
@@ -72,7 +75,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--no-pack",
         action="store_true",
-        help="decode from the weights as stored, not packed for the CPU's matrix kernels (eval/formats.py compares both)",
+        help="decode from the weights as stored, not packed for the CPU's matrix kernels "
+        "(eval/formats.py compares both; nothing is packed on a GPU)",
     )
     parser.add_argument(
         "--state-budget",
@@ -118,7 +122,7 @@ STYLES = {
 }
 
 
-def load_models(args, vocab_size: int) -> dict:
+def load_models(args, vocab_size: int, device: torch.device) -> dict:
     from gpthf.config import load_config
     from gpthf.errors import ConfigError
     from gpthf.models import build_model
@@ -127,14 +131,14 @@ def load_models(args, vocab_size: int) -> dict:
 
     models = {}
     for path in args.ckpt:
-        model, meta, _ = load_model_from_checkpoint(path, dtype=args.dtype)
+        model, meta, _ = load_model_from_checkpoint(path, device, dtype=args.dtype)
         models[meta["arch"]["model"]] = model
     for kind in ("gpthf", "gpt", *args.models):
         if kind not in models:
-            torch.manual_seed(0)
+            torch.manual_seed(0)  # built on the CPU, so the same weights on every device
             models[kind] = (
                 build_model(load_config([f"arch={kind.replace('_', '-')}-{args.arch}"]).arch, vocab_size)
-                .to(torch_dtype(args.dtype))
+                .to(device, torch_dtype(args.dtype))
                 .eval()
             )
     if models["gpthf"].num_parameters() != models["gpt"].num_parameters():
@@ -184,7 +188,8 @@ def plot(results: dict, path: Path) -> None:
         ax.set_xscale("log", base=2)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"GPTHF vs equal-size GPT and others ({results['arch']}, {results['threads']} CPU threads)")
+    where = f"{results['threads']} CPU threads" if results["device"] == "cpu" else results["machine"]
+    fig.suptitle(f"GPTHF vs equal-size GPT and others ({results['arch']}, {where})")
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
@@ -232,79 +237,37 @@ def time_state_budget(args, models: dict, plan: list[dict], with_roofline) -> li
     return rows
 
 
-def main(argv: list[str]) -> int:
-    args = parse_args(argv)
-    writable_folder(args.out)  # now, not after minutes of measuring
-    torch.set_num_threads(args.threads)
-    from gpthf.config import load_config
-    from gpthf.data.dataset import prepare_data
-    from gpthf.measure import flops
-    from gpthf.measure.roofline import measure_peaks, roofline, weight_bytes
-    from gpthf.measure.speed import (
-        batch_of_contexts,
-        decode_stream,
-        hf_llama_twin,
-        time_decode,
-        time_hf_generate,
-        time_training,
-    )
-    from gpthf.precision import resolve_dtype
+def load_hf_peer(args, gpt, device: torch.device, dtype: torch.dtype):
+    """Hugging Face's Llama of our GPT's shape on the same device and format, or None (skipped)."""
+    from gpthf.measure.speed import hf_llama_twin
 
-    dtype = resolve_dtype(args.dtype, "cpu")
-    started = time.time()
-    peaks = measure_peaks(dtype, args.dtype)  # this machine, these threads, this format
-    print(
-        f"  peaks ({args.dtype}): copy {peaks.copy_gb_s:.1f} GB/s, batch-8 matmul {peaks.matmul_b8_gflop_s:.0f} GFLOP/s, "
-        f"square matmul {peaks.matmul_square_gflop_s:.0f} GFLOP/s",
-        file=sys.stderr,
-    )
-    data = prepare_data(load_config([f"cache_dir={args.cache_dir}"] if args.cache_dir else []))
-    stats = data.stats
-    train = data.split("train")
-    stream = decode_stream(
-        train, stats["data_config"]["seq_len"], max(args.contexts), args.new_tokens, max(args.batches)
-    )
-    train_ids, train_sids = train.rows(np.arange(min(len(train), args.train_batch)))  # only what is timed
-    tokens_per_sentence = stats["splits"]["train"]["tokens_per_sentence_mean"]
-    models = load_models(args, stats["vocab_size"])
-    plan = plan_state_budget(args, models, stream) if args.state_budget else []
-    hf = None
-    if not args.no_hf:
-        if importlib.util.find_spec("transformers") is None:
-            print(
-                'transformers is not installed: skipping the Hugging Face peer (pip install ".[compare]")',
-                file=sys.stderr,
-            )
-        else:
-            torch.manual_seed(0)
-            hf = hf_llama_twin(models["gpt"]).to(dtype)
-
-    def with_roofline(row: dict) -> dict:
-        """The row plus the bytes and FLOPs its step must move and their share of the peaks."""
-        kind = "gpt" if row["model"] == "hf-llama" else row["model"]
-        model = models[kind]
-        count = flops.full_recompute_flops if row["strategy"] == "full" else flops.decode_flops
-        per_token = count(model.arch, stats["vocab_size"], row["context"], tokens_per_sentence)
-        state = row["state_bytes"] if row["strategy"] != "full" else 0  # full re-reads tokens only
-        row["roofline"] = roofline(
-            weight_bytes(model) + state, per_token * row["batch"], row["ms_per_token"], peaks
+    if args.no_hf:
+        return None
+    if importlib.util.find_spec("transformers") is None:
+        print(
+            'transformers is not installed: skipping the Hugging Face peer (pip install ".[compare]")',
+            file=sys.stderr,
         )
-        return row
+        return None
+    torch.manual_seed(0)
+    return hf_llama_twin(gpt).to(device, dtype)
 
+
+def time_grid(args, models: dict, hf, stream: list[int], started: float) -> list[dict]:
+    """Decode timings of every model and strategy at every (context, batch) of the grid."""
+    from gpthf.measure.speed import batch_of_contexts, time_decode, time_hf_generate
+
+    pack = not args.no_pack
     decode = []
     for context in args.contexts:
         for batch in args.batches:
             tokens = batch_of_contexts(stream, context, args.new_tokens, batch)
             for kind in ("gpthf", "gpt"):
-                decode.append(
-                    time_decode(
-                        models[kind], kind, "cached", tokens, context, pack=not args.no_pack
-                    ).as_dict()
-                )
+                decode.append(time_decode(models[kind], kind, "cached", tokens, context, pack=pack).as_dict())
                 if args.compile:
                     decode.append(
                         time_decode(
-                            models[kind], kind, "cached", tokens, context, compile=True, pack=not args.no_pack
+                            models[kind], kind, "cached", tokens, context, compile=True, pack=pack
                         ).as_dict()
                     )
                 if context * batch <= args.max_full_tokens:
@@ -313,39 +276,39 @@ def main(argv: list[str]) -> int:
                         time_decode(models[kind], kind, "full", full_tokens, context, warmup=1).as_dict()
                     )
             for kind in args.models:  # `full` is the oracle and the GPT's fallback; not needed here
-                decode.append(
-                    time_decode(
-                        models[kind], kind, "cached", tokens, context, pack=not args.no_pack
-                    ).as_dict()
-                )
+                decode.append(time_decode(models[kind], kind, "cached", tokens, context, pack=pack).as_dict())
             if hf is not None:
                 decode.append(time_hf_generate(hf, tokens, context).as_dict())
             print(
                 f"  measured context {context}, batch {batch} ({time.time() - started:.0f} s)",
                 file=sys.stderr,
             )
+    return decode
 
-    decode = [with_roofline(row) for row in decode]
-    budget = time_state_budget(args, models, plan, with_roofline) if args.state_budget else []
 
-    def find(model: str, strategy: str, context: int, batch: int) -> dict | None:
-        return next(
-            (
-                r
-                for r in decode
-                if (r["model"], r["strategy"], r["context"], r["batch"]) == (model, strategy, context, batch)
-            ),
-            None,
-        )
+def find(decode: list[dict], model: str, strategy: str, context: int, batch: int) -> dict | None:
+    return next(
+        (
+            r
+            for r in decode
+            if (r["model"], r["strategy"], r["context"], r["batch"]) == (model, strategy, context, batch)
+        ),
+        None,
+    )
+
+
+def ratio_rows(args, decode: list[dict], models: dict, vocab: int, tokens_per_sentence: float) -> list[dict]:
+    """Per (context, batch): GPTHF's and the others' speed and state over GPT's, and the FLOPs ratio."""
+    from gpthf.measure import flops
 
     ratios = []
     for context in args.contexts:
         for batch in args.batches:
             ours, gpt, gpt_full, hf_row = (
-                find("gpthf", "cached", context, batch),
-                find("gpt", "cached", context, batch),
-                find("gpt", "full", context, batch),
-                find("hf-llama", "generate", context, batch),
+                find(decode, "gpthf", "cached", context, batch),
+                find(decode, "gpt", "cached", context, batch),
+                find(decode, "gpt", "full", context, batch),
+                find(decode, "hf-llama", "generate", context, batch),
             )
             ratios.append(
                 {
@@ -358,73 +321,34 @@ def main(argv: list[str]) -> int:
                     "gpt_cached_over_hf": ratio(gpt["tokens_per_s"], hf_row and hf_row["tokens_per_s"]),
                     "gpthf_state_over_gpt_state": ratio(ours["state_bytes"], gpt["state_bytes"]),
                     "flops_gpthf_over_gpt": ratio(
-                        flops.decode_flops(
-                            models["gpthf"].arch, stats["vocab_size"], context, tokens_per_sentence
-                        ),
-                        flops.decode_flops(
-                            models["gpt"].arch, stats["vocab_size"], context, tokens_per_sentence
-                        ),
+                        flops.decode_flops(models["gpthf"].arch, vocab, context, tokens_per_sentence),
+                        flops.decode_flops(models["gpt"].arch, vocab, context, tokens_per_sentence),
                     ),
                 }
             )
             for kind in args.models:
-                other = find(kind, "cached", context, batch)
+                other = find(decode, kind, "cached", context, batch)
                 ratios[-1][f"{kind}_cached_over_gpt_cached"] = ratio(
                     other["tokens_per_s"], gpt["tokens_per_s"]
                 )
                 ratios[-1][f"{kind}_state_over_gpt_state"] = ratio(other["state_bytes"], gpt["state_bytes"])
             if args.compile:
+                compiled = {kind: find(decode, kind, "compiled", context, batch) for kind in ("gpthf", "gpt")}
                 for kind, eager in (("gpthf", ours), ("gpt", gpt)):
-                    compiled = find(kind, "compiled", context, batch)
                     ratios[-1][f"{kind}_compiled_over_eager"] = ratio(
-                        compiled["tokens_per_s"], eager["tokens_per_s"]
+                        compiled[kind]["tokens_per_s"], eager["tokens_per_s"]
                     )
+                # Where launches bound the eager step (a GPU at small batches), the compiled pair
+                # is the comparison of the models rather than of their Python overheads.
+                ratios[-1]["gpthf_compiled_over_gpt_compiled"] = ratio(
+                    compiled["gpthf"]["tokens_per_s"], compiled["gpt"]["tokens_per_s"]
+                )
+    return ratios
 
-    budget_ratios = {}
-    for context in args.contexts if budget else []:
-        pair = {r["model"]: r for r in budget if r["context"] == context}
-        budget_ratios[str(context)] = ratio(pair["gpthf"]["tokens_per_s"], pair["gpt"]["tokens_per_s"])
 
-    seq_len = train_ids.shape[1]
-    rows = torch.from_numpy(train_ids[: args.train_batch])
-    sids = torch.from_numpy(train_sids[: args.train_batch])
-    training = {
-        kind: time_training(models[kind], rows, sids, steps=1 if args.quick else 3)
-        for kind in ("gpthf", "gpt", *args.models)
-    }
-    vocab = stats["vocab_size"]
-    results = {
-        "arch": args.arch,
-        "parameters": {kind: model.num_parameters() for kind, model in models.items()},
-        "threads": args.threads,
-        "machine": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "tokens_per_sentence": tokens_per_sentence,
-        "decode": decode,
-        "ratios": ratios,
-        "flops": {
-            "per_generated_token": {
-                str(c): {k: flops.decode_flops(models[k].arch, vocab, c, tokens_per_sentence) for k in models}
-                for c in args.contexts
-            },
-            "per_training_token": {
-                k: flops.training_flops_per_token(models[k].arch, vocab, seq_len, tokens_per_sentence)
-                for k in models
-            },
-        },
-        "training_tokens_per_s": training,
-        "training_gpthf_over_gpt": training["gpthf"] / training["gpt"],
-        "dtype": args.dtype,
-        "packed": not args.no_pack,
-        "peaks": peaks.as_dict(),
-        "state_budget": budget,
-        "state_budget_ratios": budget_ratios,
-        "peak_rss_mb": max(r["peak_rss_mb"] for r in decode),
-        "seconds": time.time() - started,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.out / "compare.json", json.dumps(results, indent=2))
-    plot(results, args.out / "compare.png")
+def print_tables(args, results: dict, models: dict, peaks) -> None:
+    """The ratio table, the per-model table, the roofline and the state budget, for a reader."""
+    decode, ratios, training = results["decode"], results["ratios"], results["training_tokens_per_s"]
 
     def fmt(value: float | None, digits: int = 2) -> str:
         return f"{value:.{digits}f}" if value is not None else "-"
@@ -448,13 +372,13 @@ def main(argv: list[str]) -> int:
     for kind, model in models.items():
         cells = []
         for context in args.contexts:
-            row = find(kind, "cached", context, batch)
+            row = find(decode, kind, "cached", context, batch)
             cells.append(
                 f"{row['tokens_per_s']:>8.1f} ({row['state_bytes'] / 2**20:>6.2f})" if row else f"{'-':>17}"
             )
         print(f"{kind:>15} {model.num_parameters():>12,} " + " ".join(cells) + f" {training[kind]:>12.0f}")
     print(
-        f"\nroofline of cached decode at batch {batch} ({args.dtype}; peaks measured now: copy "
+        f"\nroofline of cached decode at batch {batch} ({args.dtype} on {results['machine']}; peaks measured now: copy "
         f"{peaks.copy_gb_s:.1f} GB/s, batch-8 matmul {peaks.matmul_b8_gflop_s:.0f}, square {peaks.matmul_square_gflop_s:.0f} GFLOP/s)"
     )
     print(
@@ -469,21 +393,128 @@ def main(argv: list[str]) -> int:
                 f"{line['achieved_gb_s']:>6.1f} {line['pct_of_copy_bandwidth']:>6.1f} {line['achieved_gflop_s']:>8.1f} "
                 f"{line['pct_of_matmul_b8']:>6.1f}"
             )
-    if budget:
+    if results["state_budget"]:
         print(
             f"\nat a generation-state budget of {args.state_budget / 2**30:.2f} GiB (batch capped at {args.max_budget_batch})"
         )
         print(f"{'model':>8} {'context':>8} {'batch':>6} {'fits':>7} {'state/row MiB':>14} {'tokens/s':>9}")
-        for row in budget:
+        for row in results["state_budget"]:
             print(
                 f"{row['model']:>8} {row['context']:>8} {row['batch']:>6} {row['batch_fits']:>7} "
                 f"{row['state_bytes_per_row'] / 2**20:>14.3f} {row['tokens_per_s']:>9.1f}"
             )
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    writable_folder(args.out)  # now, not after minutes of measuring
+    from gpthf.training.distributed import resolve_device
+
+    device = resolve_device(args.device, 0, setting="--device")  # and the format, before any work
+    from gpthf.precision import resolve_dtype
+
+    dtype = resolve_dtype(args.dtype, device)
+    torch.set_num_threads(args.threads)
+    from gpthf.config import load_config
+    from gpthf.data.dataset import prepare_data
+    from gpthf.measure import flops
+    from gpthf.measure.roofline import measure_peaks, roofline, weight_bytes
+    from gpthf.measure.speed import decode_stream, time_training
+    from gpthf.measure.timing import machine_name
+
+    started = time.time()
+    peaks = measure_peaks(dtype, args.dtype, device=device)  # this machine, these threads, this format
+    print(
+        f"  peaks ({args.dtype}, {machine_name(device)}): copy {peaks.copy_gb_s:.1f} GB/s, batch-8 matmul "
+        f"{peaks.matmul_b8_gflop_s:.0f} GFLOP/s, square matmul {peaks.matmul_square_gflop_s:.0f} GFLOP/s",
+        file=sys.stderr,
+    )
+    data = prepare_data(load_config([f"cache_dir={args.cache_dir}"] if args.cache_dir else []))
+    stats = data.stats
+    train = data.split("train")
+    stream = decode_stream(
+        train, stats["data_config"]["seq_len"], max(args.contexts), args.new_tokens, max(args.batches)
+    )
+    train_ids, train_sids = train.rows(np.arange(min(len(train), args.train_batch)))  # only what is timed
+    tokens_per_sentence = stats["splits"]["train"]["tokens_per_sentence_mean"]
+    vocab = stats["vocab_size"]
+    models = load_models(args, vocab, device)
+    plan = plan_state_budget(args, models, stream) if args.state_budget else []
+    hf = load_hf_peer(args, models["gpt"], device, dtype)
+
+    def with_roofline(row: dict) -> dict:
+        """The row plus the bytes and FLOPs its step must move and their share of the peaks."""
+        kind = "gpt" if row["model"] == "hf-llama" else row["model"]
+        model = models[kind]
+        count = flops.full_recompute_flops if row["strategy"] == "full" else flops.decode_flops
+        per_token = count(model.arch, vocab, row["context"], tokens_per_sentence)
+        state = row["state_bytes"] if row["strategy"] != "full" else 0  # full re-reads tokens only
+        row["roofline"] = roofline(
+            weight_bytes(model) + state, per_token * row["batch"], row["ms_per_token"], peaks
+        )
+        return row
+
+    decode = [with_roofline(row) for row in time_grid(args, models, hf, stream, started)]
+    budget = time_state_budget(args, models, plan, with_roofline) if args.state_budget else []
+    ratios = ratio_rows(args, decode, models, vocab, tokens_per_sentence)
+    budget_ratios = {}
+    for context in args.contexts if budget else []:
+        pair = {r["model"]: r for r in budget if r["context"] == context}
+        budget_ratios[str(context)] = ratio(pair["gpthf"]["tokens_per_s"], pair["gpt"]["tokens_per_s"])
+
+    seq_len = train_ids.shape[1]
+    rows = torch.from_numpy(train_ids[: args.train_batch])
+    sids = torch.from_numpy(train_sids[: args.train_batch])
+    training = {
+        kind: time_training(models[kind], rows, sids, steps=1 if args.quick else 3)
+        for kind in ("gpthf", "gpt", *args.models)
+    }
+    memory = {"peak_rss_mb": max(r["peak_rss_mb"] for r in decode + budget)}
+    if device.type == "cuda":
+        memory["peak_cuda_mb"] = max(r["peak_cuda_mb"] for r in decode + budget)
+    results = {
+        "arch": args.arch,
+        "parameters": {kind: model.num_parameters() for kind, model in models.items()},
+        "threads": args.threads,
+        "device": str(device),
+        "machine": machine_name(device),
+        "torch": torch.__version__,
+        "tokens_per_sentence": tokens_per_sentence,
+        "decode": decode,
+        "ratios": ratios,
+        "flops": {
+            "per_generated_token": {
+                str(c): {k: flops.decode_flops(models[k].arch, vocab, c, tokens_per_sentence) for k in models}
+                for c in args.contexts
+            },
+            "per_training_token": {
+                k: flops.training_flops_per_token(models[k].arch, vocab, seq_len, tokens_per_sentence)
+                for k in models
+            },
+        },
+        "training_tokens_per_s": training,
+        "training_gpthf_over_gpt": training["gpthf"] / training["gpt"],
+        "dtype": args.dtype,
+        "packed": not args.no_pack,
+        "peaks": peaks.as_dict(),
+        "state_budget": budget,
+        "state_budget_ratios": budget_ratios,
+        **memory,
+        "seconds": time.time() - started,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write(args.out / "compare.json", json.dumps(results, indent=2))
+    plot(results, args.out / "compare.png")
+    print_tables(args, results, models, peaks)
     print(f"written to {args.out}")
     headline = max(ratios, key=lambda r: (r["batch"], r["context"]))
     training_ratios = {f"training_{k}_over_gpt": training[k] / training["gpt"] for k in models if k != "gpt"}
     at_budget = {f"budget_gpthf_over_gpt_at_{c}": r for c, r in budget_ratios.items()}
-    print(json.dumps({"arch": args.arch, "dtype": args.dtype, **headline, **training_ratios, **at_budget}))
+    cell = (headline["context"], headline["batch"])
+    speeds = {f"{k}_tokens_per_s": find(decode, k, "cached", *cell)["tokens_per_s"] for k in ("gpthf", "gpt")}
+    where = {"device": results["device"], "machine": results["machine"]}
+    line = {"arch": args.arch, "dtype": args.dtype, **where, **headline, **speeds, **training_ratios}
+    print(json.dumps({**line, **at_budget}))
     return 0
 
 

@@ -7,6 +7,8 @@ timed once per round over `--repeats` rounds, interleaved, and the median run ke
 `plain` (torch's matmuls on the weights as stored), `packed` (gpthf.generation.packed, what
 `generate` does by default), with `--compile` also `compiled` (the step under torch.compile, the
 packed weights frozen into it, as `generate --compile` runs it). Prints one JSON line of tokens/s and ratios; writes formats.json and formats.png.
+On a GPU (`--device cuda`) nothing is packed, so `packed` is not measured there, and the steps are
+timed by CUDA events.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from gpthf.atomic import atomic_write, save_figure
 from gpthf.cli import ArgumentParser, positive_int, run_cli, writable_folder
+from gpthf.measure import DEFAULT_DEVICE, DEVICE_HELP
 
 FORMATS = ("fp32", "bf16")
 
@@ -32,6 +35,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--repeats", type=positive_int, default=5, help="interleaved rounds; medians")
     parser.add_argument("--compile", action="store_true", help="also time the compiled step")
     parser.add_argument("--threads", type=positive_int, default=None)
+    parser.add_argument("--device", default=DEFAULT_DEVICE, help=DEVICE_HELP)
     parser.add_argument("--quick", action="store_true", help="tiny shape, small context: the smoke test")
     parser.add_argument("--out", type=Path, default=Path("outputs/formats"))
     parser.add_argument(
@@ -50,13 +54,18 @@ def main(argv: list[str]) -> int:
     writable_folder(args.out)
     import torch
 
+    from gpthf.precision import resolve_dtype
+    from gpthf.training.distributed import resolve_device
+
+    device = resolve_device(args.device, 0, setting="--device")
+    dtypes = {name: resolve_dtype(name, device) for name in FORMATS}  # before any work
     if args.threads:
         torch.set_num_threads(args.threads)
     from gpthf.config import load_config
     from gpthf.data.dataset import prepare_data
     from gpthf.measure.speed import batch_of_contexts, decode_stream, interleaved_timings, time_decode
+    from gpthf.measure.timing import machine_name
     from gpthf.models import build_model
-    from gpthf.precision import resolve_dtype
 
     data = prepare_data(load_config(args.overrides))
     seq_len = data.stats["data_config"]["seq_len"]
@@ -70,10 +79,9 @@ def main(argv: list[str]) -> int:
         for name in FORMATS:
             torch.manual_seed(0)
             arch = load_config([f"arch={kind}-{args.arch}"]).arch
-            models[kind, name] = (
-                build_model(arch, data.stats["vocab_size"]).to(resolve_dtype(name, "cpu")).eval()
-            )
-    modes = ["plain", "packed"] + (["compiled"] if args.compile else [])
+            models[kind, name] = build_model(arch, data.stats["vocab_size"]).to(device, dtypes[name]).eval()
+    packs = device.type == "cpu"  # packing is a layout of the CPU's kernels (gpthf.generation.packed)
+    modes = ["plain"] + (["packed"] if packs else []) + (["compiled"] if args.compile else [])
     variants = [(kind, name, mode) for kind in args.models for name in FORMATS for mode in modes]
 
     def job(kind: str, name: str, mode: str):
@@ -114,12 +122,15 @@ def main(argv: list[str]) -> int:
     ratios = {}
     for kind in args.models:
         ratios[kind] = {
-            "bf16_over_fp32": {mode: speed[kind, "bf16", mode] / speed[kind, "fp32", mode] for mode in modes},
-            "packed_over_plain": {
-                name: speed[kind, name, "packed"] / speed[kind, name, "plain"] for name in FORMATS
-            },
-            "bf16_packed_over_fp32_plain": speed[kind, "bf16", "packed"] / speed[kind, "fp32", "plain"],
+            "bf16_over_fp32": {mode: speed[kind, "bf16", mode] / speed[kind, "fp32", mode] for mode in modes}
         }
+        if packs:
+            ratios[kind]["packed_over_plain"] = {
+                name: speed[kind, name, "packed"] / speed[kind, name, "plain"] for name in FORMATS
+            }
+            ratios[kind]["bf16_packed_over_fp32_plain"] = (
+                speed[kind, "bf16", "packed"] / speed[kind, "fp32", "plain"]
+            )
     for kind in args.models:  # the matmuls alone: what the formats' ratio can reach at most
         ms = {name: step_matmuls_ms(models[kind, name], args.batch, args.repeats) for name in FORMATS}
         ratios[kind]["step_matmuls_ms_packed"] = ms
@@ -137,6 +148,8 @@ def main(argv: list[str]) -> int:
         "new_tokens": args.new_tokens,
         "repeats": args.repeats,
         "threads": torch.get_num_threads(),
+        "device": str(device),
+        "machine": machine_name(device),
         "rows": rows,
         "ratios": ratios,
     }
@@ -168,9 +181,14 @@ def step_matmuls_ms(model, rows: int, repeats: int) -> float:
 
     with torch.inference_mode(), packed_linears(model, rows):
         linears = [m for m in model.modules() if hasattr(m, "in_features") and hasattr(m, "weight")]
-        dtype = model.embed.weight.dtype
-        inputs = {m.in_features: torch.randn(rows, 1, m.in_features).to(dtype) for m in linears}
-        return 1000 * best_seconds(lambda: [m(inputs[m.in_features]) for m in linears], max(repeats, 3))
+        weight = model.embed.weight
+        inputs = {
+            m.in_features: torch.randn(rows, 1, m.in_features, device=weight.device).to(weight.dtype)
+            for m in linears
+        }
+        return 1000 * best_seconds(
+            lambda: [m(inputs[m.in_features]) for m in linears], max(repeats, 3), weight.device
+        )
 
 
 def plot(result: dict, modes: list[str], path: Path) -> None:

@@ -10,6 +10,7 @@ from gpthf.errors import GpthfError
 COMMANDS = {
     "doctor": "versions, device, attention backends and why not, where data and runs live",
     "lm-eval": 'lm-evaluation-harness\'s command line with the gpthf model (pip install ".[eval]")',
+    "gpu-check": "run and measure the CUDA paths on this machine's GPU; writes docs/gpu-check.json",
 }
 
 
@@ -24,6 +25,10 @@ def main(argv: list[str]) -> int:
         from gpthf.evaluation.lm_eval_cli import cli
 
         return cli(rest)
+    if command == "gpu-check":
+        from gpthf.gpu_check.check import main as gpu_check
+
+        return gpu_check(rest)
     from gpthf import doctor
 
     return doctor.main(rest)

@@ -91,7 +91,8 @@ class ImplConfig:
     distributed: str = "none"  # none | ddp (under torchrun) | deepspeed
     zero_stage: int = 1  # deepspeed only
     compile: str = "auto"  # auto (CUDA yes, CPU no) | true | false
-    amp: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    amp: str = "auto"  # auto (bf16 on a GPU with bf16 arithmetic, else fp32) | bf16 | fp32
+    tf32: bool = True  # CUDA: fp32 matmuls on TF32 tensor cores (Ampere on); no effect on CPU
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The number format of inference (`--dtype`): weights and generation state in one type.
+"""Number formats: inference's `--dtype`, training's autocast (`impl.amp`) and its fp32 matmuls (`impl.tf32`).
 
 Training keeps fp32 weights with bf16 autocast (`impl.amp`); inference can store the weights
 themselves in bf16, halving the bytes every decode step must read. Norms, RoPE, attention
@@ -8,7 +8,9 @@ the algorithm. The names are importable without torch, so scripts list them befo
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from gpthf.errors import ConfigError
@@ -34,10 +36,8 @@ def resolve_dtype(name: str, device: str | torch.device) -> torch.dtype:
     if name not in DTYPE_NAMES:
         raise ConfigError(f"--dtype={name!r} is not a number format; choose one of: {', '.join(DTYPE_NAMES)}")
     device = torch.device(device)
-    if device.type == "cuda" and name == "bf16" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(
-            f"this GPU ({torch.cuda.get_device_name(device)}) cannot run bf16; use --dtype fp16 or fp32"
-        )
+    if device.type == "cuda" and name == "bf16" and not gpu_computes_bf16():
+        raise ConfigError(f"this GPU ({gpu_name(device)}) cannot run bf16; use --dtype fp16 or fp32")
     if device.type == "cpu" and name == "fp16":
         raise ConfigError("--dtype=fp16 is for CUDA devices; on CPU use --dtype bf16 (or fp32)")
     if device.type == "cpu" and name == "bf16" and not cpu_computes_bf16():
@@ -60,3 +60,68 @@ def cpu_computes_bf16() -> bool:
     if any(probe is None for probe in probes):
         return True
     return any(probe() for probe in probes)
+
+
+def gpu_computes_bf16() -> bool:
+    """Whether the current CUDA GPU has bf16 arithmetic (compute capability 8.0 on: A100, H100, RTX 30xx
+    on). torch's default answer counts emulation, which says yes on a V100 or T4 where bf16 runs
+    converted, slower than fp32, or fails inside a kernel (cuBLAS, flash attention) that needs sm80."""
+    import torch
+
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # a torch before 2.3, whose answer never counted emulation
+        return torch.cuda.is_bf16_supported()
+
+
+def gpu_name(device: torch.device) -> str:
+    """The GPU's name for an error line; its index where the driver cannot say."""
+    import torch
+
+    try:
+        return torch.cuda.get_device_name(device)
+    except (RuntimeError, AssertionError):
+        return str(device)
+
+
+AMP_NAMES = ("auto", "bf16", "fp32")  # impl.amp; fp16 autocast would need a loss scaler the trainer lacks
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype training uses on `device` for `impl.amp` (None: plain fp32). `auto` takes
+    bf16 where the GPU computes it and fp32 elsewhere (CPU, V100, T4), never a format that cannot run."""
+    import torch
+
+    choice = str(amp).lower()
+    if choice not in AMP_NAMES:
+        raise ConfigError(f"impl.amp={amp!r}: use {', '.join(AMP_NAMES)}")
+    if choice == "fp32" or device.type != "cuda":
+        return torch.bfloat16 if choice == "bf16" else None
+    if gpu_computes_bf16():
+        return torch.bfloat16
+    if choice == "bf16":
+        raise ConfigError(
+            f"impl.amp=bf16 but this GPU ({gpu_name(device)}) has no bf16 arithmetic; use impl.amp=fp32 "
+            f"(or auto, which picks fp32 there)"
+        )
+    log.info("this GPU (%s) has no bf16 arithmetic: training in fp32 (impl.amp=auto)", gpu_name(device))
+    return None
+
+
+@contextlib.contextmanager
+def fp32_matmuls(device: torch.device, tf32: bool) -> Iterator[None]:
+    """fp32 matrix products on TF32 tensor cores while a run on a CUDA device lasts (`impl.tf32`):
+    Ampere and Hopper multiply fp32 several times faster that way, at bf16-like input rounding with
+    fp32 accumulation. torch's default is full fp32; the setting is process-wide, so it is put back
+    afterwards (an in-process caller, a sweep's next job on CPU, sees what it had)."""
+    import torch
+
+    if device.type != "cuda" or not tf32:
+        yield
+        return
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)

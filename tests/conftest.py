@@ -1,13 +1,70 @@
-"""Shared fixtures: tiny corpora written by the tests, and configs pointing at a temporary cache."""
+"""Shared fixtures: tiny corpora written by the tests, and configs pointing at a temporary cache.
+
+Every test runs on the CPU, also on a GPU host, unless it is marked `cuda` (`@pytest.mark.cuda` or a
+module's `pytestmark`): CPU tests expect CPU results (bit-exact resumes, fp32, no compilation), so
+the GPU is hidden from them and from the processes they start. Tests marked `cuda` see the real GPU
+and are skipped where there is none.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from gpthf.config import load_config
+
+# The GPU as the user's environment shows it, read before any test hides it. The first query
+# initialises CUDA in this process, so the CUDA_VISIBLE_DEVICES="" set for CPU tests (meant for the
+# processes they start) never hides the GPU from a later `cuda` test here.
+CUDA = torch.cuda.is_available()
+if CUDA:
+    torch.cuda.init()
+_REAL_CUDA = {"is_available": torch.cuda.is_available, "device_count": torch.cuda.device_count}
+_VISIBLE = os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """A `cuda` test is skipped without a GPU; its file needs only the marker."""
+    if CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
+def hide_gpu(patch: pytest.MonkeyPatch) -> None:
+    """This process and those it starts see no GPU: `device=auto` picks the CPU everywhere."""
+    patch.setattr(torch.cuda, "is_available", lambda: False)
+    patch.setattr(torch.cuda, "device_count", lambda: 0)
+    patch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cpu_by_default():
+    """Hidden for the whole session, so session fixtures (`trained_runs`) train on the CPU too."""
+    with pytest.MonkeyPatch.context() as patch:
+        hide_gpu(patch)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _gpu_for_cuda_tests(request, monkeypatch):
+    """A test marked `cuda` gets the real GPU back for its duration (and its function-scoped fixtures,
+    the module's autouse ones too; fixtures of a wider scope were built with the GPU hidden)."""
+    if request.node.get_closest_marker("cuda") is None:
+        return
+    for name, function in _REAL_CUDA.items():
+        monkeypatch.setattr(torch.cuda, name, function)
+    if _VISIBLE is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", _VISIBLE)
+
 
 SMALL_DATA = ["data.seq_len=64", "data.max_sentence_len=32", "data.vocab_size=512"]
 

@@ -38,5 +38,5 @@ def test_unknown_command_is_one_line():
     run = run_script("-m", "gpthf", "docter")
     assert (
         run.returncode == 2
-        and run.stderr.strip() == "error: unknown command 'docter'; choose one of: doctor, lm-eval"
+        and run.stderr.strip() == "error: unknown command 'docter'; choose one of: doctor, lm-eval, gpu-check"
     )

@@ -2,9 +2,11 @@
 
 Each backend does the two token-level patterns the models need on (B, H, T, hd) tensors:
 - `causal(q, k, v, dropout_p)`: the GPT's full causal attention;
-- `within_sentences(sentence_ids)`: prepares, once per forward, the encoder's pattern (causal inside a
-  sentence, blind across sentences) and returns `attend(q, k, v, dropout_p)` for every encoder layer.
-The body's pattern is the same for all backends (`gpthf.attention.body`).
+- `within_sentences(sentence_ids, bounds=None)`: prepares, once per forward, the encoder's pattern
+  (causal inside a sentence, blind across sentences) and returns `attend(q, k, v, dropout_p)` for
+  every encoder layer.
+The body's pattern is the same for all backends (`gpthf.attention.body`). With `SentenceBounds`
+given, `within_sentences` takes every size from them and reads nothing back from the device.
 
 `sdpa` runs everywhere. `flex` (FlexAttention) and `flash` (flash-attn) are CUDA-only; asking for them
 where they cannot run is an error naming the alternatives, never a silent fallback.
@@ -17,7 +19,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from gpthf.attention.sentences import longest_sentence, sentence_starts, window_mask
+from gpthf.attention.sentences import SentenceBounds, longest_sentence, sentence_offsets, window_mask
 from gpthf.errors import ConfigError
 
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
@@ -47,10 +49,10 @@ class SdpaBackend:
     def causal(self, q, k, v, dropout_p: float = 0.0):
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
 
-    def within_sentences(self, sentence_ids: torch.Tensor) -> Attend:
+    def within_sentences(self, sentence_ids: torch.Tensor, bounds: SentenceBounds | None = None) -> Attend:
         batch, length = sentence_ids.shape
         # a query's sentence starts at most `reach` tokens back (a row of one window needs no sync for it)
-        reach = longest_sentence(sentence_ids) - 1 if length > ENCODER_QUERY_CHUNK else 0
+        reach = longest_sentence(sentence_ids, bounds) - 1 if length > ENCODER_QUERY_CHUNK else 0
         windows = [  # (first query, end, first key)
             (start, min(start + ENCODER_QUERY_CHUNK, length), max(start - reach, 0))
             for start in range(0, length, ENCODER_QUERY_CHUNK)
@@ -85,12 +87,20 @@ def _no_dropout(name: str, dropout_p: float) -> None:
 
 
 class FlexBackend:
-    """FlexAttention with a block mask built from sentence_ids (CUDA: it has no backward on CPU)."""
+    """FlexAttention with a block mask built from sentence_ids (CUDA: it has no backward on CPU; its
+    forward runs on CPU too, which the CPU tests use).
+
+    Both the kernel and the block-mask builder are compiled with `dynamic=False`: each new (B, T)
+    compiles them once more (seconds), and past torch's recompile limit they fall back to eager. So
+    whatever runs flex uncompiled should keep shapes fixed: training rows are `data.seq_len` long,
+    and evaluation pads its batches to a fixed shape. The builder is compiled because eager
+    `create_block_mask` materialises the dense (B, 1, T, T) mask every forward; compiled, it builds
+    the block structure without it. Causal masks depend on T only and are built once per T."""
 
     def __init__(self) -> None:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-        self._create_block_mask = create_block_mask
+        self._create_block_mask = torch.compile(create_block_mask, dynamic=False)
         self._flex = torch.compile(flex_attention, dynamic=False)
         self._causal_masks: dict[tuple, object] = {}
 
@@ -102,14 +112,17 @@ class FlexBackend:
         return attend
 
     def causal(self, q, k, v, dropout_p: float = 0.0):
-        key = (q.shape[-2], q.device)
+        length = q.shape[-2]
+        key = (length, q.device)
         if key not in self._causal_masks:
             self._causal_masks[key] = self._create_block_mask(
-                lambda b, h, qi, ki: ki <= qi, None, None, q.shape[-2], q.shape[-2], device=q.device
+                _causal_mask_mod, None, None, length, length, device=q.device
             )
         return self._attend(self._causal_masks[key])(q, k, v, dropout_p)
 
-    def within_sentences(self, sentence_ids: torch.Tensor) -> Attend:
+    def within_sentences(self, sentence_ids: torch.Tensor, bounds: SentenceBounds | None = None) -> Attend:
+        """`bounds` is not needed: the block mask's shape is (B, T) alone, nothing is read back."""
+
         def same_sentence_causal(b, h, qi, ki):
             return (sentence_ids[b, qi] == sentence_ids[b, ki]) & (ki <= qi)
 
@@ -118,6 +131,10 @@ class FlexBackend:
             same_sentence_causal, batch, None, length, length, device=sentence_ids.device
         )
         return self._attend(block_mask)
+
+
+def _causal_mask_mod(b, h, q_index, k_index):
+    return k_index <= q_index
 
 
 class FlashBackend:
@@ -144,14 +161,11 @@ class FlashBackend:
         )  # (B, T, H, hd)
         return out.transpose(1, 2)
 
-    def within_sentences(self, sentence_ids: torch.Tensor) -> Attend:
+    def within_sentences(self, sentence_ids: torch.Tensor, bounds: SentenceBounds | None = None) -> Attend:
+        """With `bounds`, fixed-size offsets (empty sequences past the last sentence) and
+        max_len = bounds.sentence_len: no `.nonzero()` or max read back."""
         batch, length = sentence_ids.shape
-        starts = (
-            sentence_starts(sentence_ids).reshape(-1).nonzero().squeeze(1)
-        )  # row starts are sentence starts
-        total = torch.tensor([batch * length], device=starts.device)
-        cu_seqlens = torch.cat([starts, total]).to(torch.int32)
-        max_len = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+        cu_seqlens, max_len = sentence_offsets(sentence_ids, bounds)
 
         def attend(q, k, v, dropout_p=0.0):
             self._check_dtype(q)

@@ -6,7 +6,8 @@ generation state; it must do the model's FLOPs per generated token for every row
 measured step time gives achieved GB/s and GFLOP/s, which mean something only next to what the same
 machine reaches on the same threads and number format: a large copy (memory bandwidth), a
 batch-8 matmul over a weight that does not fit in cache (what a decode step's matmuls are) and a
-large square matmul (the arithmetic peak).
+large square matmul (the arithmetic peak). On CUDA they are measured on the GPU the model is on,
+timed by CUDA events (gpthf.measure.timing).
 """
 
 from __future__ import annotations
@@ -31,33 +32,45 @@ class MachinePeaks:
         return asdict(self)
 
 
-def _copy_gb_s(dtype: torch.dtype, megabytes: int, repeats: int) -> float:
+SQUARE_SIDE = {"cpu": 2048, "cuda": 8192}  # a GPU's tensor cores reach their peak only on larger products
+
+
+def _copy_gb_s(dtype: torch.dtype, megabytes: int, repeats: int, device: torch.device) -> float:
     elements = megabytes * 2**20 // torch.tensor([], dtype=dtype).element_size()
-    source, target = torch.ones(elements, dtype=dtype), torch.empty(elements, dtype=dtype)
-    seconds = best_seconds(lambda: target.copy_(source), repeats)
+    source = torch.ones(elements, dtype=dtype, device=device)
+    target = torch.empty(elements, dtype=dtype, device=device)
+    seconds = best_seconds(lambda: target.copy_(source), repeats, device)
     return 2 * source.numel() * source.element_size() / seconds / 1e9
 
 
 @torch.inference_mode()
-def measure_peaks(dtype: torch.dtype, name: str, copy_mb: int = 512, repeats: int = 5) -> MachinePeaks:
-    """The machine's peaks in `dtype` on the current threads (about 2 s on a CPU)."""
-    copy_gb_s = _copy_gb_s(dtype, copy_mb, repeats)
+def measure_peaks(
+    dtype: torch.dtype,
+    name: str,
+    copy_mb: int = 512,
+    repeats: int = 5,
+    device: str | torch.device = "cpu",
+) -> MachinePeaks:
+    """The machine's peaks in `dtype` on `device` (on a CPU: on the current threads, about 2 s)."""
+    device = torch.device(device)
+    copy_gb_s = _copy_gb_s(dtype, copy_mb, repeats, device)
 
     width, layers = 2048, 8  # 8 × 32 MiB of fp32 weights: no cache holds them
     # The faster of the plain and the packed kernels a decode step may use (gpthf.generation.packed).
     projections = [
-        PackedLinear(torch.nn.Linear(width, 4 * width, bias=False).to(dtype), rows=8) for _ in range(layers)
+        PackedLinear(torch.nn.Linear(width, 4 * width, bias=False).to(device, dtype), rows=8)
+        for _ in range(layers)
     ]
-    x = torch.randn(8, width).to(dtype)
+    x = torch.randn(8, width, device=device).to(dtype)
     b8_s = min(
-        best_seconds(lambda: [projection(x) for projection in projections], repeats),
-        best_seconds(lambda: [F.linear(x, projection.weight) for projection in projections], repeats),
+        best_seconds(lambda: [projection(x) for projection in projections], repeats, device),
+        best_seconds(lambda: [F.linear(x, projection.weight) for projection in projections], repeats, device),
     )
     b8_gflop_s = 2 * 8 * width * 4 * width * layers / b8_s / 1e9
 
-    n = 2048
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    square_s = best_seconds(lambda: a @ b, repeats)
+    n = SQUARE_SIDE[device.type]
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    square_s = best_seconds(lambda: a @ b, repeats, device)
     return MachinePeaks(name, copy_gb_s, b8_gflop_s, 2 * n**3 / square_s / 1e9)
 
 

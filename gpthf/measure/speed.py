@@ -2,13 +2,13 @@
 
 Decoding is teacher-forced on real corpus text: the tokens fed are the corpus continuation, so
 GPTHF's sentence structure (and hence its cache) is what real text gives, whatever random weights
-would have sampled. Each figure is measured after a warm-up, on the threads the caller set.
+would have sampled. Each figure is measured after a warm-up, on the threads the caller set, on the
+device the model lives on (prompts, lengths and caches are put there too), timed and its memory read
+by gpthf.measure.timing.
 """
 
 from __future__ import annotations
 
-import resource
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -20,6 +20,7 @@ from gpthf.generation.generate import GenerationSettings, horizon
 from gpthf.generation.packed import packed_linears
 from gpthf.generation.rows import take_rows
 from gpthf.generation.strategies import get_strategy
+from gpthf.measure.timing import Clock, peak_device_mb, peak_rss_mb, reset_peak_memory
 from gpthf.models import LanguageModel, next_token_loss
 
 
@@ -34,14 +35,19 @@ class DecodeTiming:
     ms_per_token: float  # per decode step (all rows of the batch)
     tokens_per_s: float  # generated tokens per second, all rows
     state_bytes: int
-    peak_rss_mb: float
+    peak_rss_mb: float  # the process's host memory, whatever the device
+    peak_cuda_mb: float | None = None  # most tensor MiB on the GPU in this timing, weights too (CUDA only)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        row = asdict(self)
+        if row["peak_cuda_mb"] is None:  # a CPU row keeps the fields it always had
+            del row["peak_cuda_mb"]
+        return row
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's weights are: its inputs and state are made there."""
+    return next(model.parameters()).device
 
 
 def corpus_stream(rows, length: int) -> list[int]:
@@ -89,33 +95,43 @@ def time_decode(
     thousands costs one prefill (the step's cost does not depend on what the rows hold).
     `compile=True`: the cached step compiled over static caches (compile time is in the warm-up).
     `pack=True`: weights packed for the decode batch on CPU, as `generate` does (packing is untimed).
+    On CUDA the prefill is run once untimed first (the first call of a shape loads its kernels), and
+    `tokens` may be on any device: they are copied to the model's.
     """
     with packed_linears(model, tile_to or tokens.shape[0], enabled=pack):
         return _time_decode(model, name, strategy, tokens, context, warmup, tile_to, compile)
 
 
 def _time_decode(model, name, strategy, tokens, context, warmup, tile_to, compile) -> DecodeTiming:
+    device = model_device(model)
     batch, total = tokens.shape
     new_tokens = total - context
     reach = horizon(tokens[:, :context].tolist(), GenerationSettings(max_new_tokens=new_tokens))
     runner = get_strategy(model, strategy, compile_for=reach if compile else None)
-    lengths = torch.full((batch,), context, dtype=torch.long)
+    tokens = tokens.to(device)
+    lengths = torch.full((batch,), context, dtype=torch.long, device=device)
+    if device.type == "cuda":
+        runner.prefill(model, tokens[:, :context], lengths)
 
-    start = time.perf_counter()
+    reset_peak_memory(device)
+    clock = Clock(device)
+    clock.mark()
     logits, state = runner.prefill(model, tokens[:, :context], lengths)
-    prefill_s = time.perf_counter() - start
+    clock.mark()
     if tile_to is not None:
-        state = take_rows(state, torch.zeros(tile_to, dtype=torch.long))
+        state = take_rows(state, torch.zeros(tile_to, dtype=torch.long, device=device))
         tokens, batch = tokens.expand(tile_to, -1), tile_to
-    active = torch.ones(batch, dtype=torch.bool)
+    active = torch.ones(batch, dtype=torch.bool, device=device)
     for step in range(min(warmup, new_tokens - 1)):  # warm-up steps, excluded from the timing
         logits = runner.decode(model, state, tokens[:, context + step], active)
     timed = range(min(warmup, new_tokens - 1), new_tokens)
-    start = time.perf_counter()
+    clock.mark()
     for step in timed:
         logits = runner.decode(model, state, tokens[:, context + step], active)
         logits.argmax(-1)  # what greedy sampling would do with them
-    elapsed = time.perf_counter() - start
+    clock.mark()
+    _, prefill_s, warm, end = clock.seconds()
+    elapsed = end - warm
     steps = max(len(timed), 1)
     return DecodeTiming(
         name,
@@ -128,6 +144,7 @@ def _time_decode(model, name, strategy, tokens, context, warmup, tile_to, compil
         batch * steps / elapsed,
         state.nbytes(),
         peak_rss_mb(),
+        peak_device_mb(device),
     )
 
 
@@ -143,8 +160,11 @@ def interleaved_timings(jobs: Sequence[Callable[[], DecodeTiming]], repeats: int
 
 def state_bytes_per_row(model: LanguageModel, tokens: torch.Tensor) -> int:
     """Generation state of one row after the whole of `tokens` (1, T): what each extra row costs."""
+    device = model_device(model)
     with torch.inference_mode():
-        _, state = get_strategy(model, "cached").prefill(model, tokens, torch.tensor([tokens.shape[1]]))
+        _, state = get_strategy(model, "cached").prefill(
+            model, tokens.to(device), torch.tensor([tokens.shape[1]], device=device)
+        )
     return state.nbytes()
 
 
@@ -171,34 +191,41 @@ def hf_llama_twin(model: LanguageModel):
 
 @torch.inference_mode()
 def time_hf_generate(hf_model, tokens: torch.Tensor, context: int) -> DecodeTiming:
-    """`generate` with its KV cache, timed per token by a streamer: one run gives prefill and decode."""
+    """`generate` with its KV cache, timed per token by a streamer: one run gives prefill and decode.
+    On CUDA the warm-up prefills the whole context (the first call of a shape loads its kernels)."""
     from transformers.generation.streamers import BaseStreamer
+
+    device = model_device(hf_model)
 
     class TokenClock(BaseStreamer):
         def __init__(self) -> None:
-            self.times: list[float] = []
+            self.clock = Clock(device)
 
         def put(self, value) -> None:  # called with the prompt, then after every new token
-            self.times.append(time.perf_counter())
+            self.clock.mark()
 
         def end(self) -> None:
             pass
 
     batch, total = tokens.shape
     new_tokens = total - context
+    tokens = tokens.to(device)
     kwargs = {"do_sample": False, "use_cache": True, "pad_token_id": PAD_ID}
-    hf_model.generate(tokens[:, : min(context, 16)], max_new_tokens=3, min_new_tokens=3, **kwargs)  # warm-up
-    clock = TokenClock()
-    start = time.perf_counter()
+    warm = context if device.type == "cuda" else min(context, 16)
+    hf_model.generate(tokens[:, :warm], max_new_tokens=3, min_new_tokens=3, **kwargs)  # warm-up
+    reset_peak_memory(device)
+    streamer = TokenClock()
+    streamer.clock.mark()
     hf_model.generate(
         tokens[:, :context],
         max_new_tokens=new_tokens + 1,
         min_new_tokens=new_tokens + 1,
-        streamer=clock,
+        streamer=streamer,
         **kwargs,
     )
-    prefill_s = clock.times[1] - start
-    per_step = (clock.times[-1] - clock.times[1]) / new_tokens
+    times = streamer.clock.seconds()  # [start, prompt, token 1, ..., token new_tokens + 1]
+    prefill_s = times[2] - times[0]
+    per_step = (times[-1] - times[2]) / new_tokens
     layers, heads = hf_model.config.num_hidden_layers, hf_model.config.num_attention_heads
     head_dim = hf_model.config.hidden_size // heads
     element = next(hf_model.parameters()).element_size()
@@ -214,13 +241,17 @@ def time_hf_generate(hf_model, tokens: torch.Tensor, context: int) -> DecodeTimi
         batch / per_step,
         state,
         peak_rss_mb(),
+        peak_device_mb(device),
     )
 
 
 def time_training(
     model: LanguageModel, rows: torch.Tensor, sentence_ids: torch.Tensor, steps: int = 3
 ) -> float:
-    """Training tokens/s (forward, backward, AdamW step) on `rows`, after one warm-up step."""
+    """Training tokens/s (forward, backward, AdamW step) on `rows`, after one warm-up step, on the
+    model's device (`rows` and `sentence_ids` are copied there)."""
+    device = model_device(model)
+    rows, sentence_ids = rows.to(device), sentence_ids.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
 
@@ -230,9 +261,11 @@ def time_training(
         optimizer.step()
 
     step()
-    start = time.perf_counter()
+    clock = Clock(device)
+    clock.mark()
     for _ in range(steps):
         step()
-    elapsed = time.perf_counter() - start
+    clock.mark()
+    elapsed = clock.seconds()[-1]
     model.eval()
     return rows.numel() * steps / elapsed

@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gpthf.attention import get_backend
+from gpthf.attention.sentences import SentenceBounds
 from gpthf.config import ArchConfig
 from gpthf.data.special_tokens import PAD_ID
 from gpthf.errors import ConfigError
@@ -67,23 +68,45 @@ class LanguageModel(nn.Module):
         """The transformer blocks in depth order (empty for models without them)."""
         return []
 
-    def hidden_states(self, input_ids: torch.Tensor, sentence_ids: torch.Tensor | None) -> torch.Tensor:
-        """The last block's output (B, T, d): what the subclass's stacks compute."""
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        sentence_ids: torch.Tensor | None,
+        bounds: SentenceBounds | None = None,
+    ) -> torch.Tensor:
+        """The last block's output (B, T, d): what the subclass's stacks compute. `bounds` lets a model
+        that sizes tensors by the sentence structure (GPTHF) take the sizes from the host; the others
+        accept and ignore it."""
         raise NotImplementedError
 
-    def forward(self, input_ids: torch.Tensor, sentence_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        sentence_ids: torch.Tensor | None = None,
+        bounds: SentenceBounds | None = None,
+    ) -> torch.Tensor:
         """Next-token logits (B, T, V)."""
-        return self.logits(self.hidden_states(input_ids, sentence_ids))
+        return self.logits(self.hidden_states(input_ids, sentence_ids, bounds))
 
-    def features(self, input_ids: torch.Tensor, sentence_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def features(
+        self,
+        input_ids: torch.Tensor,
+        sentence_ids: torch.Tensor | None = None,
+        bounds: SentenceBounds | None = None,
+    ) -> torch.Tensor:
         """Final-norm states (B, T, d), what the head reads: the input of downstream classifiers."""
-        return self.norm(self.hidden_states(input_ids, sentence_ids))
+        return self.norm(self.hidden_states(input_ids, sentence_ids, bounds))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.head(self.norm(hidden))  # (B, T, V)
 
-    def loss(self, input_ids: torch.Tensor, sentence_ids: torch.Tensor) -> torch.Tensor:
-        return next_token_loss(self(input_ids, sentence_ids), input_ids)
+    def loss(
+        self,
+        input_ids: torch.Tensor,
+        sentence_ids: torch.Tensor | None,
+        bounds: SentenceBounds | None = None,
+    ) -> torch.Tensor:
+        return next_token_loss(self(input_ids, sentence_ids, bounds), input_ids)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

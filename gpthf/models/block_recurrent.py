@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gpthf.attention.sentences import SentenceBounds
 from gpthf.config import ArchConfig
 from gpthf.errors import ConfigError
 from gpthf.models.base import LanguageModel
@@ -209,9 +210,12 @@ class BlockRecurrentTransformer(LanguageModel):
         return out.reshape(batch, blocks * width, -1)[:, :length]
 
     def hidden_states(
-        self, input_ids: torch.Tensor, sentence_ids: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        sentence_ids: torch.Tensor | None = None,
+        bounds: SentenceBounds | None = None,
     ) -> torch.Tensor:
-        """(B, T, d). `sentence_ids` is accepted for a common interface and not used."""
+        """(B, T, d). `sentence_ids` and `bounds` are accepted for a common interface and not used."""
         return self.run(input_ids)[0]
 
     def block_stack(self) -> list[nn.Module]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from gpthf.attention.sentences import SentenceBounds
 from gpthf.config import ArchConfig
 from gpthf.errors import ConfigError
 from gpthf.models.base import LanguageModel
@@ -30,9 +31,13 @@ class GPT(LanguageModel):
         return AttentionPattern(cos, sin, self.attention.causal)
 
     def hidden_states(
-        self, input_ids: torch.Tensor, sentence_ids: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        sentence_ids: torch.Tensor | None = None,
+        bounds: SentenceBounds | None = None,
     ) -> torch.Tensor:
-        """Last block's output (B, T, d). `sentence_ids` is accepted for a common interface and not used."""
+        """Last block's output (B, T, d). `sentence_ids` and `bounds` are accepted for a common
+        interface and not used."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
         pattern = self.causal_pattern(positions)
         x = self.embed(input_ids)  # (B, T, d)

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from gpthf.attention import attend_to_sentence_ends
-from gpthf.attention.sentences import positions_in_sentence, sentence_end_positions
+from gpthf.attention.sentences import SentenceBounds, positions_in_sentence, sentence_end_positions
 from gpthf.config import ArchConfig
 from gpthf.errors import ConfigError
 from gpthf.models.base import LanguageModel
@@ -36,28 +36,40 @@ class GPTHF(LanguageModel):
     def block_stack(self) -> list[nn.Module]:
         return [*self.wlt_encoder, *self.slt_body]
 
-    def encoder_pattern(self, sentence_ids: torch.Tensor) -> AttentionPattern:
+    def encoder_pattern(
+        self, sentence_ids: torch.Tensor, bounds: SentenceBounds | None = None
+    ) -> AttentionPattern:
         cos, sin = rope_angles(positions_in_sentence(sentence_ids), self.head_dim, self.arch.rope_base)
-        return AttentionPattern(cos, sin, self.attention.within_sentences(sentence_ids))
+        return AttentionPattern(cos, sin, self.attention.within_sentences(sentence_ids, bounds))
 
-    def body_pattern(self, sentence_ids: torch.Tensor) -> AttentionPattern:
+    def body_pattern(
+        self, sentence_ids: torch.Tensor, bounds: SentenceBounds | None = None
+    ) -> AttentionPattern:
         cos, sin = rope_angles(sentence_ids, self.head_dim, self.arch.rope_base)
-        ends = sentence_end_positions(sentence_ids)
+        ends = sentence_end_positions(sentence_ids, bounds)  # (B, S)
 
         def attend(q, k, v, dropout_p=0.0):
             return attend_to_sentence_ends(q, k, v, sentence_ids, ends, dropout_p)
 
         return AttentionPattern(cos, sin, attend)
 
-    def hidden_states(self, input_ids: torch.Tensor, sentence_ids: torch.Tensor) -> torch.Tensor:
-        """Last body block's output (B, T, d) for packed rows with their `sentence_ids` (B, T)."""
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        sentence_ids: torch.Tensor | None,
+        bounds: SentenceBounds | None = None,
+    ) -> torch.Tensor:
+        """Last body block's output (B, T, d) for packed rows with their `sentence_ids` (B, T).
+
+        With `bounds` the forward reads nothing back from the device (shapes come from them); without,
+        the batch's own maxima are read (host syncs, a graph break under torch.compile)."""
         if sentence_ids is None:
             raise ValueError("GPTHF needs sentence_ids (B, T) alongside input_ids")
         x = self.embed(input_ids)  # (B, T, d)
-        pattern = self.encoder_pattern(sentence_ids)
+        pattern = self.encoder_pattern(sentence_ids, bounds)
         for block in self.wlt_encoder:
             x = block(x, pattern)
-        pattern = self.body_pattern(sentence_ids)
+        pattern = self.body_pattern(sentence_ids, bounds)
         for block in self.slt_body:
             x = block(x, pattern)
         return x

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from gpthf.attention.sentences import SentenceBounds
 from gpthf.config import ArchConfig
 from gpthf.errors import ConfigError
 from gpthf.models.base import LanguageModel
@@ -49,7 +50,10 @@ class LSTMLanguageModel(LanguageModel):
         return self.proj(output), state
 
     def hidden_states(
-        self, input_ids: torch.Tensor, sentence_ids: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        sentence_ids: torch.Tensor | None = None,
+        bounds: SentenceBounds | None = None,
     ) -> torch.Tensor:
-        """(B, T, d). `sentence_ids` is accepted for a common interface and not used."""
+        """(B, T, d). `sentence_ids` and `bounds` are accepted for a common interface and not used."""
         return self.run(input_ids)[0]

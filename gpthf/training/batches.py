@@ -4,15 +4,22 @@ Epoch e visits the rows in a permutation seeded by (seed, e), computed rather th
 not grow with the corpus); the position is (epoch, offset), so a resumed run continues with exactly the
 rows the uninterrupted run would have used. Each optimizer step takes `batch_size` rows; rank r of W
 takes its contiguous share (disjoint rows), cut into micro-batches, read from the memory-mapped split.
+
+The next step's rows are read (memmap to numpy to pinned host memory on CUDA) by one background
+thread while the current step runs, so the GPU never waits on the disk or on a pageable copy. The
+position a checkpoint saves is that of the steps handed out, never of the one read ahead.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from gpthf.attention.sentences import SentenceBounds
 from gpthf.data.permutation import Permutation
 from gpthf.data.shards import PackedSplit
 from gpthf.data.special_tokens import PAD_ID
@@ -53,11 +60,38 @@ class RowOrder:
         self.epoch, self.offset = state["epoch"], state["offset"]
 
 
+def fitting_bounds(sentence_ids: np.ndarray, nominal: SentenceBounds) -> SentenceBounds:
+    """Bounds for a batch of rows (B, T), read on the host before the copy to the device.
+
+    The nominal bounds (the split's most sentences in a row, data.max_sentence_len) hold for every
+    real sentence; a row's trailing padding is one more "sentence" that can be longer. A batch past a
+    nominal bound gets the row length there instead: only two values per bound, so a compiled model
+    builds at most one more graph, never one per batch. O(B·T) numpy work, microseconds per step."""
+    length = sentence_ids.shape[1]
+    starts = np.ones(sentence_ids.shape, dtype=bool)
+    starts[:, 1:] = sentence_ids[:, 1:] != sentence_ids[:, :-1]
+    index = np.broadcast_to(np.arange(length), sentence_ids.shape)
+    start_index = np.maximum.accumulate(np.where(starts, index, 0), axis=1)
+    longest = int((index - start_index).max()) + 1
+    most = int(sentence_ids.max()) + 1
+    return SentenceBounds(
+        sentences=nominal.sentences if most <= nominal.sentences else length,
+        sentence_len=nominal.sentence_len if longest <= nominal.sentence_len else length,
+    )
+
+
+def split_bounds(split_stats: dict, max_sentence_len: int) -> SentenceBounds:
+    """The nominal bounds of a prepared split: its most sentences in a row (recorded when the data
+    was built) and data.max_sentence_len, at which packing cuts every sentence."""
+    return SentenceBounds(max(split_stats.get("max_sentences", 0), 1), max_sentence_len)
+
+
 @dataclass
 class StepBatch:
     micro_batches: list[tuple[torch.Tensor, torch.Tensor]]  # this rank's (input_ids, sentence_ids) pairs
     tokens: int  # real (non-pad) tokens in the whole step, all ranks
     targets: int  # predicted positions (non-pad next tokens) in the whole step, all ranks
+    bounds: SentenceBounds  # holds for every micro-batch of this rank's step (`fitting_bounds`)
 
 
 def micro_batches_per_step(train_cfg, world_size: int) -> int:
@@ -70,8 +104,28 @@ def micro_batches_per_step(train_cfg, world_size: int) -> int:
     return per_rank // train_cfg.micro_batch_size
 
 
+@dataclass
+class _HostStep:
+    """One step's rows of this rank on the host (pinned for CUDA), before the copy to the device."""
+
+    input_ids: torch.Tensor  # (rows of this rank, seq_len)
+    sentence_ids: torch.Tensor
+    tokens: int
+    targets: int
+    bounds: SentenceBounds
+
+
+@dataclass
+class _ReadAhead:
+    rows: np.ndarray  # the rows it reads: handed out only if the next step takes exactly these
+    future: Future[_HostStep]
+
+
 class TrainBatches:
-    """Yields, per optimizer step, this rank's micro-batches as (input_ids, sentence_ids) on `device`."""
+    """Yields, per optimizer step, this rank's micro-batches as (input_ids, sentence_ids) on `device`.
+
+    Call `close()` when done (the trainer does, however the run ends): it stops the read-ahead thread.
+    """
 
     def __init__(
         self,
@@ -80,34 +134,76 @@ class TrainBatches:
         rank: int,
         world_size: int,
         device: torch.device,
-        max_sentences: int,
+        nominal: SentenceBounds,
+        read_ahead: bool = True,
     ):
         self.split = split
         if len(split) < train_cfg.batch_size:
             raise ConfigError(
                 f"the training split has {len(split)} rows, fewer than train.batch_size={train_cfg.batch_size}"
             )
-        self.order = RowOrder(len(split), train_cfg.seed)
-        self.max_sentences = max_sentences  # most sentences in a row: GPTHF's body context
+        self.order = RowOrder(len(split), train_cfg.seed)  # the steps handed out: what a checkpoint saves
+        self.nominal = nominal  # most sentences in a row (GPTHF's body context), data.max_sentence_len
         self.batch_size, self.micro = train_cfg.batch_size, train_cfg.micro_batch_size
         self.rank, self.world_size, self.device = rank, world_size, device
         self.accumulation = micro_batches_per_step(train_cfg, world_size)
+        self.pin = device.type == "cuda" and torch.cuda.is_available()  # pinned memory needs CUDA
+        self.read_ahead = read_ahead
+        self._pool: ThreadPoolExecutor | None = None  # started by the first step, not by building
+        self._ahead: _ReadAhead | None = None
+
+    @property
+    def bounds(self) -> SentenceBounds:
+        """What every real sentence of the training split stays within, known before any row is
+        read: the model's forward takes its shapes from it (no host sync, one compiled graph)."""
+        return self.nominal
 
     def next_step(self) -> StepBatch:
         """This rank's micro-batches for one step, with the step's token counts over all ranks."""
         rows = self.order.take(self.batch_size)
+        host = self._take_read_ahead(rows)
+        if self.read_ahead:
+            upcoming = dataclasses.replace(self.order)  # a copy: `order` stays at the steps handed out
+            ahead_rows = upcoming.take(self.batch_size)
+            self._ahead = _ReadAhead(ahead_rows, self._thread().submit(self._read, ahead_rows))
+        micro_batches = [
+            (
+                host.input_ids[start : start + self.micro].to(self.device, non_blocking=True),
+                host.sentence_ids[start : start + self.micro].to(self.device, non_blocking=True),
+            )
+            for start in range(0, len(host.input_ids), self.micro)
+        ]
+        return StepBatch(micro_batches, tokens=host.tokens, targets=host.targets, bounds=host.bounds)
+
+    def close(self) -> None:
+        """Stop the read-ahead thread (waiting for a read in progress, a few milliseconds)."""
+        self._ahead = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _thread(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpthf-batches")
+        return self._pool
+
+    def _take_read_ahead(self, rows: np.ndarray) -> _HostStep:
+        """The read-ahead of `rows` if there is one (an order loaded from a checkpoint since makes it
+        stale), else `rows` read now."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and np.array_equal(ahead.rows, rows):
+            return ahead.future.result()  # a failed read raises here, at the step it belongs to
+        if ahead is not None:
+            ahead.future.cancel()
+        return self._read(rows)
+
+    def _read(self, rows: np.ndarray) -> _HostStep:
         input_ids, sentence_ids = self.split.rows(rows)  # every rank reads the step's rows to count tokens
         real = input_ids != PAD_ID
         per_rank = self.batch_size // self.world_size
         mine = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
-        input_ids, sentence_ids = input_ids[mine], sentence_ids[mine]
-        micro_batches = []
-        for start in range(0, per_rank, self.micro):
-            part = slice(start, start + self.micro)
-            micro_batches.append(
-                (
-                    torch.from_numpy(input_ids[part]).to(self.device, non_blocking=True),
-                    torch.from_numpy(sentence_ids[part]).to(self.device, non_blocking=True),
-                )
-            )
-        return StepBatch(micro_batches, tokens=int(real.sum()), targets=int(real[:, 1:].sum()))
+        bounds = fitting_bounds(sentence_ids[mine], self.bounds)
+        ids, sids = torch.from_numpy(input_ids[mine]), torch.from_numpy(sentence_ids[mine])
+        if self.pin:  # a non_blocking copy from pageable memory is a synchronous one
+            ids, sids = ids.pin_memory(), sids.pin_memory()
+        return _HostStep(ids, sids, tokens=int(real.sum()), targets=int(real[:, 1:].sum()), bounds=bounds)

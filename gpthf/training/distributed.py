@@ -40,12 +40,20 @@ class Runtime:
 
     def sum(self, values: list[float]) -> list[float]:
         """Element-wise sum over ranks (for evaluation totals)."""
+        return self._all_reduce(values, dist.ReduceOp.SUM)
+
+    def max(self, values: list[float]) -> list[float]:
+        """Element-wise maximum over ranks: one small collective by which every rank takes the same
+        decision (a flag raised on any rank, the furthest clock), not a pickled object per step."""
+        return self._all_reduce(values, dist.ReduceOp.MAX)
+
+    def _all_reduce(self, values: list[float], op) -> list[float]:
         if not dist.is_initialized():
             return values
         tensor = torch.tensor(
             values, dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu"
         )
-        dist.all_reduce(tensor)
+        dist.all_reduce(tensor, op=op)
         return tensor.tolist()
 
 
@@ -57,7 +65,8 @@ def _free_port() -> int:
 
 def resolve_device(name: str, local_rank: int, setting: str = "impl.device") -> torch.device:
     """The torch device `name` asks for; errors name `setting`, where the user gave it (a command
-    line's --device, or the config's impl.device)."""
+    line's --device, or the config's impl.device). A GPU this host does not have is one line here,
+    never CUDA's "invalid device ordinal" at the first tensor moved there."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
@@ -69,14 +78,29 @@ def resolve_device(name: str, local_rank: int, setting: str = "impl.device") -> 
             raise ConfigError(f"{setting}={name} but no CUDA GPU is visible; use {setting}=cpu or auto")
         count = torch.cuda.device_count()
         if index is None or index >= count:
+            shows = f"this host shows {count} GPU(s), cuda:0 to cuda:{count - 1}"
+            processes = _processes_on_this_host()
+            if name == "cuda" and processes > 1:  # torchrun: local rank r takes cuda:r
+                raise ConfigError(
+                    f"{setting}={name}: local rank {local_rank} of {processes} processes on this host, but "
+                    f"{shows}; start at most {count} (torchrun --nproc_per_node={count})"
+                )
             raise ConfigError(
-                f"{setting}={name} (rank {local_rank}) but this host shows {count} GPU(s), cuda:0 to "
-                f"cuda:{count - 1}; give one of those, or start at most {count} processes per host"
+                f"{setting}={name} (rank {local_rank}) but {shows}; give one of those, or start at most "
+                f"{count} processes per host"
             )
         return torch.device("cuda", index)
     if name != "cpu":
         raise ConfigError(f"{setting}={name!r}: use auto, cpu, cuda or cuda:N")
     return torch.device("cpu")
+
+
+def _processes_on_this_host() -> int:
+    """How many processes the launcher (torchrun, deepspeed) started on this host; 1 without one."""
+    try:
+        return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
 
 
 def setup_runtime(impl_cfg) -> Runtime:
@@ -89,7 +113,10 @@ def setup_runtime(impl_cfg) -> Runtime:
             raise ConfigError(
                 f"launched with WORLD_SIZE={launched} but impl.distributed=none; add impl=ddp or impl=deepspeed"
             )
-        return Runtime("none", 0, 0, 1, resolve_device(impl_cfg.device, 0))
+        device = resolve_device(impl_cfg.device, 0)
+        if device.type == "cuda":  # impl.device=cuda:1: "the current GPU" (bf16 support, compile) is that one
+            torch.cuda.set_device(device)
+        return Runtime("none", 0, 0, 1, device)
     if mode == "ddp" and "RANK" not in os.environ:
         raise ConfigError(
             "impl=ddp runs under torchrun: torchrun --nproc_per_node=N pretrain.py impl=ddp ..."
@@ -167,6 +194,11 @@ class Engine:
         """Collective context in which `unwrapped` holds all its weights (ZeRO-3 partitions them)."""
         return contextlib.nullcontext()
 
+    def compile(self) -> None:
+        """`torch.compile` what the loop calls forward on (for DDP, the wrapper: its optimizer splits
+        the graph at the gradient buckets)."""
+        self.model = torch.compile(self.model)
+
 
 class DDPEngine(Engine):
     def __init__(self, model, optimizer, runtime, train_cfg):
@@ -229,6 +261,15 @@ class DeepSpeedEngine(Engine):
         import deepspeed
 
         return deepspeed.zero.GatheredParameters(list(self.unwrapped.parameters()), modifier_rank=None)
+
+    def compile(self) -> None:
+        """DeepSpeed compiles its engine itself (`engine.compile()`, DeepSpeed 0.14 on): a
+        `torch.compile`d wrapper would hide `backward`, `step` and the ZeRO hooks the engine drives."""
+        if not hasattr(self.engine, "compile"):
+            raise ConfigError(
+                "impl.compile with impl=deepspeed needs DeepSpeed 0.14 or later; set impl.compile=false"
+            )
+        self.engine.compile()
 
 
 def build_engine(

@@ -31,7 +31,9 @@ from gpthf.data.special_tokens import PAD_ID
 from gpthf.data.tokenizer import TOKENIZER_FILE
 from gpthf.errors import ConfigError, TrainingError
 from gpthf.models import LanguageModel, build_model, next_token_loss
-from gpthf.training.batches import TrainBatches
+from gpthf.precision import amp_dtype, fp32_matmuls
+from gpthf.attention.sentences import SentenceBounds
+from gpthf.training.batches import TrainBatches, fitting_bounds, split_bounds
 from gpthf.training.checkpoint import (
     FINAL,
     latest_checkpoint,
@@ -72,15 +74,6 @@ def _switch(value, on_cuda: bool, name: str) -> bool:
     raise ConfigError(f"{name}={value!r}: use auto, true or false")
 
 
-def amp_dtype(impl_cfg, device: torch.device) -> torch.dtype | None:
-    choice = str(impl_cfg.amp).lower()
-    if choice == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    if choice in ("bf16", "fp32"):
-        return torch.bfloat16 if choice == "bf16" else None
-    raise ConfigError(f"impl.amp={impl_cfg.amp!r}: use auto, bf16 or fp32")
-
-
 def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
@@ -106,7 +99,22 @@ def _set_rng_state(state: dict) -> None:
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        _set_cuda_rng_states(state["cuda"])
+
+
+def _set_cuda_rng_states(saved: list[torch.Tensor]) -> None:
+    """Each GPU's generator as saved, for the GPUs this host shows: a run resumed where fewer are
+    visible (CUDA_VISIBLE_DEVICES, a smaller machine) continues instead of failing on the missing ones."""
+    count = torch.cuda.device_count()
+    for index, generator_state in enumerate(saved[:count]):
+        torch.cuda.set_rng_state(generator_state, index)
+    if len(saved) != count:
+        log.info(
+            "the checkpoint holds the RNG states of %d GPU(s), this host shows %d: restored %d",
+            len(saved),
+            count,
+            min(len(saved), count),
+        )
 
 
 def seed_everything(seed: int) -> None:
@@ -126,20 +134,31 @@ def _broadcast(runtime: Runtime, value):
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, split, runtime: Runtime, micro_batch_size: int, dtype, max_rows: int | None = None
+    model: torch.nn.Module,
+    split,
+    runtime: Runtime,
+    micro_batch_size: int,
+    dtype,
+    nominal: SentenceBounds,
+    max_rows: int | None = None,
 ) -> tuple[float, int]:
-    """(summed next-token loss in nats, number of predicted tokens) over a split, shared across ranks."""
+    """(summed next-token loss in nats, number of predicted tokens) over a split, shared across ranks.
+    `nominal`: the split's bounds (`fitting_bounds`), so the forward reads nothing back from the device."""
     rows = np.arange(len(split) if max_rows is None else min(max_rows, len(split)))
     mine = rows[runtime.rank :: runtime.world_size]
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(mine), micro_batch_size):
-        input_ids, sentence_ids = split.rows(mine[start : start + micro_batch_size])
+        part = mine[start : start + micro_batch_size]
+        # Every batch has the full size, so a compiled model sees one shape (no recompile for the
+        # last one): the rows are repeated to fill it and the repeats' outputs dropped, unscored.
+        input_ids, sentence_ids = split.rows(np.resize(part, micro_batch_size))
         ids = torch.from_numpy(input_ids).to(runtime.device)
         sids = torch.from_numpy(sentence_ids).to(runtime.device)
         with autocast(runtime.device, dtype):
-            logits = model(ids, sids)
+            logits = model(ids, sids, bounds=fitting_bounds(sentence_ids, nominal))
+        ids, logits = ids[: len(part)], logits[: len(part)]
         total += float(next_token_loss(logits, ids, reduction="sum"))
         count += int((ids[:, 1:] != PAD_ID).sum())
     model.train(was_training)
@@ -196,14 +215,14 @@ class Trainer:
         self.model: LanguageModel = build_model(cfg.arch, self.stats["vocab_size"], cfg.impl.attention).to(
             runtime.device
         )
-        self.dtype = amp_dtype(cfg.impl, runtime.device)
+        self.dtype = amp_dtype(cfg.impl.amp, runtime.device)
         self.batches = TrainBatches(
             self.data.split("train"),
             cfg.train,
             runtime.rank,
             runtime.world_size,
             runtime.device,
-            max_sentences=self.stats["splits"]["train"]["max_sentences"],
+            split_bounds(self.stats["splits"]["train"], cfg.data.max_sentence_len),
         )
         self.progress = Progress()
         train_state = None
@@ -235,7 +254,7 @@ class Trainer:
                 self.progress.elapsed_s,
             )
         if _switch(cfg.impl.compile, runtime.device.type == "cuda", "impl.compile"):
-            self.engine.model = torch.compile(self.engine.model)
+            self.engine.compile()
         with self._failed_writes_say_what_is_kept():
             self.metrics = (
                 MetricsLog(self.run_dir, resume_step=self.progress.step if resume_from else None)
@@ -279,7 +298,7 @@ class Trainer:
                     "data": OmegaConf.to_container(self.cfg.data, resolve=True),
                     "step": self.progress.step,
                     "tokens": self.progress.tokens,
-                    "context": {"tokens": self.cfg.data.seq_len, "sentences": self.batches.max_sentences},
+                    "context": {"tokens": self.cfg.data.seq_len, "sentences": self.batches.bounds.sentences},
                     "data_cache": self.data.path.name,  # what a resume must find again
                     "init_from": self.cfg.init_from,
                 }
@@ -297,7 +316,7 @@ class Trainer:
         for i, (ids, sids) in enumerate(step.micro_batches):
             with self.engine.micro_batch(is_last=i == len(step.micro_batches) - 1):
                 with autocast(self.runtime.device, self.dtype):
-                    logits = self.engine.model(ids, sids)
+                    logits = self.engine.model(ids, sids, bounds=step.bounds)
                 micro_sum = next_token_loss(logits, ids, reduction="sum")
                 # Normalised by the whole step's targets; DDP/DeepSpeed average over ranks, so undo that.
                 self.engine.backward(micro_sum * (self.runtime.world_size / max(step.targets, 1)))
@@ -374,8 +393,10 @@ class Trainer:
                 )
                 finished = done >= 1.0 or self.progress.elapsed_s >= self.budget_s
                 diverged = not math.isfinite(loss)
-                # One decision for all ranks (a NaN reaches every rank's weights through the gradients).
-                done, finished, stop, diverged = _broadcast(runtime, (done, finished, stop, diverged))
+                # One decision for all ranks, in one small collective: the furthest progress, and a stop
+                # or a NaN on any rank (a NaN reaches every rank's weights through the gradients).
+                done, *flags = runtime.max([done, finished, stop, diverged])
+                finished, stop, diverged = (flag > 0 for flag in flags)
                 if diverged:
                     raise self._diverged(loss, lr)
                 if finished or stop:
@@ -410,6 +431,7 @@ class Trainer:
                     self.save(f"step-{self.progress.step:08d}")
                     next_checkpoint_s += 60 * cfg.train.checkpoint_every_minutes
         finally:
+            self.batches.close()
             bar.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -446,6 +468,7 @@ class Trainer:
             self.runtime,
             self.cfg.train.micro_batch_size,
             self.dtype,
+            split_bounds(self.stats["splits"].get("validation", {}), self.cfg.data.max_sentence_len),
             self.cfg.train.eval_rows,
         )
         val_loss = total / count if count else None  # a corpus too small to hold out a validation split
@@ -492,11 +515,12 @@ def train(
             claim.abandon()
         raise
     try:
-        trainer = Trainer(cfg, runtime, clock, claim, run_folder)
-        try:
-            return trainer.run(stop_after_steps)
-        finally:
-            if trainer.claim is not None:
-                trainer.claim.lock.release()
+        with fp32_matmuls(runtime.device, cfg.impl.tf32):
+            trainer = Trainer(cfg, runtime, clock, claim, run_folder)
+            try:
+                return trainer.run(stop_after_steps)
+            finally:
+                if trainer.claim is not None:
+                    trainer.claim.lock.release()
     finally:
         teardown_runtime(runtime)

@@ -127,3 +127,55 @@ def test_encoder_masks_over_the_budget_are_built_when_used_and_never_all_held(mo
                 attend(q, k, v), real_sdpa(q, k, v, attn_mask=whole), atol=1e-5, rtol=1e-5
             )
     assert len(built) == windows, "every layer uses the same masks"
+
+
+def test_bounds_give_fixed_size_ends_and_varlen_offsets_equal_to_the_batch_own():
+    """With bounds: S = bounds.sentences slots (extra ones at 0) and B*S + 1 offsets (extra ones
+    at B*T: empty sequences), max length = bounds.sentence_len; the real entries are unchanged."""
+    from gpthf.attention.sentences import SentenceBounds, sentence_offsets
+
+    _, sentence_ids = random_batch(3, 40, seed=2)
+    batch, length = sentence_ids.shape
+    tight = SentenceBounds.of(sentence_ids)
+    bounds = SentenceBounds(tight.sentences + 4, tight.sentence_len + 2)
+
+    ends = sentence_end_positions(sentence_ids)
+    padded_ends = sentence_end_positions(sentence_ids, bounds)
+    assert padded_ends.shape == (batch, bounds.sentences)
+    assert torch.equal(padded_ends[:, : ends.shape[1]], ends)
+    assert not padded_ends[:, ends.shape[1] :].any()
+
+    offsets, longest = sentence_offsets(sentence_ids)
+    starts = [
+        row * length + t
+        for row in range(batch)
+        for t in range(length)
+        if positions_in_sentence(sentence_ids)[row, t] == 0
+    ]
+    assert offsets.tolist() == [*starts, batch * length] and longest == tight.sentence_len
+    padded, padded_longest = sentence_offsets(sentence_ids, bounds)
+    assert padded.dtype == torch.int32 and padded.shape == (batch * bounds.sentences + 1,)
+    assert padded.tolist() == offsets.tolist() + [batch * length] * (len(padded) - len(offsets))
+    assert padded_longest == bounds.sentence_len
+
+
+def test_sentence_structure_with_bounds_traces_into_one_graph():
+    """No `.nonzero()` or max read back: fullgraph=True would raise at a graph break. Covers the
+    flash offsets and the sdpa encoder's windows over a row longer than one window."""
+    from gpthf.attention.backends import ENCODER_QUERY_CHUNK, SdpaBackend
+    from gpthf.attention.sentences import SentenceBounds, sentence_offsets
+
+    torch._dynamo.reset()
+    sentence_ids = _long_rows(3 * ENCODER_QUERY_CHUNK + 37)
+    bounds = SentenceBounds(sentences=sentence_ids.shape[1], sentence_len=400)
+    offsets = torch.compile(sentence_offsets, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(offsets(sentence_ids, bounds)[0], sentence_offsets(sentence_ids, bounds)[0])
+
+    def encoder_attention(q, k, v, sentence_ids):
+        return SdpaBackend().within_sentences(sentence_ids, bounds)(q, k, v)
+
+    q, k, v = (torch.randn(2, 2, sentence_ids.shape[1], 8) for _ in range(3))
+    compiled = torch.compile(encoder_attention, backend="aot_eager", fullgraph=True)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=block_causal_mask(sentence_ids))
+    torch.testing.assert_close(compiled(q, k, v, sentence_ids), expected, atol=1e-5, rtol=1e-5)
+    torch._dynamo.reset()

@@ -18,6 +18,9 @@ def test_compare_quick_smoke(tmp_path):
     assert 0 < headline["gpthf_state_over_gpt_state"] < 1
     assert headline["gpthf_cached_over_gpt_full"] > 1
     results = json.loads((tmp_path / "compare.json").read_text())
+    assert headline["device"] == results["device"] == "cpu" and headline["machine"] == results["machine"]
+    assert headline["gpthf_tokens_per_s"] > 0 and headline["gpt_tokens_per_s"] > 0
+    assert "peak_cuda_mb" not in results and not any("peak_cuda_mb" in r for r in results["decode"])
     assert {r["strategy"] for r in results["decode"]} == {"cached", "full"}
     assert all(
         r["tokens_per_s"] > 0 and r["ms_per_token"] > 0 and r["prefill_s"] > 0 for r in results["decode"]
@@ -115,6 +118,7 @@ def test_formats_bench_times_every_variant(data_cache, tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["device"] == "cpu" and result["machine"]
     variants = {(r["model"], r["dtype"], r["mode"]) for r in result["rows"]}
     assert variants == {
         (m, d, v) for m in ("gpthf", "gpt") for d in ("fp32", "bf16") for v in ("plain", "packed")
@@ -155,3 +159,28 @@ def test_interleaved_timings_keep_each_jobs_median_run():
     assert order == ["a", "b"] * 3  # one run of each job per round
     assert (a.tokens_per_s, b.tokens_per_s) == (3.0, 4.0)
     assert a.ms_per_token == 1000 / 3.0  # the median run's own step time
+
+
+def test_compiled_gpthf_is_compared_with_compiled_gpt():
+    import runpy
+    from argparse import Namespace
+
+    from tests.conftest import REPO
+    from tests.models.helpers import VOCAB, tiny_model
+
+    ratio_rows = runpy.run_path(str(REPO / "eval" / "compare.py"))["ratio_rows"]
+    speeds = {
+        ("gpthf", "cached"): 10.0,
+        ("gpt", "cached"): 5.0,
+        ("gpthf", "compiled"): 60.0,
+        ("gpt", "compiled"): 20.0,
+    }
+    decode = [
+        {"model": m, "strategy": s, "context": 64, "batch": 8, "tokens_per_s": v, "state_bytes": 100}
+        for (m, s), v in speeds.items()
+    ]
+    models = {"gpthf": tiny_model("gpthf"), "gpt": tiny_model("gpt")}
+    args = Namespace(contexts=[64], batches=[8], models=[], compile=True)
+    (row,) = ratio_rows(args, decode, models, VOCAB, 12.0)
+    assert row["gpthf_cached_over_gpt_cached"] == 2.0 and row["gpthf_compiled_over_gpt_compiled"] == 3.0
+    assert (row["gpthf_compiled_over_eager"], row["gpt_compiled_over_eager"]) == (6.0, 4.0)

@@ -27,6 +27,7 @@ def test_continuous_batching_bench_gives_the_same_tokens(trained_runs, tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["same_tokens"] is True and result["prompts"] == 20 and result["step_bound"] >= 1
+    assert result["device"] == "cpu" and "peak_cuda_mb" not in result
     assert result["fixed_tokens_per_s"] > 0 and result["continuous_tokens_per_s"] > 0
     assert len(result["continuous_over_fixed_per_round"]) == 1
     assert result["median_round_ratio"] == pytest.approx(result["continuous_over_fixed"])  # one round

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from gpthf.config import ArchConfig
 from gpthf.data.special_tokens import EOS_ID, SPECIAL_TOKENS
@@ -20,15 +21,48 @@ KIND_FIELDS = {
 }
 
 
-def tiny_arch(model: str, **overrides) -> ArchConfig:
-    return ArchConfig(
-        **{"model": model, "d_model": 32, "n_heads": 4, "mlp_hidden": 64, **KIND_FIELDS[model], **overrides}
-    )
+# The CUDA flex kernel refuses heads narrower than this; tests that may run flex or flash on a GPU
+# build their models with `head_dim=BACKEND_HEAD_DIM`, the others keep the tiny default (8).
+BACKEND_HEAD_DIM = 16
 
 
-def tiny_model(model: str, seed: int = 0, **overrides) -> LanguageModel:
+def tiny_arch(model: str, head_dim: int | None = None, **overrides) -> ArchConfig:
+    """The tiny shape of `model`; `head_dim` sets the heads' width (d_model / head_dim heads)."""
+    fields = {
+        "model": model,
+        "d_model": 32,
+        "n_heads": 4,
+        "mlp_hidden": 64,
+        **KIND_FIELDS[model],
+        **overrides,
+    }
+    if head_dim is not None:
+        fields["n_heads"] = fields["d_model"] // head_dim
+    return ArchConfig(**fields)
+
+
+def tiny_model(model: str, seed: int = 0, head_dim: int | None = None, **overrides) -> LanguageModel:
     torch.manual_seed(seed)
-    return MODELS[model](tiny_arch(model, **overrides), VOCAB).eval()
+    return MODELS[model](tiny_arch(model, head_dim, **overrides), VOCAB).eval()
+
+
+# Tensor methods that read a value back to the host (on CUDA each one waits for the GPU).
+HOST_READS = frozenset({"item", "tolist", "__bool__", "__int__", "__index__", "__float__", "nonzero"})
+
+
+class HostSyncs(TorchFunctionMode):
+    """Records every host read-back of a tensor while active: `with HostSyncs() as syncs: ...`,
+    then `syncs.calls` lists their names. Counting them on CPU tells how many a CUDA run would wait."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in HOST_READS:
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
 
 
 def random_batch(
