@@ -62,16 +62,16 @@ def cpu_computes_bf16() -> bool:
     return any(probe() for probe in probes)
 
 
-def gpu_computes_bf16() -> bool:
-    """Whether the current CUDA GPU has bf16 arithmetic (compute capability 8.0 on: A100, H100, RTX 30xx
-    on). torch's default answer counts emulation, which says yes on a V100 or T4 where bf16 runs
-    converted, slower than fp32, or fails inside a kernel (cuBLAS, flash attention) that needs sm80."""
+def gpu_computes_bf16(device: torch.device | None = None) -> bool:
+    """Whether CUDA GPU `device` (the current one when None) has bf16 arithmetic: compute capability
+    8.0 on (A100, H100, RTX 30xx on). torch's `is_bf16_supported` counts emulation, which says yes on a
+    V100 or T4 where bf16 runs converted, slower than fp32, or fails inside a kernel (cuBLAS, flash
+    attention) that needs sm80; and it asks the current GPU, not the one a run uses."""
     import torch
 
-    try:
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    except TypeError:  # a torch before 2.3, whose answer never counted emulation
+    if torch.version.hip:  # ROCm: capability numbers mean something else; torch's answer is the one
         return torch.cuda.is_bf16_supported()
+    return torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def gpu_name(device: torch.device) -> str:
@@ -97,7 +97,7 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
         raise ConfigError(f"impl.amp={amp!r}: use {', '.join(AMP_NAMES)}")
     if choice == "fp32" or device.type != "cuda":
         return torch.bfloat16 if choice == "bf16" else None
-    if gpu_computes_bf16():
+    if gpu_computes_bf16(device):
         return torch.bfloat16
     if choice == "bf16":
         raise ConfigError(
@@ -110,18 +110,26 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 @contextlib.contextmanager
 def fp32_matmuls(device: torch.device, tf32: bool) -> Iterator[None]:
-    """fp32 matrix products on TF32 tensor cores while a run on a CUDA device lasts (`impl.tf32`):
-    Ampere and Hopper multiply fp32 several times faster that way, at bf16-like input rounding with
-    fp32 accumulation. torch's default is full fp32; the setting is process-wide, so it is put back
-    afterwards (an in-process caller, a sweep's next job on CPU, sees what it had)."""
+    """fp32 matrix products and convolutions on TF32 tensor cores (`tf32`), or in full fp32, while a
+    run on a CUDA device lasts (`impl.tf32`): Ampere and Hopper multiply fp32 several times faster
+    with TF32, at bf16-like input rounding with fp32 accumulation. The switch is process-wide, so it is
+    put back afterwards (an in-process caller, a sweep's next job, sees what it had). Set through
+    torch's per-backend `fp32_precision` (torch 2.9 on), never through the legacy `allow_tf32` flags,
+    which torch refuses to mix with it; the CPU's own setting is left alone."""
     import torch
 
-    if device.type != "cuda" or not tf32:
+    if device.type != "cuda":
         yield
         return
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("high")
+    backends = [torch.backends.cuda.matmul, torch.backends.cudnn.conv]
+    attribute, value = "fp32_precision", "tf32" if tf32 else "ieee"
+    if not all(hasattr(backend, attribute) for backend in backends):  # torch before 2.9: legacy flags
+        backends, attribute, value = [torch.backends.cuda.matmul, torch.backends.cudnn], "allow_tf32", tf32
+    before = [getattr(backend, attribute) for backend in backends]
+    for backend in backends:
+        setattr(backend, attribute, value)
     try:
         yield
     finally:
-        torch.set_float32_matmul_precision(before)
+        for backend, old in zip(backends, before):
+            setattr(backend, attribute, old)

@@ -18,10 +18,12 @@ class SentenceBounds:
     With them a forward takes its shapes (body slots, encoder key reach, varlen offsets) from these
     numbers instead of reading maxima back from the device: no host sync, and under `torch.compile`
     no graph break and, as long as the bounds stay the same for the run, no recompile between
-    batches. They must hold for every batch they are passed with (the trainer takes them from the
-    data's stats): larger than needed costs only compute, never changes a result; smaller is a
-    caller's bug that nothing checks (checking would read back), and gives an index error (body
-    slots) or silently wrong attention (the sdpa windows' reach, flash's max_seqlen).
+    batches. They must hold for every batch they are passed with (the trainer's loader measures each
+    batch on the host, `gpthf.training.batches.fitting_bounds`): larger than needed costs compute and
+    changes results only by float rounding (the body's softmax runs over more masked slots) and, with
+    attention dropout, by which random draws land where (the dropout mask's shape follows the slots);
+    smaller is a caller's bug that nothing checks (checking would read back), and gives an index error
+    (body slots) or silently wrong attention (the sdpa windows' reach, flash's max_seqlen).
     """
 
     sentences: int  # most sentences in any row of the batch (upper bound, >= 1)

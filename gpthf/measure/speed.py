@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from gpthf.attention.sentences import SentenceBounds
 from gpthf.data.special_tokens import PAD_ID
 from gpthf.generation.generate import GenerationSettings, horizon
 from gpthf.generation.packed import packed_linears
@@ -102,6 +103,9 @@ def time_decode(
         return _time_decode(model, name, strategy, tokens, context, warmup, tile_to, compile)
 
 
+CUDA_GRAPH_WARMUP_STEPS = 3  # compile + eager run, graph recording, first replay: none of them timed
+
+
 def _time_decode(model, name, strategy, tokens, context, warmup, tile_to, compile) -> DecodeTiming:
     device = model_device(model)
     batch, total = tokens.shape
@@ -122,6 +126,8 @@ def _time_decode(model, name, strategy, tokens, context, warmup, tile_to, compil
         state = take_rows(state, torch.zeros(tile_to, dtype=torch.long, device=device))
         tokens, batch = tokens.expand(tile_to, -1), tile_to
     active = torch.ones(batch, dtype=torch.bool, device=device)
+    if compile and device.type == "cuda":  # CUDA graph trees: a warm-up run, a recording, then replays
+        warmup = max(warmup, CUDA_GRAPH_WARMUP_STEPS)
     for step in range(min(warmup, new_tokens - 1)):  # warm-up steps, excluded from the timing
         logits = runner.decode(model, state, tokens[:, context + step], active)
     timed = range(min(warmup, new_tokens - 1), new_tokens)
@@ -252,12 +258,13 @@ def time_training(
     model's device (`rows` and `sentence_ids` are copied there)."""
     device = model_device(model)
     rows, sentence_ids = rows.to(device), sentence_ids.to(device)
+    bounds = SentenceBounds.of(sentence_ids)  # read once, untimed, as the trainer's loader does on the host
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        next_token_loss(model(rows, sentence_ids), rows).backward()
+        next_token_loss(model(rows, sentence_ids, bounds=bounds), rows).backward()
         optimizer.step()
 
     step()

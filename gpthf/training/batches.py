@@ -64,9 +64,11 @@ def fitting_bounds(sentence_ids: np.ndarray, nominal: SentenceBounds) -> Sentenc
     """Bounds for a batch of rows (B, T), read on the host before the copy to the device.
 
     The nominal bounds (the split's most sentences in a row, data.max_sentence_len) hold for every
-    real sentence; a row's trailing padding is one more "sentence" that can be longer. A batch past a
-    nominal bound gets the row length there instead: only two values per bound, so a compiled model
-    builds at most one more graph, never one per batch. O(B·T) numpy work, microseconds per step."""
+    real sentence; a row's trailing padding is one more "sentence" that can be longer (the last row
+    of each packed chunk has one). A batch past a nominal bound gets the next power of two that holds
+    it (at most the row length): a handful of values per run, so a compiled model builds a few graphs,
+    never one per batch, and the encoder's attention windows grow with the batch's real need, not to
+    the whole row. O(B·T) numpy work, microseconds per step."""
     length = sentence_ids.shape[1]
     starts = np.ones(sentence_ids.shape, dtype=bool)
     starts[:, 1:] = sentence_ids[:, 1:] != sentence_ids[:, :-1]
@@ -74,10 +76,10 @@ def fitting_bounds(sentence_ids: np.ndarray, nominal: SentenceBounds) -> Sentenc
     start_index = np.maximum.accumulate(np.where(starts, index, 0), axis=1)
     longest = int((index - start_index).max()) + 1
     most = int(sentence_ids.max()) + 1
-    return SentenceBounds(
-        sentences=nominal.sentences if most <= nominal.sentences else length,
-        sentence_len=nominal.sentence_len if longest <= nominal.sentence_len else length,
-    )
+    def widened(needed: int, bound: int) -> int:
+        return bound if needed <= bound else min(1 << (needed - 1).bit_length(), length)
+
+    return SentenceBounds(widened(most, nominal.sentences), widened(longest, nominal.sentence_len))
 
 
 def split_bounds(split_stats: dict, max_sentence_len: int) -> SentenceBounds:

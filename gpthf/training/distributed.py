@@ -77,10 +77,13 @@ def resolve_device(name: str, local_rank: int, setting: str = "impl.device") -> 
         if not torch.cuda.is_available():
             raise ConfigError(f"{setting}={name} but no CUDA GPU is visible; use {setting}=cpu or auto")
         count = torch.cuda.device_count()
-        if index is None or index >= count:
+        processes = _processes_on_this_host()
+        # torchrun: local rank r takes cuda:r. Every rank refuses, not only those past the last GPU:
+        # the others would wait in init_process_group until the launcher kills them with a traceback.
+        too_many = name == "cuda" and processes > count
+        if index is None or index >= count or too_many:
             shows = f"this host shows {count} GPU(s), cuda:0 to cuda:{count - 1}"
-            processes = _processes_on_this_host()
-            if name == "cuda" and processes > 1:  # torchrun: local rank r takes cuda:r
+            if name == "cuda" and processes > 1:
                 raise ConfigError(
                     f"{setting}={name}: local rank {local_rank} of {processes} processes on this host, but "
                     f"{shows}; start at most {count} (torchrun --nproc_per_node={count})"
@@ -196,8 +199,10 @@ class Engine:
 
     def compile(self) -> None:
         """`torch.compile` what the loop calls forward on (for DDP, the wrapper: its optimizer splits
-        the graph at the gradient buckets)."""
-        self.model = torch.compile(self.model)
+        the graph at the gradient buckets). Static shapes: a batch whose sentence bounds are widened
+        (`fitting_bounds`: a few values in a run) gets its own graph, instead of dynamo turning the
+        bounds into symbolic sizes for every later step."""
+        self.model = torch.compile(self.model, dynamic=False)
 
 
 class DDPEngine(Engine):

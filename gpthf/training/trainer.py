@@ -149,11 +149,14 @@ def evaluate(
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for start in range(0, len(mine), micro_batch_size):
+    # Every rank runs as many forwards as the rank with the most rows (under ZeRO-3 each forward
+    # gathers the parameters from all ranks: one forward fewer on one rank would hang the others),
+    # and every batch has the full size, so a compiled model sees one shape: rows are repeated to
+    # fill a batch (a rank out of rows repeats the split's first) and the repeats' outputs dropped.
+    forwards = math.ceil(math.ceil(len(rows) / runtime.world_size) / micro_batch_size)
+    for start in range(0, forwards * micro_batch_size, micro_batch_size):
         part = mine[start : start + micro_batch_size]
-        # Every batch has the full size, so a compiled model sees one shape (no recompile for the
-        # last one): the rows are repeated to fill it and the repeats' outputs dropped, unscored.
-        input_ids, sentence_ids = split.rows(np.resize(part, micro_batch_size))
+        input_ids, sentence_ids = split.rows(np.resize(part if len(part) else rows[:1], micro_batch_size))
         ids = torch.from_numpy(input_ids).to(runtime.device)
         sids = torch.from_numpy(sentence_ids).to(runtime.device)
         with autocast(runtime.device, dtype):
@@ -393,15 +396,20 @@ class Trainer:
                 )
                 finished = done >= 1.0 or self.progress.elapsed_s >= self.budget_s
                 diverged = not math.isfinite(loss)
-                # One decision for all ranks, in one small collective: the furthest progress, and a stop
-                # or a NaN on any rank (a NaN reaches every rank's weights through the gradients).
-                done, *flags = runtime.max([done, finished, stop, diverged])
-                finished, stop, diverged = (flag > 0 for flag in flags)
+                checkpoint_due = self.progress.elapsed_s >= next_checkpoint_s
+                # One decision for all ranks, in one small collective: the furthest progress, and a stop,
+                # a NaN (it reaches every rank's weights through the gradients) or a checkpoint due on
+                # any rank: ranks whose clocks differ still enter save()'s collectives together.
+                done, *flags = runtime.max([done, finished, stop, diverged, checkpoint_due])
+                finished, stop, diverged, checkpoint_due = (flag > 0 for flag in flags)
                 if diverged:
                     raise self._diverged(loss, lr)
                 if finished or stop:
                     interrupted = not finished
                     break
+                if checkpoint_due:  # the state after the last step, before the next one
+                    self.save(f"step-{self.progress.step:08d}")
+                    next_checkpoint_s += 60 * cfg.train.checkpoint_every_minutes
                 lr = lr_at(done, cfg.train)
                 tokens_before = self.progress.tokens
                 loss_sum, targets, grad_norm = self._train_step(lr)
@@ -427,9 +435,6 @@ class Trainer:
                     postfix = {"loss": record["loss"], "lr": lr, "tok_s": int(tokens_per_s)}
                     window_tokens, window_start = 0, now
                 bar.update(done, **postfix)
-                if self.clock() - start >= next_checkpoint_s:
-                    self.save(f"step-{self.progress.step:08d}")
-                    next_checkpoint_s += 60 * cfg.train.checkpoint_every_minutes
         finally:
             self.batches.close()
             bar.close()

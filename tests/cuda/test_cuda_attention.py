@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from gpthf.attention.backends import backend_unavailable_reason, get_backend
 from gpthf.attention.sentences import SentenceBounds, block_causal_mask
+from gpthf.precision import fp32_matmuls, gpu_computes_bf16
 from tests.models.helpers import BACKEND_HEAD_DIM, random_batch, tiny_model
 
 pytestmark = [
@@ -28,15 +29,15 @@ BF16_SLACK = 2e-3  # added to twice sdpa's own bf16 error
 
 
 @pytest.fixture(autouse=True)
-def full_fp32_matmuls(monkeypatch):
+def full_fp32_matmuls():
     """fp32 comparisons need fp32 products: TF32 (a process-wide switch a run may have left on)
     would round their inputs like bf16."""
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    with fp32_matmuls(torch.device("cuda"), tf32=False):
+        yield
 
 
 def _backend_or_skip(name: str, dtype: torch.dtype):
-    if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+    if dtype == torch.bfloat16 and not gpu_computes_bf16():
         pytest.skip("this GPU has no bf16")
     reason = backend_unavailable_reason(name)
     if reason:

@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+from gpthf.precision import gpu_computes_bf16
 from tests.conftest import run_script
 
 pytestmark = [
@@ -20,7 +21,7 @@ pytestmark = [
 
 
 def gpu_format() -> str:
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if gpu_computes_bf16() else "fp16"
 
 
 def test_compare_quick_on_cuda_names_the_gpu_and_decodes(tmp_path):
@@ -106,7 +107,7 @@ def test_the_hf_peer_decodes_on_the_gpu():
 def test_formats_runs_on_cuda_without_packing(data_cache, tmp_path):
     from tests.conftest import SMALL_DATA
 
-    if not torch.cuda.is_bf16_supported():
+    if not gpu_computes_bf16():
         pytest.skip("formats.py compares bf16 with fp32")
     run = run_script(
         "eval/formats.py", "--quick", "--device", "cuda", "--out", str(tmp_path),

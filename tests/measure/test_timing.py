@@ -108,3 +108,16 @@ def test_a_cpu_decode_row_keeps_its_fields_and_a_cuda_row_adds_its_peak():
     assert row["prefill_s"] > 0 and row["tokens_per_s"] > 0 and row["ms_per_token"] > 0
     on_gpu = DecodeTiming("gpt", "cached", 1, 1, 1, 0.0, 1.0, 1.0, 0, 0.0, peak_cuda_mb=12.5).as_dict()
     assert on_gpu["peak_cuda_mb"] == 12.5
+
+
+def test_training_speed_is_timed_without_the_host_syncs_the_trainer_no_longer_has():
+    """The trainer hands GPTHF its sentence bounds from the host; a benchmark that let the model read
+    them back every step would time syncs training does not pay (on a GPU, a stall per forward)."""
+    from gpthf.measure.speed import time_training
+    from tests.models.helpers import HostSyncs, random_batch, tiny_model
+
+    model = tiny_model("gpthf")
+    ids, sids = random_batch(2, 24)
+    with HostSyncs() as syncs:
+        assert time_training(model, ids, sids, steps=3) > 0
+    assert syncs.calls.count("__int__") <= 2, syncs.calls  # the bounds, read once before the clock

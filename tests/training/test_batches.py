@@ -132,12 +132,14 @@ def test_bounds_hold_for_every_real_sentence_of_the_training_data(data):
 
 @pytest.mark.parametrize(
     "rows, expected",
-    [  # nominal: 3 sentences of at most 4 tokens; rows of 8
+    [  # nominal: 3 sentences of at most 4 tokens
         ([[0, 0, 1, 1, 1, 2, 2, 2]], SentenceBounds(3, 4)),  # within both: the nominal bounds
         ([[0, 0, 0, 0, 1, 2, 2, 2]], SentenceBounds(3, 4)),  # a sentence exactly at the bound
-        ([[0, 1, 1, 1, 1, 1, 1, 1]], SentenceBounds(3, 8)),  # a long trailing padding run: row length
+        ([[0, 1, 1, 1, 1, 1, 1, 1]], SentenceBounds(3, 8)),  # a long trailing padding run: 7 -> 8
+        ([[0, 0, 1, 1, 1, 1, 1, 2]], SentenceBounds(3, 8)),  # 5 -> the next power of two
         ([[0, 1, 2, 3, 3, 3, 3, 4]], SentenceBounds(8, 4)),  # more sentences than the split's record
         ([[0, 0, 1, 1, 2, 2, 2, 2], [0, 0, 0, 0, 0, 1, 1, 1]], SentenceBounds(3, 8)),  # any row decides
+        ([[0] * 5 + [1] * 15], SentenceBounds(3, 16)),  # 15 in a row of 20: 16, not the whole row
     ],
 )
 def test_batch_bounds_widen_to_the_row_only_where_the_nominal_ones_do_not_hold(rows, expected):
@@ -156,6 +158,6 @@ def test_every_step_carries_bounds_that_hold_for_its_rows(data):
                 exact = SentenceBounds.of(sids)
                 assert exact.sentences <= step.bounds.sentences
                 assert exact.sentence_len <= step.bounds.sentence_len
-                assert step.bounds.sentences in (batches.bounds.sentences, sids.shape[1])
+                assert step.bounds.sentences == batches.bounds.sentences, "the split's record holds"
     finally:
         batches.close()

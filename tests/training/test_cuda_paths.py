@@ -45,7 +45,7 @@ def a_gpu(monkeypatch, count: int = 1, bf16: bool = True, name: str = "Tesla T4"
     monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
     monkeypatch.setattr(torch.cuda, "set_rng_state", set_rng_state)
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", set_rng_state_all)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0) if bf16 else (7, 5))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
     return restored
@@ -89,8 +89,9 @@ def test_bf16_asked_of_a_gpu_without_it_is_one_line_naming_the_alternatives(monk
 
 
 def test_bf16_support_means_arithmetic_not_emulation(monkeypatch):
-    """torch's default `is_bf16_supported()` says yes on a V100 (emulation)."""
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    """torch's default `is_bf16_supported()` says yes on a V100 (emulation): capability 7.0 decides."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
     assert amp_dtype("auto", CUDA) is None
 
 
@@ -107,9 +108,10 @@ def torchrun_env(monkeypatch, rank: int, world: int) -> None:
         monkeypatch.setenv(key, str(value))
 
 
-def test_more_torchrun_ranks_than_gpus_is_one_line_naming_both(monkeypatch):
+@pytest.mark.parametrize("rank", [3, 0])  # rank 0 has a GPU, but would wait for ranks 2 and 3 forever
+def test_more_torchrun_ranks_than_gpus_is_one_line_naming_both(monkeypatch, rank):
     a_gpu(monkeypatch, count=2)
-    torchrun_env(monkeypatch, rank=3, world=4)
+    torchrun_env(monkeypatch, rank=rank, world=4)
     impl = load_config(["impl=ddp"]).impl
     with pytest.raises(ConfigError) as refused:
         setup_runtime(impl)  # before any process group
@@ -133,14 +135,40 @@ def test_one_process_on_a_gpu_makes_it_the_current_one(monkeypatch):
 
 
 def test_tf32_is_on_for_a_cuda_run_only_and_put_back_after():
-    before = torch.get_float32_matmul_precision()
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    before = (matmul.fp32_precision, conv.fp32_precision)
     assert load_config([]).impl.tf32 is True
     with fp32_matmuls(CUDA, tf32=True):
-        assert torch.get_float32_matmul_precision() == "high"
-    assert torch.get_float32_matmul_precision() == before
-    for device, tf32 in [(torch.device("cpu"), True), (CUDA, False)]:
-        with fp32_matmuls(device, tf32):
-            assert torch.get_float32_matmul_precision() == before
+        assert (matmul.fp32_precision, conv.fp32_precision) == ("tf32", "tf32")
+    assert (matmul.fp32_precision, conv.fp32_precision) == before
+    with fp32_matmuls(CUDA, tf32=False):  # full fp32 even where something had switched TF32 on
+        assert (matmul.fp32_precision, conv.fp32_precision) == ("ieee", "ieee")
+    cpu_before = torch.backends.mkldnn.matmul.fp32_precision
+    with fp32_matmuls(torch.device("cpu"), True):
+        assert (matmul.fp32_precision, conv.fp32_precision) == before
+        assert torch.backends.mkldnn.matmul.fp32_precision == cpu_before, "the CPU's setting is its own"
+
+
+def test_tf32_set_through_torchs_new_api_before_a_run_is_no_crash():
+    """torch refuses to mix its legacy TF32 switches with the per-backend `fp32_precision`: a process
+    that used the new one (a notebook, another library) must still train."""
+    matmul = torch.backends.cuda.matmul
+    before, matmul.fp32_precision = matmul.fp32_precision, "tf32"
+    try:
+        with fp32_matmuls(CUDA, tf32=False):
+            assert matmul.fp32_precision == "ieee"
+        assert matmul.fp32_precision == "tf32"
+    finally:
+        matmul.fp32_precision = before
+
+
+def test_bf16_is_asked_of_the_gpu_the_run_uses(monkeypatch):
+    capability = {0: (8, 0), 1: (7, 0)}  # an A100 as cuda:0 beside a V100 as cuda:1
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability[device.index])
+    assert amp_dtype("auto", torch.device("cuda", 0)) == torch.bfloat16
+    assert amp_dtype("auto", torch.device("cuda", 1)) is None
+    with pytest.raises(ConfigError, match="no bf16 arithmetic"):
+        amp_dtype("bf16", torch.device("cuda", 1))
 
 
 def test_a_cuda_run_trains_with_tf32(data_cache, tmp_path, monkeypatch):
@@ -156,15 +184,15 @@ def test_a_cuda_run_trains_with_tf32(data_cache, tmp_path, monkeypatch):
         pass
 
     def trainer_on_cuda(*args, **kwargs):
-        seen.append(torch.get_float32_matmul_precision())
+        seen.append(torch.backends.cuda.matmul.fp32_precision)
         raise Stop
 
     monkeypatch.setattr(trainer, "setup_runtime", on_cuda)
     monkeypatch.setattr(trainer, "Trainer", trainer_on_cuda)
-    before = torch.get_float32_matmul_precision()
+    before = torch.backends.cuda.matmul.fp32_precision
     with pytest.raises(Stop):
         train(load_config(run_overrides(data_cache, tmp_path)))
-    assert seen == ["high"] and torch.get_float32_matmul_precision() == before
+    assert seen == ["tf32"] and torch.backends.cuda.matmul.fp32_precision == before
 
 
 # -- compile --------------------------------------------------------------------------------------------
@@ -188,6 +216,30 @@ def test_the_trainer_compiles_through_its_engine(data_cache, tmp_path, monkeypat
     monkeypatch.setattr(Engine, "compile", lambda engine: compiled.append(type(engine)))  # (stays eager)
     train(load_config(run_overrides(data_cache, tmp_path, "impl.compile=true", "train.max_tokens=300")))
     assert compiled == [Engine]
+
+
+def test_widened_bounds_get_their_own_static_graph_not_a_dynamic_one(monkeypatch):
+    """A batch with a long padding run widens its bounds: compiled with static shapes (as
+    Engine.compile does), it gets one more graph of fixed sizes, never symbolic ones for every step."""
+    graphs = []
+
+    def counting_backend(graph, example_inputs):
+        graphs.append([type(x).__name__ for x in example_inputs])
+        return graph.forward
+
+    model = build_model(load_config(["arch=gpthf-test"]).arch, 64)
+    runtime = Runtime("none", 0, 0, 1, torch.device("cpu"))
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: real_compile(m, backend=counting_backend, **kw))
+    engine = Engine(model, torch.optim.SGD(model.parameters(), lr=0.0), runtime, load_config([]).train)
+    engine.compile()
+    torch._dynamo.reset()
+    ids = torch.randint(4, 64, (2, 24))
+    sids = torch.arange(24).repeat(2, 1) // 6
+    for bounds in [SentenceBounds(4, 8), SentenceBounds(8, 8), SentenceBounds(4, 8), SentenceBounds(8, 8)]:
+        engine.model(ids, sids, bounds=bounds)
+    assert len(graphs) == 2, "one graph per bounds value, reused"
+    assert all("SymInt" not in types for types in graphs), graphs
 
 
 # -- one collective per step under DDP --------------------------------------------------------------
@@ -225,6 +277,29 @@ def test_ddp_decides_each_step_with_one_small_collective(data_cache, tmp_path, m
     assert not dist.is_initialized()
 
 
+def test_a_checkpoint_due_on_another_rank_is_saved_by_every_rank(data_cache, tmp_path, monkeypatch):
+    """Ranks start their clocks apart: a checkpoint due by one rank's clock is taken by all (save()
+    holds collectives), decided in the step's one all_reduce, never by each rank's own clock."""
+    real_max = Runtime.max
+    calls = []
+
+    def other_rank_due_at_the_fourth_check(self, values):
+        calls.append(list(values))
+        values = list(values)
+        if len(calls) == 4:
+            values[4] = 1.0  # another rank's clock says a checkpoint is due; ours (frozen) never does
+        return real_max(self, values)
+
+    monkeypatch.setattr(Runtime, "max", other_rank_due_at_the_fourth_check)
+    run = train(
+        load_config(run_overrides(data_cache, tmp_path, "train.max_tokens=3000", "train.checkpoint_every_minutes=60")),
+        clock=frozen_clock,
+    )
+    assert all(values[4] == 0 for values in calls), "this rank's own clock never made one due"
+    saved = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert "step-00000003" in saved, saved
+
+
 # -- evaluation in one shape --------------------------------------------------------------------------
 
 
@@ -237,7 +312,9 @@ def test_evaluation_batches_have_one_shape_and_the_same_loss(data_cache, tmp_pat
     rows, micro = 11, 4  # batches of 4, 4 and 3 rows
     shapes = []
     model.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape)))
-    total, count = evaluate(model, split, runtime, micro, None, SentenceBounds(1, cfg.data.seq_len), max_rows=rows)
+    total, count = evaluate(
+        model, split, runtime, micro, None, SentenceBounds(1, cfg.data.seq_len), max_rows=rows
+    )
     assert shapes == [(micro, cfg.data.seq_len)] * 3, "the last batch filled to the full size"
     expected_total, expected_count = 0.0, 0
     with torch.no_grad():
@@ -266,3 +343,26 @@ def test_the_loader_thread_ends_with_a_run_that_failed(data_cache, tmp_path, mon
         train(load_config(run_overrides(data_cache, tmp_path, "train.max_tokens=100000")), clock=frozen_clock)
     assert steps[1:] == [True] * 3, "the next step was read in the thread while this one ran"
     assert not any(t.name.startswith("gpthf-batches") for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("rows, world", [(1, 2), (5, 2), (9, 4), (0, 2)])
+def test_every_rank_runs_as_many_evaluation_forwards(data_cache, tmp_path, rows, world):
+    """Under ZeRO-3 a forward gathers parameters from every rank: a rank with fewer rows (or none)
+    must still run as many forwards as the others, its extra ones scoring nothing."""
+    cfg = load_config(run_overrides(data_cache, tmp_path))
+    split = prepare_data(cfg, progress=False).split("validation")
+    torch.manual_seed(0)
+    model = build_model(cfg.arch, cfg.data.vocab_size)
+    micro, forwards, scored = 2, [], []
+    model.register_forward_pre_hook(lambda module, args: forwards[-1].append(args[0].shape[0]))
+    for rank in range(world):
+        forwards.append([])
+        runtime = Runtime("none", rank, rank, world, torch.device("cpu"))  # no process group: sums stay local
+        total, count = evaluate(model, split, runtime, micro, None, SentenceBounds(1, cfg.data.seq_len), rows)
+        scored.append(count)
+    assert all(len(f) == len(forwards[0]) for f in forwards), forwards
+    assert len(forwards[0]) == -(-(-(-rows // world)) // micro)
+    single = evaluate(model, split, Runtime("none", 0, 0, 1, torch.device("cpu")), micro, None,
+                      SentenceBounds(1, cfg.data.seq_len), rows)  # fmt: skip
+    assert sum(scored) == single[1], "every row scored once, the fillers never"
+
