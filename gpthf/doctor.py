@@ -59,7 +59,10 @@ def _devices() -> dict:
             f"{torch.cuda.get_device_name(i)} ({torch.cuda.get_device_properties(i).total_memory / 2**30:.0f} GiB)"
             for i in range(torch.cuda.device_count())
         ]
-        info["bf16"] = torch.cuda.is_bf16_supported()
+        from gpthf.precision import gpu_computes_bf16
+
+        # bf16 arithmetic, as training decides impl.amp=auto; torch's own answer counts emulation (V100, T4)
+        info["bf16"] = gpu_computes_bf16()
     else:
         info["why_no_gpu"] = (
             "this torch is a CPU build" if torch.version.cuda is None else "no CUDA device is visible"

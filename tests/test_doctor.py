@@ -3,11 +3,34 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
+import pytest
 import torch
 
+from gpthf import doctor
 from gpthf.doctor import format_report, report
 from tests.conftest import run_script
+
+
+def fake_v100(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.cuda as a V100 shows it: bf16 "supported" by emulation, no bf16 arithmetic (sm70)."""
+    props = SimpleNamespace(name="Tesla V100-SXM2-16GB", total_memory=16 * 2**30, major=7, minor=0)
+    for name, fake in {
+        "is_available": lambda: True,
+        "device_count": lambda: 1,
+        "get_device_properties": lambda device=None: props,
+        "get_device_name": lambda device=None: props.name,
+        "get_device_capability": lambda device=None: (props.major, props.minor),
+        "is_bf16_supported": lambda including_emulation=True: including_emulation,
+    }.items():
+        monkeypatch.setattr(torch.cuda, name, fake)
+
+
+def test_doctor_says_no_bf16_on_a_gpu_that_only_emulates_it(monkeypatch):
+    fake_v100(monkeypatch)
+    info = doctor._devices()
+    assert info["gpus"] == ["Tesla V100-SXM2-16GB (16 GiB)"] and info["bf16"] is False
 
 
 def test_doctor_json_reports_backends_device_and_paths(tmp_path):
