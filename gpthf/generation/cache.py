@@ -4,6 +4,10 @@ Rows advance independently: row b's next entry goes to index `lengths[b]`. A wri
 length is invisible until the length moves over it, so every row can be written at once and only
 the lengths decide what counts. Capacity doubles when needed: an amortised O(1) copy, never a
 per-step concatenation of the whole cache.
+
+An eager step attends over the longest row's filled part, a size the host must know. Reading it back
+from the device is a host sync; the generation loop instead reads it with the one sync it makes per
+step anyway (`host_query` / `host_answer`), and the cache reads it itself only when not told.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ class KVCache:
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
         self.static = False  # True: the capacity is fixed and every step attends over all of it
+        self.told_longest: int | None = None  # the longest row's length, when the loop read it for us
 
     @property
     def capacity(self) -> int:
@@ -27,6 +32,8 @@ class KVCache:
         """Make room for index `needed - 1`."""
         if needed <= self.capacity:
             return
+        if self.static:  # a compiled step holds these buffers' addresses: they never move
+            raise RuntimeError(f"a fixed-capacity cache ({self.capacity} entries) cannot grow to {needed}")
         new_capacity = max(needed, 2 * self.capacity)
         for buffers in (self.k, self.v):
             for i, old in enumerate(buffers):
@@ -35,22 +42,39 @@ class KVCache:
                 buffers[i] = grown
 
     def fix_capacity(self, capacity: int) -> None:
-        """Grow to `capacity` entries once and keep that shape: what a compiled decode step needs."""
+        """Exactly `capacity` entries from now on, in these buffers: what a compiled decode step
+        needs. Exactly, not at least: the prefill of a longer prompt allocates more headroom, and
+        its rows must fit the batch's buffers when continuous batching copies them in. `capacity`
+        holds every row's entries (the generation's horizon)."""
         if capacity > self.capacity:
             self.reserve(capacity)
+        if capacity != self.capacity:
             for buffers in (self.k, self.v):
                 for i, old in enumerate(buffers):
                     buffers[i] = old[:, :, :capacity].contiguous()
         self.static = True
+
+    def host_query(self) -> torch.Tensor:
+        """(0,) or (1,) long on the cache's device: what the next eager step needs on the host (the
+        longest row's length); nothing for a static cache, which attends over all of it."""
+        if self.static:
+            return self.lengths.new_zeros(0)
+        return self.lengths.max()[None]
+
+    def host_answer(self, values: list[int]) -> None:
+        """The values of `host_query`, read on the host, for the next step."""
+        if values:
+            (self.told_longest,) = values
 
     def next_window(self) -> int:
         """Entries the next decode step attends over, with room for every row's next write: each
         row's filled part (eager), or the whole fixed buffer (static, masked beyond each length)."""
         if self.static:
             return self.capacity
-        size = int(self.lengths.max()) + 1
-        self.reserve(size)
-        return size
+        longest = self.told_longest if self.told_longest is not None else int(self.lengths.max())
+        self.told_longest = None  # this step moves the lengths
+        self.reserve(longest + 1)
+        return longest + 1
 
     def visible_through_lengths(self, size: int) -> torch.Tensor:
         """(B, 1, 1, size) mask of the entries 0..lengths[b] of each row: what the token being

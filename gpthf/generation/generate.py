@@ -1,4 +1,10 @@
-"""The decoding loop shared by every model and strategy: prefill, then sample and decode one token at a time."""
+"""The decoding loop shared by every model and strategy: prefill, then sample and decode one token at a time.
+
+A step reads the device once: the new tokens, each row's stop (if any) and what the strategy's next
+step must know on the host, packed into one tensor and read with one `.tolist()`. Everything else
+(sampling, counters, stop conditions, which rows stay active) is computed on the device, so a GPU
+step never waits for the host in between; the host mirrors which rows are live from the stops it reads.
+"""
 
 from __future__ import annotations
 
@@ -250,6 +256,7 @@ def _generate(
     new_tokens = torch.zeros_like(sentences)
     context_tokens = lengths.clone()
     active = torch.ones(width, dtype=torch.bool, device=device)
+    live = [True] * width  # `active` as the host knows it
     never = torch.zeros_like(active)
     step_logits = []
     ready = Prefilled.none()  # prompts prefilled ahead of a free slot
@@ -261,11 +268,6 @@ def _generate(
         if settings.max_sentence_len is not None:
             next_token = torch.where(sentence_len >= settings.max_sentence_len - 1, EOS_ID, next_token)
         next_token = torch.where(active, next_token, PAD_ID)
-        for slot, (token, live) in enumerate(zip(next_token.tolist(), active.tolist())):
-            if live:
-                running[prompt_of[slot]].append(token)
-                if on_token is not None:
-                    on_token(prompt_of[slot], token)
 
         closing = closes_sentence(next_token) & active
         sentence_len = torch.where(closing, 0, sentence_len + 1)
@@ -283,18 +285,27 @@ def _generate(
             | (context_tokens >= limit.tokens if limit.tokens and not isinstance(model, GPTHF) else never),
             "max_new_tokens": new_tokens >= settings.max_new_tokens,
         }
+        stopped_by = _first_stop(list(stops.values()), active)  # (B,) 0: goes on, i: stops[i - 1]
+        active = active & (stopped_by == 0)
+        read = torch.cat([next_token, stopped_by, state.host_query(active)]).tolist()  # the step's one sync
+        for slot in range(width):
+            if live[slot]:
+                running[prompt_of[slot]].append(read[slot])
+                if on_token is not None:
+                    on_token(prompt_of[slot], read[slot])
         finished: list[int] = []
-        if (active & torch.stack(list(stops.values())).any(0)).any():  # most steps stop no row
-            for reason, hit in stops.items():
-                for slot in (hit & active).nonzero().flatten().tolist():
+        for number, reason in enumerate(stops, start=1):  # by reason, then by slot: on_finish's order
+            for slot in range(width):
+                if read[width + slot] == number:
                     finished.append(slot)
+                    live[slot] = False
                     prompt, tokens_out = prompt_of[slot], running.pop(prompt_of[slot])
                     if keep_results:
                         outputs[prompt], reasons[prompt] = tokens_out, reason
                     if on_finish is not None:
                         on_finish(prompt, tokens_out, reason)
-                active = active & ~hit
-        if active.any():
+        if any(live):
+            state.host_answer(read[2 * width :])
             logits = runner.decode(model, state, next_token, active)
         free = finished[: len(pending) + len(ready)]
         while free:  # continuous batching: free slots take the next prompts
@@ -309,10 +320,20 @@ def _generate(
             active[index] = True
             for slot, prompt in zip(free, taken.prompts):
                 prompt_of[slot] = prompt
+                live[slot] = True
                 running[prompt] = []
                 if sampled:
                     streams.assign(slot, keys[prompt])
             free = free[len(taken.prompts) :]
-        if not active.any():
+        if not any(live):
             break
     return GenerationResult(outputs, reasons, state.nbytes(), step_logits)
+
+
+def _first_stop(hits: list[torch.Tensor], active: torch.Tensor) -> torch.Tensor:
+    """(B,) long: for each active row, 1 + the index of the first of `hits` (each (B,) bool) it
+    meets, or 0 where it meets none (and for inactive rows)."""
+    first = torch.zeros(active.shape, dtype=torch.long, device=active.device)
+    for number in range(len(hits), 0, -1):  # the earliest reason written last wins
+        first = torch.where(hits[number - 1] & active, number, first)
+    return first

@@ -8,6 +8,8 @@ returned object, rows advancing on their own). The state is a fixed size whateve
 - LSTM: (h, c) per layer;
 - Block-Recurrent Transformer: per layer the keys and values of the previous and the current block,
   plus the recurrent layer's state vectors.
+
+As there, a step writes its state in place and asks the host only through `host_query`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from gpthf.attention.linear import LinearAttentionState
 from gpthf.generation.decode_attention import decode_attention
@@ -24,6 +27,10 @@ from gpthf.models.block_recurrent import RecurrentLayer
 from gpthf.models.layers import AttentionPattern, rope_angles
 
 
+def _nothing_to_ask(state: torch.Tensor) -> torch.Tensor:
+    return state.new_zeros(0, dtype=torch.long)
+
+
 @dataclass
 class LinearRecurrentState:
     layers: list[LinearAttentionState]
@@ -31,6 +38,12 @@ class LinearRecurrentState:
 
     def nbytes(self) -> int:
         return sum(layer.nbytes() for layer in self.layers)
+
+    def host_query(self, active: torch.Tensor) -> torch.Tensor:
+        return _nothing_to_ask(self.lengths)
+
+    def host_answer(self, values: list[int]) -> None:
+        pass
 
 
 class LinearRecurrentStrategy:
@@ -47,7 +60,12 @@ class LinearRecurrentStrategy:
         for block, layer in zip(model.blocks, state.layers):
 
             def attend(q, k, v, dropout_p=0.0, layer=layer):
-                return layer.step(q, k, v, active)
+                # `step` returns its sums as new tensors; they are copied into the state's own.
+                stepped = LinearAttentionState(layer.kv, layer.k)
+                out = stepped.step(q, k, v, active)
+                layer.kv.copy_(stepped.kv)
+                layer.k.copy_(stepped.k)
+                return out
 
             x = block(x, AttentionPattern(cos, sin, attend))
         state.lengths += active.long()
@@ -63,6 +81,12 @@ class LSTMState:
     def nbytes(self) -> int:
         return self.h.nbytes + self.c.nbytes
 
+    def host_query(self, active: torch.Tensor) -> torch.Tensor:
+        return _nothing_to_ask(self.h)
+
+    def host_answer(self, values: list[int]) -> None:
+        pass
+
 
 class LSTMRecurrentStrategy:
     def prefill(self, model: LSTMLanguageModel, tokens: torch.Tensor, lengths: torch.Tensor):
@@ -76,10 +100,35 @@ class LSTMRecurrentStrategy:
     def decode(
         self, model: LSTMLanguageModel, state: LSTMState, token: torch.Tensor, active: torch.Tensor
     ) -> torch.Tensor:
-        hidden, (h, c) = model.run(token[:, None], (state.h, state.c))
+        if torch.compiler.is_compiling():
+            out, (h, c) = lstm_step(model.lstm, model.embed(token), state.h, state.c)
+            hidden = model.proj(out)  # (B, d): what `model.run` computes, one token long
+        else:
+            hidden, (h, c) = model.run(token[:, None], (state.h, state.c))
+            hidden = hidden[:, 0]
         keep = active[None, :, None]
-        state.h, state.c = torch.where(keep, h, state.h), torch.where(keep, c, state.c)
-        return model.logits(hidden[:, 0])
+        state.h.copy_(torch.where(keep, h, state.h))
+        state.c.copy_(torch.where(keep, c, state.c))
+        return model.logits(hidden)
+
+
+def lstm_step(
+    lstm: torch.nn.LSTM, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """One token (B, d) through `lstm`'s layers written as the LSTM equations, for a compiled step:
+    dynamo cannot trace `nn.LSTM` (a graph break in every step). Same result up to rounding.
+    Returns the top layer's output (B, hidden) and the new (h, c), each (layers, B, hidden)."""
+    hs, cs = [], []
+    for layer in range(lstm.num_layers):
+        gates = F.linear(
+            x, getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"bias_ih_l{layer}", None)
+        ) + F.linear(h[layer], getattr(lstm, f"weight_hh_l{layer}"), getattr(lstm, f"bias_hh_l{layer}", None))
+        enter, forget, cell, out = gates.chunk(4, dim=-1)  # torch's gate order
+        c_new = forget.sigmoid() * c[layer] + enter.sigmoid() * cell.tanh()
+        x = out.sigmoid() * c_new.tanh()
+        hs.append(x)
+        cs.append(c_new)
+    return x, (torch.stack(hs), torch.stack(cs))
 
 
 @dataclass
@@ -101,9 +150,24 @@ class BlockRecurrentState:
     state: torch.Tensor  # (B, S, d): the recurrent layer's state entering the block in progress
     state_kv: tuple[torch.Tensor, torch.Tensor]  # its keys and values as the tokens read them
     lengths: torch.Tensor  # (B,) tokens seen per row
+    told_block_ends: bool | None = None  # whether the next step completes a block in some active row
 
     def nbytes(self) -> int:
         return sum(w.nbytes() for w in self.windows) + self.state.nbytes
+
+    def completes_block(self, active: torch.Tensor) -> torch.Tensor:
+        """(B,) the active rows whose next token is the last of their block."""
+        width = self.windows[0].cur_k.shape[2]
+        return active & (self.lengths % width == width - 1)
+
+    def host_query(self, active: torch.Tensor) -> torch.Tensor:
+        """Whether the next step moves some row's state on: the recurrent update costs as much as
+        a layer over S tokens, too much for every step, so it runs only at a block's end."""
+        return self.completes_block(active).any()[None].long()
+
+    def host_answer(self, values: list[int]) -> None:
+        (ends,) = values
+        self.told_block_ends = bool(ends)
 
 
 class BlockRecurrentStrategy:
@@ -127,7 +191,8 @@ class BlockRecurrentStrategy:
             BlockWindow(take(k, previous), take(v, previous), take(k, current), take(v, current))
             for k, v in zip(keys, values)
         ]
-        state_kv = model.recurrent.state_keys(state)[1:3]
+        # Own copies: the heads are views into one projection, and the step writes them in place.
+        state_kv = tuple(t.clone() for t in model.recurrent.state_keys(state)[1:3])
         return model.logits(last_real(x, lengths)), BlockRecurrentState(
             windows, state, state_kv, lengths.clone()
         )
@@ -152,8 +217,8 @@ class BlockRecurrentStrategy:
         for layer, window in zip(model.layers, state.windows):
 
             def attend(q, k, v, dropout_p=0.0, window=window):
-                window.cur_k = torch.where(writes, k, window.cur_k)
-                window.cur_v = torch.where(writes, v, window.cur_v)
+                window.cur_k.copy_(torch.where(writes, k, window.cur_k))
+                window.cur_v.copy_(torch.where(writes, v, window.cur_v))
                 keys = torch.cat([window.prev_k, window.cur_k], dim=2)
                 values = torch.cat([window.prev_v, window.cur_v], dim=2)
                 return decode_attention(q, keys, values, visible)
@@ -165,15 +230,20 @@ class BlockRecurrentStrategy:
                 x = layer(x, AttentionPattern(cos, sin, attend))
         logits = model.logits(x[:, 0])
 
-        complete = active & (offset == width - 1)
-        if bool(complete.any()):
+        complete = state.completes_block(active)
+        ends = state.told_block_ends
+        state.told_block_ends = None
+        if ends is None:  # not told: compiled, update (masked) rather than break the graph; eager, read it
+            ends = torch.compiler.is_compiling() or bool(complete.any())
+        if ends:
             recurrent = state.windows[model.recurrent_index]
             carried = model.recurrent.next_state(state.state, recurrent.cur_k, recurrent.cur_v)
-            state.state = torch.where(complete[:, None, None], carried, state.state)
-            state.state_kv = model.recurrent.state_keys(state.state)[1:3]
+            state.state.copy_(torch.where(complete[:, None, None], carried, state.state))
+            for kept, new in zip(state.state_kv, model.recurrent.state_keys(state.state)[1:3]):
+                kept.copy_(new)
             moved = complete[:, None, None, None]
             for window in state.windows:
-                window.prev_k = torch.where(moved, window.cur_k, window.prev_k)
-                window.prev_v = torch.where(moved, window.cur_v, window.prev_v)
+                window.prev_k.copy_(torch.where(moved, window.cur_k, window.prev_k))
+                window.prev_v.copy_(torch.where(moved, window.cur_v, window.prev_v))
         state.lengths += active.long()
         return logits

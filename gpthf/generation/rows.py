@@ -35,6 +35,41 @@ def _walk(target: Any, source: Any, leaf, batch_dim: int = 0) -> Any:
     return node
 
 
+def has_static_address(tensor: torch.Tensor) -> bool:
+    """Marked by `torch._dynamo.mark_static_address` (gpthf.generation.compiled); the mark read as
+    `torch._dynamo.utils.get_static_address_type` reads it, without importing the compiler."""
+    return getattr(tensor, "_dynamo_static_input_type", None) is not None
+
+
+def leaves(state: Any) -> list[torch.Tensor]:
+    """Every tensor of a state, in a fixed order."""
+    found: list[torch.Tensor] = []
+    _walk(state, state, lambda tensor, _, __: found.append(tensor))
+    return found
+
+
+def move_into(state: Any, buffers: Any) -> None:
+    """`state`'s values copied into the tensors of `buffers` (a state of the same layout), and
+    `state` made to hold those tensors instead of its own, in place: whoever holds `state` now
+    decodes in `buffers`' memory."""
+
+    def moved(value: Any, kept: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return kept.copy_(value)
+        if isinstance(value, list):
+            value[:] = [moved(v, k) for v, k in zip(value, kept)]
+            return value
+        if isinstance(value, tuple):
+            return tuple(moved(v, k) for v, k in zip(value, kept))
+        if value is None or isinstance(value, int | float | str | bool):
+            return value
+        for name, field in vars(value).items():
+            setattr(value, name, moved(field, getattr(kept, name)))
+        return value
+
+    moved(state, buffers)
+
+
 def take_rows(state: State, index: torch.Tensor) -> State:
     """A new state holding rows `index` of `state` (repeats allowed): `state` is left as it was."""
 
@@ -64,6 +99,11 @@ def put_rows(state: State, index: torch.Tensor, source: State) -> State:
             a if axis == dim else max(a, b) for axis, (a, b) in enumerate(zip(tensor.shape, other.shape))
         ]
         if list(tensor.shape) != shape:
+            if has_static_address(tensor):
+                raise RuntimeError(
+                    f"cannot grow a static buffer {tuple(tensor.shape)} to {tuple(shape)}: a compiled "
+                    "step holds its address (its state's capacity is fixed at the horizon)"
+                )
             grown = tensor.new_zeros(shape)
             grown[tuple(slice(0, n) for n in tensor.shape)] = tensor
             tensor = grown

@@ -78,6 +78,12 @@ class PromptStreams:
         self.generators[row] = generator
 
     def uniforms(self) -> torch.Tensor:
-        """(rows,) the next draw of every row's stream."""
-        draws = [torch.rand(1, generator=generator) for generator in self.generators]
-        return torch.cat(draws).to(self.device)
+        """(rows,) the next draw of every row's stream, on the device. The streams are CPU
+        generators (the same draws on any device); to a GPU they go from pinned memory without
+        waiting, as a plain copy from pageable memory would make the host wait for the GPU."""
+        draws = torch.cat([torch.rand(1, generator=generator) for generator in self.generators])
+        if self.device.type == "cpu":
+            return draws
+        if self.device.type == "cuda":
+            draws = draws.pin_memory()
+        return draws.to(self.device, non_blocking=True)

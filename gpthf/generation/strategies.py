@@ -11,6 +11,10 @@
 
 A strategy keeps everything it needs in the state object it returns; nothing is stored on the model.
 Every row of a batch advances on its own: `active` (B,) says which rows take the token they are given.
+A step writes its state in place (a compiled step's buffers keep their addresses, see
+gpthf.generation.compiled). What a step must know on the host (an eager cache's window) the state
+asks for with `host_query(active)` and is told with `host_answer(values)`: the generation loop reads
+it with the one host sync it makes per step; a state not told reads it itself.
 """
 
 from __future__ import annotations
@@ -39,7 +43,12 @@ CACHE_HEADROOM = 64  # entries allocated beyond the prompt before the first grow
 
 
 def closes_sentence(tokens: torch.Tensor) -> torch.Tensor:
-    return torch.isin(tokens, torch.tensor(SENTENCE_CLOSERS, device=tokens.device))
+    """Comparisons with the closers' ids, not `isin` against a tensor of them: that tensor would be
+    copied to the device at every call, a host sync per step on CUDA."""
+    closing = tokens == SENTENCE_CLOSERS[0]
+    for closer in SENTENCE_CLOSERS[1:]:
+        closing = closing | (tokens == closer)
+    return closing
 
 
 def pad_rows(rows, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,16 +87,23 @@ def _cached_pattern(cache: KVCache, layer: int, cos, sin, visible: torch.Tensor)
 class FullState:
     tokens: torch.Tensor  # (B, capacity)
     lengths: torch.Tensor  # (B,)
+    told: tuple[int, int] | None = None  # the longest row before and after the next step
 
     def nbytes(self) -> int:
         return int(self.lengths.max()) * self.tokens.shape[0] * self.tokens.element_size()
+
+    def host_query(self, active: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.lengths.max(), (self.lengths + active.long()).max()])
+
+    def host_answer(self, values: list[int]) -> None:
+        self.told = tuple(values)
 
 
 class FullStrategy:
     """Recompute everything each step with the training forward."""
 
-    def _logits(self, model: LanguageModel, state: FullState) -> torch.Tensor:
-        tokens = state.tokens[:, : int(state.lengths.max())]
+    def _logits(self, model: LanguageModel, state: FullState, longest: int) -> torch.Tensor:
+        tokens = state.tokens[:, :longest]
         return last_real(model(tokens, sentence_ids_for(tokens, state.lengths)), state.lengths)
 
     def prefill(self, model: LanguageModel, tokens: torch.Tensor, lengths: torch.Tensor):
@@ -95,18 +111,20 @@ class FullStrategy:
         buffer = tokens.new_zeros(tokens.shape[0], capacity)
         buffer[:, : tokens.shape[1]] = tokens
         state = FullState(buffer, lengths.clone())
-        return self._logits(model, state), state
+        return self._logits(model, state, int(lengths.max())), state
 
     def decode(
         self, model: LanguageModel, state: FullState, token: torch.Tensor, active: torch.Tensor
     ) -> torch.Tensor:
-        if int(state.lengths.max()) + 1 > state.tokens.shape[1]:
+        longest, longest_after = state.told or state.host_query(active).tolist()
+        state.told = None
+        if longest + 1 > state.tokens.shape[1]:
             grown = state.tokens.new_zeros(state.tokens.shape[0], 2 * state.tokens.shape[1])
             grown[:, : state.tokens.shape[1]] = state.tokens
             state.tokens = grown
         state.tokens.scatter_(1, state.lengths[:, None], token[:, None])
         state.lengths += active.long()
-        return self._logits(model, state)
+        return self._logits(model, state, longest_after)
 
 
 @dataclass
@@ -118,6 +136,12 @@ class GPTCacheState:
 
     def fix_capacity(self, horizon) -> None:
         self.kv.fix_capacity(horizon.tokens + 1)
+
+    def host_query(self, active: torch.Tensor) -> torch.Tensor:
+        return self.kv.host_query()
+
+    def host_answer(self, values: list[int]) -> None:
+        self.kv.host_answer(values)
 
 
 def causal_forward_capturing(model: GPT, tokens: torch.Tensor) -> tuple[torch.Tensor, list, list]:
@@ -174,6 +198,14 @@ class GPTHFCacheState:
     def fix_capacity(self, horizon) -> None:
         self.encoder.fix_capacity(horizon.sentence_tokens + 1)
         self.body.fix_capacity(horizon.sentences + 1)
+
+    def host_query(self, active: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.encoder.host_query(), self.body.host_query()])
+
+    def host_answer(self, values: list[int]) -> None:
+        if values:  # both eager (a static pair asks for nothing)
+            self.encoder.host_answer(values[:1])
+            self.body.host_answer(values[1:])
 
 
 class GPTHFCachedStrategy:
@@ -258,7 +290,7 @@ class GPTHFCachedStrategy:
 
         closing = closes_sentence(token) & active
         body.lengths += closing.long()
-        encoder.lengths = torch.where(closing, 0, encoder.lengths + active.long())
+        encoder.lengths.copy_(torch.where(closing, 0, encoder.lengths + active.long()))
         return logits
 
 
