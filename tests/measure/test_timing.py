@@ -3,6 +3,7 @@ CUDA side checked here against a stand-in of torch.cuda that records what it is 
 and the machine's name from the device that ran the work."""
 
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -93,6 +94,9 @@ def test_a_figure_names_the_gpu_it_ran_on(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
     assert machine_name("cuda:0") == "NVIDIA H200"
     assert machine_name("cpu") not in ("", "NVIDIA H200")
+    if Path("/proc/cpuinfo").is_file():  # the CPU model and threads, as every recorded figure names them
+        assert machine_name("cpu").endswith(f"{torch.get_num_threads()} threads")
+        assert machine_name("cpu") not in ("x86_64", "aarch64")
 
 
 def test_a_cpu_decode_row_keeps_its_fields_and_a_cuda_row_adds_its_peak():
