@@ -11,6 +11,7 @@ COMMANDS = {
     "doctor": "versions, device, attention backends and why not, where data and runs live",
     "lm-eval": 'lm-evaluation-harness\'s command line with the gpthf model (pip install ".[eval]")',
     "gpu-check": "run and measure the CUDA paths on this machine's GPU; writes docs/gpu-check.json",
+    "serve": 'an OpenAI-compatible HTTP server for a checkpoint (pip install ".[serve]")',
 }
 
 
@@ -25,6 +26,10 @@ def main(argv: list[str]) -> int:
         from gpthf.evaluation.lm_eval_cli import cli
 
         return cli(rest)
+    if command == "serve":
+        from gpthf.serving.server import main as serve
+
+        return serve(rest)
     if command == "gpu-check":
         from gpthf.gpu_check.check import main as gpu_check
 

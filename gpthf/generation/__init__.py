@@ -1,4 +1,5 @@
-"""Generation: a functional loop over explicit strategy state (see `strategies` for full vs cached)."""
+"""Generation: one engine (`engine`) decoding over explicit strategy state (see `strategies` for full vs
+cached); `generate` continues a list of prompts through it."""
 
 from gpthf.generation.generate import (
     ContextLimit,

@@ -5,7 +5,7 @@ counted from its first token), so where a sentence sits does not change its enco
 ragged prompts, right-padded, makes the encoder compute `B × longest` tokens and attend over
 `longest²` per row; packed by sentence into rows of `~PACK_ROW_TOKENS` tokens, it computes about the
 real tokens alone and attends over short rows, whatever the prompts' lengths. This is what lets a
-continuous batch prefill many waiting prompts in one call (gpthf.generation.generate).
+continuous batch prefill many waiting prompts in one call (gpthf.generation.engine).
 
 Cost: O(real tokens) to lay out (a Python pass over the prompts' sentences, first fit among the last
 few rows; 16 and 64 prompts of 2,048 tokens: 0.03 and 0.11 s, rows 98.5 % full), and the encoder's

@@ -35,9 +35,9 @@ class DeviceReads(HostSyncs):
 def reads_and_steps(model, prompts, settings: GenerationSettings, monkeypatch) -> tuple[int, int]:
     """Device reads during `generate`, and its decode steps (one token sampled per step)."""
     steps = []
-    generation = sys.modules["gpthf.generation.generate"]  # the module: the package exports its function
-    sample = generation.sample
-    monkeypatch.setattr(generation, "sample", lambda *a, **k: steps.append(1) or sample(*a, **k))
+    slots = sys.modules["gpthf.generation.slots"]  # the engine's step, which `generate` drives
+    sample = slots.sample
+    monkeypatch.setattr(slots, "sample", lambda *a, **k: steps.append(1) or sample(*a, **k))
     with DeviceReads() as reads:
         generate(model, prompts, settings, pack=False)
     return len(reads.calls), len(steps)

@@ -50,3 +50,32 @@ def test_a_prompts_stream_depends_on_seed_and_key_alone():
     assert torch.equal(draws(7, [4])[0], both[1]), "nor the prompts beside it"
     assert not torch.equal(draws(8, [3])[0], both[0]), "the seed does"
     assert not torch.equal(both[0], both[1]), "and the key"
+
+
+def test_per_row_settings_give_each_row_the_token_of_its_settings_batch_wide():
+    """A batch of mixed rows (greedy, temperature, top-k, top-p, both, none) samples for each row the
+    token the batch-wide path gives that row's settings with the same draw: bit for bit, so a request's
+    text does not depend on the rows beside it."""
+    from gpthf.generation.sampling import RowSampling
+
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(64, 97, generator=generator) * 3
+    logits[5, :10] = logits[5, 10]  # ties
+    draws = torch.rand(64, generator=generator)
+    kinds = [
+        SamplingSettings(temperature=0, top_k=5),
+        SamplingSettings(temperature=1.0, top_k=None),
+        SamplingSettings(temperature=0.7, top_k=20),
+        SamplingSettings(temperature=1.3, top_k=None, top_p=0.9),
+        SamplingSettings(temperature=0.8, top_k=50, top_p=0.5),
+        SamplingSettings(temperature=1.0, top_k=97, top_p=1.0),
+        SamplingSettings(temperature=0.5, top_k=500),
+        SamplingSettings(temperature=2.0, top_k=1),
+    ]
+    rows = [kinds[(i * 5) % len(kinds)] for i in range(64)]
+    mixed = sample(logits, RowSampling.of(rows), draws)
+    alone = torch.cat([sample(logits[i : i + 1], rows[i], draws[i : i + 1]) for i in range(64)])
+    assert torch.equal(mixed, alone)
+    for kind in kinds:  # the whole batch on one setting: either path, the same tokens
+        assert torch.equal(sample(logits, RowSampling.of([kind] * 64), draws), sample(logits, kind, draws))
+    assert len(set(mixed.tolist())) > 10
