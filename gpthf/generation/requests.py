@@ -26,6 +26,9 @@ class RequestSettings:
     top_p: float | None = None
     seed: int | None = None  # None: a random seed; a given seed makes the samples depend on it alone
     max_sentences: int | None = None  # stop after this many new finished sentences
+    # Generate on past <eod> to exactly max_tokens (or the context limit): a benchmark's fixed amount
+    # of work per request (vLLM's `ignore_eos`), whatever the model would say.
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -38,6 +41,8 @@ class RequestSettings:
             raise GenerationError(
                 f"max_sentences={self.max_sentences!r} must be an integer >= 1 (leave it unset for no limit)"
             )
+        if not isinstance(self.ignore_eos, bool):
+            raise GenerationError(f"ignore_eos={self.ignore_eos!r} must be true or false")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise GenerationError(f"seed={self.seed!r} must be an integer")
         self.sampling  # noqa: B018  (SamplingSettings' rules, stated once there)

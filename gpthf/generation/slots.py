@@ -82,6 +82,7 @@ class SlotRows:
     temperature: torch.Tensor  # (B,) float32
     top_k: torch.Tensor  # (B,) long
     top_p: torch.Tensor  # (B,) float32
+    ignore_eos: torch.Tensor  # (B,) bool: <eod> does not stop the row
 
     @classmethod
     def empty(cls, width: int, device: torch.device) -> SlotRows:
@@ -89,6 +90,7 @@ class SlotRows:
         longs = {f.name: torch.zeros(width, dtype=torch.long, device=device) for f in fields(cls)}
         longs.update(
             active=torch.zeros(width, dtype=torch.bool, device=device),
+            ignore_eos=torch.zeros(width, dtype=torch.bool, device=device),
             temperature=inactive.temperature,
             top_k=inactive.top_k,
             top_p=inactive.top_p,
@@ -112,10 +114,15 @@ class SlotRows:
         self.context_tokens[index] = rows.lengths.to(device)
         settings = [r.settings for r in rows.requests]
         sampling = RowSampling.of([s.sampling for s in settings])  # made on the host, sent in two copies
-        limits = [[s.max_tokens for s in settings], [s.max_sentences or NO_LIMIT for s in settings]]
+        limits = [
+            [s.max_tokens for s in settings],
+            [s.max_sentences or NO_LIMIT for s in settings],
+            [int(s.ignore_eos) for s in settings],
+        ]
         longs = torch.cat([torch.tensor(limits), sampling.top_k[None]]).to(device)
         floats = torch.stack([sampling.temperature, sampling.top_p]).to(device)
-        self.max_tokens[index], self.max_sentences[index], self.top_k[index] = longs
+        self.max_tokens[index], self.max_sentences[index], ignore_eos, self.top_k[index] = longs
+        self.ignore_eos[index] = ignore_eos.bool()
         self.temperature[index], self.top_p[index] = floats
         self.active[index] = True
 
@@ -146,7 +153,7 @@ class SlotRows:
         self.context_tokens += active.long()
         never = torch.zeros_like(active)
         stops = [  # as FINISH_REASONS names them
-            next_token == EOD_ID,
+            (next_token == EOD_ID) & ~self.ignore_eos,
             self.new_sentences >= self.max_sentences,
             (self.sentences >= limit.sentences if limit.sentences else never)
             | (self.context_tokens >= limit.tokens if limit.tokens else never),

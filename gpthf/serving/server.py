@@ -146,9 +146,22 @@ def load(args: argparse.Namespace) -> Served:
 
 
 def run_name(checkpoint: Path) -> str:
-    """The run folder's name (RUN/checkpoints/NAME), or the checkpoint folder's for a loose one."""
+    """The run's `name` as its config.yaml records it (`gpthf-kjv`: what `outputs/gpthf-kjv` and the
+    README's client examples call it), else the run folder's name (RUN/checkpoints/NAME), or the
+    checkpoint folder's for a loose one."""
+    import yaml  # omegaconf's, so always there
+
+    from gpthf.training.run_dir import CONFIG_FILE
+
     checkpoint = Path(checkpoint).resolve()
-    return checkpoint.parent.parent.name if checkpoint.parent.name == "checkpoints" else checkpoint.name
+    if checkpoint.parent.name != "checkpoints":
+        return checkpoint.name
+    run = checkpoint.parent.parent
+    try:
+        name = yaml.safe_load((run / CONFIG_FILE).read_text()).get("name")
+    except (OSError, AttributeError, yaml.YAMLError):  # no config, or not a mapping
+        name = None
+    return name if isinstance(name, str) and name.strip() else run.name
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -96,7 +96,7 @@ def test_compiled_decode_runs_as_cuda_graphs_with_eager_tokens_in_bf16(kind):
 def gpu_waits_per_step(model, prompts, sampling: SamplingSettings, monkeypatch, compile: bool) -> float:
     """Synchronizing CUDA calls per decode step: those of a 40-token generation less those of a
     20-token one (prefill's cancel out), over the steps between them."""
-    generation = sys.modules["gpthf.generation.generate"]
+    generation = sys.modules["gpthf.generation.slots"]  # the engine's step, which `generate` drives
     sample = generation.sample
     steps: list[int] = []
     monkeypatch.setattr(generation, "sample", lambda *a, **k: steps.append(1) or sample(*a, **k))

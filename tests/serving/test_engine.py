@@ -345,6 +345,17 @@ def test_finishes_by_max_sentences_context_and_eod(monkeypatch):
     assert len(client.tokens(ended)) == 2 and client.end(other).reason == "max_tokens"
     assert client.tokens(other)[-1] != EOD_ID
 
+    # ignore_eos (a benchmark's fixed work): the same <eod>-choosing row goes on to max_tokens
+    engine, client = engine_for(gpt, max_batch=4), Client()
+    decode = engine._runner.decode
+    monkeypatch.setattr(engine._runner, "decode", eod_for_row_zero)
+    onward = client.add(engine, prompt, RequestSettings(max_tokens=6, temperature=0, ignore_eos=True))
+    drain(engine)
+    assert client.end(onward).reason == "max_tokens" and len(client.tokens(onward)) == 6
+    assert client.tokens(onward)[1:].count(EOD_ID) == 5, "it chose <eod> and was not stopped by it"
+    with pytest.raises(GenerationError, match="ignore_eos"):
+        RequestSettings(max_tokens=3, ignore_eos="yes")
+
 
 def run_in_thread(engine: Engine) -> tuple[threading.Thread, threading.Event, list]:
     stop, raised = threading.Event(), []

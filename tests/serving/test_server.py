@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from openai import OpenAI
 
 from gpthf.data.special_tokens import EOS_ID
@@ -238,6 +239,17 @@ def test_n_choices_and_prompt_lists_in_openai_order(gpthf_server):
     assert both.choices[0].text != both.choices[1].text  # the second choice draws from its own stream
 
 
+def test_ignore_eos_generates_exactly_max_tokens(gpthf_server):
+    """serve_bench's fixed work per request: `ignore_eos` (vLLM's extra) goes on past <eod>."""
+    client = gpthf_server.client()
+    model = client.models.list().data[0].id
+    wanted = 20  # within the tiny model's context (30 new tokens here)
+    done = client.completions.create(
+        model=model, prompt=PROMPT, max_tokens=wanted, temperature=0, extra_body={"ignore_eos": True}
+    )
+    assert done.usage.completion_tokens == wanted and done.choices[0].finish_reason == "length"
+
+
 def test_stop_string_cuts_the_text_and_frees_the_request(gpthf_server, local):
     _, full = local.generate(PROMPT, max_tokens=40, temperature=1.0, seed=5)
     stop = full[12:15]
@@ -258,7 +270,13 @@ def test_stop_string_cuts_the_text_and_frees_the_request(gpthf_server, local):
 
 def test_models_health_and_metrics(gpthf_server, trained_runs):
     models = httpx.get(gpthf_server.url("/v1/models"), headers={"Authorization": f"Bearer {KEY}"}).json()
-    assert models["data"][0]["id"] == trained_runs["gpthf"].name and models["data"][0]["arch"] == "gpthf"
+    client = gpthf_server.client()  # a request of several tokens: the histograms hold a TPOT, run alone too
+    client.completions.create(
+        model=models["data"][0]["id"], prompt=PROMPT, max_tokens=4, temperature=0, extra_body={"ignore_eos": True}
+    )
+    recorded = yaml.safe_load((trained_runs["gpthf"] / "config.yaml").read_text())["name"]
+    assert models["data"][0]["id"] == recorded, "the run's name, as the README's client examples use it"
+    assert models["data"][0]["arch"] == "gpthf"
     assert httpx.get(gpthf_server.url("/health")).json() == {"status": "ok"}
     response = httpx.get(gpthf_server.url("/metrics"))
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
