@@ -154,7 +154,7 @@ async def _stream(client, url: str, body: dict, prompt_tokens: int, start: float
     async with client.stream("POST", url, json=body) as response:
         if response.status_code != 200:
             return RequestResult(False, error=_error_text(response.status_code, await response.aread()))
-        ttft = last = None
+        ttft = last = first_choice = None
         itl, chunks, usage, done = [], 0, None, False
         async for line in response.aiter_lines():
             if not line.startswith("data:"):
@@ -168,6 +168,8 @@ async def _stream(client, url: str, body: dict, prompt_tokens: int, start: float
             if event.get("error"):
                 return RequestResult(False, error=f"error in stream: {event['error']}"[:200])
             usage = event.get("usage") or usage
+            if event.get("choices") and first_choice is None:
+                first_choice = now - start
             if any(_chunk_text(c) for c in event.get("choices") or []):
                 if ttft is None:
                     ttft = now - start
@@ -177,9 +179,14 @@ async def _stream(client, url: str, body: dict, prompt_tokens: int, start: float
         end = time.perf_counter()
     if not done:
         return RequestResult(False, error="the stream ended without data: [DONE]")
-    if ttft is None:
-        return RequestResult(False, error="the stream carried no text")
     usage = usage or {}
+    if ttft is None:
+        # Tokens that print nothing (a model's special tokens: a GPTHF asked to go on past <eod> with
+        # ignore_eos emits <eod> after <eod>) are still work done: with the server's usage saying so,
+        # the request completed, its first token timed at its first chunk.
+        if not usage.get("completion_tokens") or first_choice is None:
+            return RequestResult(False, error="the stream carried no text")
+        ttft = first_choice
     return RequestResult(
         True,
         prompt_tokens=usage.get("prompt_tokens", prompt_tokens),

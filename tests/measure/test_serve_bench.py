@@ -370,3 +370,22 @@ def test_cli_sweeps_rates_against_a_server_and_writes_json_and_plot(fake_server,
         and [{"target": fake_server.url, **row} for row in saved["targets"][0]["rates"]] == lines[:2]
     )
     assert (tmp_path / "serve_bench.png").stat().st_size > 5_000
+
+
+def test_bench_starts_our_server_for_each_checkpoint_and_compares_them(trained_runs, tmp_path):
+    """`--ckpt GPTHF GPT`: our server started on 127.0.0.1 for each, the same fixed work sent to both
+    (ignore_eos), every request completed, the servers stopped afterwards, the ratios printed."""
+    run = run_script(
+        "eval/serve_bench.py", "--ckpt", str(trained_runs["gpthf"]), str(trained_runs["gpt"]),
+        "--num-prompts", "6", "--request-rates", "inf", "--prompt-tokens", "12", "--output-tokens", "6",
+        "--max-state-memory", "64MiB", "--max-batch", "4", "--max-seconds", "240", "--out", str(tmp_path),
+        timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((tmp_path / "serve_bench.json").read_text())
+    rows = [json.loads(line) for line in run.stdout.strip().splitlines() if line.startswith("{")]
+    per_rate = [r for r in rows if "completed" in r]
+    assert len(per_rate) == 2 and all(r["completed"] == 6 and r["failed"] == 0 for r in per_rate), per_rate
+    assert all(r["output_throughput"] > 0 and r["median_tpot_ms"] > 0 for r in per_rate)
+    assert "gpthf ÷ gpt at rate inf" in run.stderr and results
+    assert (tmp_path / "serve_bench.png").stat().st_size > 5_000
