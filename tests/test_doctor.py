@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from gpthf import doctor
+from gpthf.__main__ import COMMANDS
 from gpthf.doctor import format_report, report
 from tests.conftest import run_script
 
@@ -61,5 +62,5 @@ def test_unknown_command_is_one_line():
     run = run_script("-m", "gpthf", "docter")
     assert (
         run.returncode == 2
-        and run.stderr.strip() == "error: unknown command 'docter'; choose one of: doctor, lm-eval, gpu-check"
+        and run.stderr.strip() == f"error: unknown command 'docter'; choose one of: {', '.join(COMMANDS)}"
     )

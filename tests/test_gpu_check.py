@@ -344,8 +344,13 @@ def test_gpu_info_says_bf16_only_where_the_gpu_computes_it(monkeypatch):
 
 # Run as a separate process: gpu-check with three fake stages, the second of which sleeps.
 INTERRUPTED_RUN = """
+import signal
 import sys
 from pathlib import Path
+
+# Ctrl-C as in a terminal: a test process started in the background (nohup ... &) inherits SIGINT
+# ignored, and Python then never raises KeyboardInterrupt for it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from gpthf.cli import run_cli
 from gpthf.gpu_check import check
 from gpthf.gpu_check.readers import read_pytest
