@@ -167,9 +167,7 @@ class Engine:
         problem = prompt_problem(self.model, prompt, self.limit)
         if problem is not None:
             raise PromptError(None, problem)
-        reach = row_horizon(
-            prompt, settings.max_tokens, self.max_sentence_len, self.limit, settings.max_sentences
-        )
+        reach = self._reach(prompt, settings)
         self._check_fits_compiled(reach)
         size = self._size(reach)
         if self.max_state_bytes is not None and size > self.max_state_bytes:
@@ -185,7 +183,10 @@ class Engine:
         with self._lock:
             if self._stopped is not None:
                 raise EngineStopped(self._stopped[0])
-            if len(self._queue) + self._counts["ready"] >= self.max_queue:
+            # Waiting means beyond the free slots: requests sent together to an idle engine are not
+            # refused before its thread has had a step to place them.
+            free_slots = max(self.max_batch - self._counts["running"], 0)
+            if len(self._queue) + self._counts["ready"] - free_slots >= self.max_queue:
                 raise QueueFull(f"{self.max_queue} requests already wait (max_queue); retry later")
             request = Request(self._next_id, prompt, settings, on_event, stream, size)
             self._next_id += 1
@@ -193,6 +194,14 @@ class Engine:
             self._requests[request.id] = request
             self._lock.notify_all()
         return request.id
+
+    def state_bytes(self, prompt: Sequence[int], settings: RequestSettings) -> int:
+        """Bytes of generation state a request holds at its horizon: what admission counts, so a
+        server can refuse to start with a state memory that holds no request at all."""
+        return self._size(self._reach(prompt, settings))
+
+    def _reach(self, prompt: Sequence[int], settings: RequestSettings) -> Horizon:
+        return row_horizon(prompt, settings.max_tokens, self.max_sentence_len, self.limit, settings.max_sentences)
 
     def _check_fits_compiled(self, reach: Horizon) -> None:
         fixed = self._horizon

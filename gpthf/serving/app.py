@@ -41,7 +41,7 @@ from gpthf.serving.openai_api import (
     sse,
     usage_chunk,
 )
-from gpthf.serving.server import WARM_UP_PROMPT, Served
+from gpthf.serving.server import WARM_UP_PROMPT, Served, warm_up_settings
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Api:
         try:
             prompt = await asyncio.to_thread(self.encode_text, WARM_UP_PROMPT)
             channel = Channel(asyncio.get_running_loop())
-            self.runner.add(prompt, RequestSettings(max_tokens=1, temperature=0.0), channel.callback(0))
+            self.runner.add(prompt, warm_up_settings(), channel.callback(0))
             while True:
                 for _, event in await channel.get():
                     if isinstance(event, Finished):

@@ -39,7 +39,13 @@ UNSUPPORTED = {
     "frequency_penalty": lambda v: v in (None, 0),
     "tools": lambda v: not v,
     "response_format": lambda v: v is None or v == {"type": "text"},
+    # vLLM's sampling extras, refused rather than silently ignored
+    "min_p": lambda v: v in (None, 0),
+    "repetition_penalty": lambda v: v in (None, 1),
+    "min_tokens": lambda v: v in (None, 0),
+    "use_beam_search": lambda v: v in (None, False),
 }
+NO_TOP_K = (-1, 0)  # vLLM's spelling of "no top-k", sent by clients written for it
 _SENTENCE_END = re.compile(r"""[.!?]["'”’)\]]*$""")
 
 
@@ -102,6 +108,12 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         raise ApiError(400, f"the body is not valid JSON ({err})", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, f"the body must be a JSON object, not {_kind(body)}", code="invalid_json")
+    try:  # JSON's \ud800 escapes parse to lone surrogates, which no tokenizer (nor UTF-8) takes
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(
+            400, "the body holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape)", code="invalid_json"
+        ) from None
     return body
 
 
@@ -197,7 +209,7 @@ def _generation(
         ("max_sentences", _integer),
     ):
         value = read(body, name)
-        if value is not None:
+        if value is not None and not (name == "top_k" and value in NO_TOP_K):
             sampling[name] = value
     extras = {}
     if _boolean(body, "ignore_eos"):

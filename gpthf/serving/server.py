@@ -16,18 +16,28 @@ import signal
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpthf.cli import ArgumentParser, byte_size, non_negative_int, positive_float, positive_int
-from gpthf.errors import CheckpointError, GpthfError
+from gpthf.errors import CheckpointError, ConfigError, GpthfError
 from gpthf.precision import DEFAULT_DTYPE, DTYPE_NAMES
+
+if TYPE_CHECKING:
+    from gpthf.serving.engine import RequestSettings
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY = 2**20  # bytes of a request body; more is 413
 DEFAULT_GRACE = 10.0  # seconds requests in flight get after SIGTERM
 API_KEY_ENV = "GPTHF_API_KEY"
-WARM_UP_PROMPT = "Hello"
+WARM_UP_PROMPT = "Hello"  # one greedy token of it is the warm-up request, and the smallest one that must fit
+
+
+def warm_up_settings() -> RequestSettings:
+    """Imported when called: the engine pulls in torch, which `--help` need not wait for."""
+    from gpthf.serving.engine import RequestSettings
+
+    return RequestSettings(max_tokens=1, temperature=0.0)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -36,7 +46,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--ckpt", required=True, help="checkpoint folder, or a run folder (its newest checkpoint)"
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    parser.add_argument("--port", type=non_negative_int, default=8000, help="0 picks a free port (printed)")
+    parser.add_argument("--port", type=port_number, default=8000, help="0 picks a free port (printed)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument(
         "--dtype", default=DEFAULT_DTYPE, choices=DTYPE_NAMES, help="weights and generation state"
@@ -96,6 +106,7 @@ def load(args: argparse.Namespace) -> Served:
     """The checkpoint, tokenizer, sentence splitter and engine, loaded as generate.py loads them."""
     from gpthf.data.splitter import build_splitter
     from gpthf.generation import ContextLimit
+    from gpthf.generation.prompts import encode_prompt
     from gpthf.serving.engine import Engine
     from gpthf.training.checkpoint import (
         load_checkpoint_tokenizer,
@@ -134,6 +145,14 @@ def load(args: argparse.Namespace) -> Served:
         compile=args.compile,
         **{k: v for k, v in given.items() if v is not None},
     )
+    smallest = engine.state_bytes(
+        encode_prompt(WARM_UP_PROMPT, tokenizer, splitter, max_sentence_len), warm_up_settings()
+    )
+    if engine.max_state_bytes is not None and smallest > engine.max_state_bytes:
+        raise ConfigError(  # else the server would start and answer every request with an error
+            f"--max-state-memory {engine.max_state_bytes:,} bytes holds no request: a one-token reply "
+            f"to a short prompt needs {smallest:,}; give more"
+        )
     return Served(
         engine=engine,
         tokenizer=tokenizer,
@@ -143,6 +162,14 @@ def load(args: argparse.Namespace) -> Served:
         arch=meta["arch"]["model"],
         context={"tokens": limit.tokens, "sentences": limit.sentences},
     )
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 0 to 65535 (the OS would wrap a larger one to another port silently)."""
+    port = non_negative_int(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port (0 to 65535)")
+    return port
 
 
 def run_name(checkpoint: Path) -> str:

@@ -265,13 +265,14 @@ def test_queue_full_when_max_queue_requests_wait():
     model = tiny_model("gpthf", seed=3)
     engine, client = engine_for(model, max_batch=1, max_queue=3), Client()
     settings = RequestSettings(max_tokens=2, temperature=0)
-    for prompt in prompts(3):
+    for prompt in prompts(4):  # the free slot's request is not counted as waiting
         client.add(engine, prompt, settings)
     with pytest.raises(QueueFull, match="3 requests already wait"):
-        client.add(engine, prompts(4)[3], settings)
-    engine.step()  # one runs, two wait
-    assert engine.stats().waiting == 2
-    client.add(engine, prompts(4)[3], settings)
+        client.add(engine, prompts(5)[4], settings)
+    engine.step()  # one runs, three wait
+    assert engine.stats().waiting == 3
+    with pytest.raises(QueueFull):
+        client.add(engine, prompts(5)[4], settings)
     drain(engine)
     assert all(client.end(r).reason == "max_tokens" for r in client.events)
 

@@ -308,7 +308,7 @@ BAD_BODIES = [
     (b'{"prompt": "x", "max_tokens": "16"}', None, "max_tokens"),
     (b'{"prompt": "x", "max_tokens": 2.5}', None, "max_tokens"),
     (b'{"prompt": "x", "top_p": 0}', None, "top_p"),
-    (b'{"prompt": "x", "top_k": -1}', None, "top_k"),
+    (b'{"prompt": "x", "top_k": -2}', None, "top_k"),  # -1 and 0: vLLM's "no top-k", taken
     (b'{"prompt": "x", "seed": -3}', None, "seed"),
     (b'{"prompt": "x", "n": 0}', None, "n"),
     (b'{"prompt": "x", "stream": "yes"}', None, "stream"),
