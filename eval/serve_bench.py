@@ -41,6 +41,7 @@ from gpthf.measure.serving import (
     run_sweep,
     served_model,
 )
+from gpthf.measure.serving_inprocess import load_served, run_engine_sweep
 from gpthf.measure.serving_process import free_port, running_server, server_command
 from gpthf.measure.serving_prompts import Prompt, cut_prompts, file_prompts, held_out_text
 from gpthf.precision import DTYPE_NAMES
@@ -71,14 +72,19 @@ def parse_args(argv: list[str]):
     parser.add_argument("--seed", type=int, default=0, help="prompt places and arrival times")
     parser.add_argument("--request-timeout", type=positive_float, default=600.0, help="seconds per request")
     parser.add_argument("--max-seconds", type=positive_float, default=3600.0, help="for the whole run")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="with --ckpt: also send the same load straight to the engine in this process (the HTTP cost)",
+    )
     parser.add_argument("--out", type=Path, default=Path("outputs/serve_bench"))
     args = parser.parse_args(argv)
     mode, misplaced = (
         ("--ckpt", ("tokenizer", "model"))
         if args.ckpt
-        else ("--base-url", ("max_state_memory", "max_batch", "dtype"))
+        else ("--base-url", ("max_state_memory", "max_batch", "dtype", "in_process"))
     )
-    wrong = [f"--{name.replace('_', '-')}" for name in misplaced if getattr(args, name) is not None]
+    wrong = [f"--{name.replace('_', '-')}" for name in misplaced if getattr(args, name) not in (None, False)]
     if wrong:
         parser.error(f"{', '.join(wrong)} cannot be used with {mode}")
     return args
@@ -110,22 +116,29 @@ def main(argv: list[str]) -> int:
     }
     atomic_write(args.out / "serve_bench.json", json.dumps(result, indent=2))
     plot(targets, args.out / "serve_bench.png")
-    summary = {"summary": {t["target"]: headline(t["rates"]) for t in targets}, "comparison": comparison}
+    summary = {"summary": {t["target"]: headline(t) for t in targets}, "comparison": comparison}
     print(json.dumps(summary), flush=True)
     every_rate = all(len(t["rates"]) == len(args.request_rates) for t in targets)
     return 0 if every_rate and all(row["completed"] for t in targets for row in t["rates"]) else 1
 
 
-def headline(rows: list[dict]) -> dict:
-    """A target in one line: what it completed and failed over all rates, and its best throughput."""
+def headline(target: dict) -> dict:
+    """A target in one line: what it completed and failed over all rates, its best throughput, and
+    (with --in-process) its HTTP ÷ in-process output throughput at each rate."""
+    rows = target["rates"]
     best = max(rows, key=lambda row: row["output_throughput"] or 0, default=None)
-    return {
+    line = {
         "rates": len(rows),
         "completed": sum(row["completed"] for row in rows),
         "failed": sum(row["failed"] for row in rows),
         "max_output_throughput": best and best["output_throughput"],
         "median_tpot_ms_there": best and best["median_tpot_ms"],
     }
+    if "in_process" in target:
+        line["http_over_in_process"] = [
+            r["output_throughput"] for r in target["in_process"]["http_over_in_process"]
+        ]
+    return line
 
 
 def checkpoint_infos(paths: list[str]) -> list[dict]:
@@ -171,7 +184,34 @@ def bench_checkpoint(args, info: dict, prompts: list[Prompt], deadline: float) -
     startup = min(args.server_timeout, max(deadline - time.monotonic(), 1.0))
     with running_server(command, port, log, startup) as url:
         target = bench_server(args, url, None, info["label"], prompts, deadline)
-    return {**target, "checkpoint": str(info["checkpoint"]), "arch": info["arch"], "server_log": str(log)}
+    target = {**target, "checkpoint": str(info["checkpoint"]), "arch": info["arch"], "server_log": str(log)}
+    if args.in_process:
+        target["in_process"] = bench_in_process(args, info, prompts, target["rates"], deadline)
+    return target
+
+
+def bench_in_process(args, info: dict, prompts: list[Prompt], http_rows: list[dict], deadline: float) -> dict:
+    """The same load on the same engine without HTTP, after the server has stopped (never both at
+    once on shared cores); the server's output throughput ÷ this one's is the HTTP cost."""
+    served = load_served(
+        info["checkpoint"], max_batch=args.max_batch, max_state_memory=args.max_state_memory,
+        max_queue=args.num_prompts, dtype=args.dtype,
+    )  # fmt: skip
+    label = f"{info['label']} in process"
+    rows = run_engine_sweep(
+        served, prompts, output_tokens=args.output_tokens, rates=args.request_rates,
+        max_concurrency=args.max_concurrency, seed=args.seed, request_timeout_s=args.request_timeout,
+        deadline=deadline, report=lambda row: print(json.dumps({"target": label, **row}), flush=True),
+    )  # fmt: skip
+    by_rate = ratios(http_rows, rows)
+    for row in by_rate:
+        share = row["output_throughput"]
+        print(
+            f"{info['label']} over HTTP ÷ in process at rate {row['request_rate']}: output throughput "
+            f"{'n/a' if share is None else f'{share:.2f}×'}",
+            file=sys.stderr,
+        )
+    return {"rates": rows, "http_over_in_process": by_rate}
 
 
 def bench_server(

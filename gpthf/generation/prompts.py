@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from gpthf.data.packing import sentence_units
-from gpthf.data.special_tokens import SPECIAL_TOKENS
+from gpthf.data.special_tokens import PAD_ID, SENTENCE_CLOSERS, SPECIAL_TOKENS
 from gpthf.data.splitter import SentenceSplitter
 from gpthf.data.tokenizer import encode_sentences
 from gpthf.errors import GpthfError
@@ -28,6 +28,25 @@ def encode_prompt(text: str, tokenizer, splitter: SentenceSplitter, max_sentence
     if not _FINISHED.search(text):
         ids.pop()  # the last sentence is still open: drop its <eos>
     return ids
+
+
+def check_token_prompt(ids: list[int], vocab_size: int, max_sentence_len: int) -> None:
+    """A prompt given as token ids must be one `encode_prompt` could have made: ids of the
+    vocabulary, no <pad> (never an input), and no sentence longer than training's `max_sentence_len`
+    (<eos> included), so a model never sees a sentence longer than any it was trained on."""
+    for i, token in enumerate(ids):
+        if not 0 <= token < vocab_size:
+            raise GpthfError(f"token {i} is {token}; ids of this model are 0 to {vocab_size - 1}")
+        if token == PAD_ID:
+            raise GpthfError(f"token {i} is <pad> (id {PAD_ID}), which is never an input; leave it out")
+    open_tokens = 0
+    for i, token in enumerate(ids):
+        open_tokens = 0 if token in SENTENCE_CLOSERS else open_tokens + 1
+        if open_tokens >= max_sentence_len:
+            raise GpthfError(
+                f"token {i} makes a sentence of more than {max_sentence_len - 1} tokens before its <eos>; "
+                f"close sentences with <eos> (id {SENTENCE_CLOSERS[0]}) as training did"
+            )
 
 
 def decode_continuation(tokenizer, ids: list[int]) -> str:

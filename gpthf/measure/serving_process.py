@@ -99,15 +99,36 @@ def stop_server(process: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> int
 
 
 @contextlib.contextmanager
-def running_server(command: list[str], port: int, log: Path, startup_timeout_s: float) -> Iterator[str]:
-    """The server of `command` (listening on 127.0.0.1:`port`), ready; its base URL. It is stopped
-    on the way out however the block ends (an error, Ctrl-C). Its own session, so a Ctrl-C in the
-    terminal reaches only this process, which stops it in order."""
+def server_process(
+    command: list[str], port: int, log: Path, startup_timeout_s: float
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """The server of `command` (listening on 127.0.0.1:`port`), ready: its base URL and its process
+    (whose memory a soak test watches). It is stopped on the way out however the block ends (an
+    error, Ctrl-C). Its own session, so a Ctrl-C in the terminal reaches only this process, which
+    stops it in order."""
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             base_url = f"http://127.0.0.1:{port}"
             wait_until_healthy(base_url, process, startup_timeout_s, log)
-            yield base_url
+            yield base_url, process
         finally:
             stop_server(process)
+
+
+@contextlib.contextmanager
+def running_server(command: list[str], port: int, log: Path, startup_timeout_s: float) -> Iterator[str]:
+    """`server_process`'s base URL alone."""
+    with server_process(command, port, log, startup_timeout_s) as (base_url, _):
+        yield base_url
+
+
+def rss_bytes(pid: int) -> int | None:
+    """A process's resident memory from /proc (Linux); None where there is no /proc to read."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -24,8 +24,10 @@ from starlette.routing import Route
 
 from gpthf.errors import GpthfError
 from gpthf.generation import encode_prompt
+from gpthf.generation.prompts import check_token_prompt
 from gpthf.serving.bridge import Channel, Choice, EngineThread
 from gpthf.serving.engine import EngineStopped, Finished, PromptError, QueueFull, RequestSettings
+from gpthf.serving.loading import WARM_UP_PROMPT, Served, warm_up_settings
 from gpthf.serving.metrics import CONTENT_TYPE, ServerMetrics
 from gpthf.serving.openai_api import (
     ApiError,
@@ -41,7 +43,6 @@ from gpthf.serving.openai_api import (
     sse,
     usage_chunk,
 )
-from gpthf.serving.server import WARM_UP_PROMPT, Served, warm_up_settings
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ class Api:
         self.authorize(request)
         body = parse_json(await read_body(request, self.max_body))
         wanted = parse(body, self.served.name)
+        self.check_capacity(wanted)
         self.runner.check()
         prompts = await asyncio.to_thread(self.encode, wanted)
         settings = [self.settings(wanted, j) for j in range(wanted.n)]
@@ -162,9 +164,11 @@ class Api:
     def encode(self, wanted: GenerationRequest) -> list[list[int]]:
         """Token ids of each prompt, as generate.py encodes them (runs in a worker thread)."""
         encoded = []
-        for i, text in enumerate(wanted.prompts):
+        for i, prompt in enumerate(wanted.prompts):
             try:
-                encoded.append(self.encode_text(text))
+                encoded.append(
+                    self.encode_text(prompt) if isinstance(prompt, str) else self.check_ids(prompt)
+                )
             except GpthfError as err:
                 where = "" if len(wanted.prompts) == 1 else f"prompt {i}: "
                 raise ApiError(400, f"{where}{err}", param=self.prompt_param(wanted)) from None
@@ -173,6 +177,25 @@ class Api:
     def encode_text(self, text: str) -> list[int]:
         served = self.served
         return encode_prompt(text, served.tokenizer, served.splitter, served.max_sentence_len)
+
+    def check_ids(self, ids: list[int]) -> list[int]:
+        served = self.served
+        check_token_prompt(ids, served.tokenizer.get_vocab_size(), served.max_sentence_len)
+        return ids
+
+    def check_capacity(self, wanted: GenerationRequest) -> None:
+        """A request of more engine requests (prompts × n) than the engine can hold at once, running
+        and queued, can never be admitted: 400, not a 503 that asks the client to retry it."""
+        engine = self.served.engine
+        asked, holds = len(wanted.prompts) * wanted.n, engine.max_batch + engine.max_queue
+        if asked > holds:
+            raise ApiError(
+                400,
+                f"this request asks for {asked} completions ({len(wanted.prompts)} prompts × n={wanted.n}); "
+                f"this server holds at most {holds} at once ({engine.max_batch} running, {engine.max_queue} "
+                "queued): split it",
+                param="n",
+            )
 
     def settings(self, wanted: GenerationRequest, choice: int) -> RequestSettings:
         try:

@@ -78,7 +78,7 @@ class GenerationRequest:
     arguments of the engine's RequestSettings the body gave (others keep the engine's defaults)."""
 
     chat: bool
-    prompts: list[str]
+    prompts: list[str | list[int]]  # text, or token ids as the model's tokenizer made them
     sampling: dict[str, Any]
     n: int = 1
     stream: bool = False
@@ -112,7 +112,9 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         json.dumps(body, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         raise ApiError(
-            400, "the body holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape)", code="invalid_json"
+            400,
+            "the body holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape)",
+            code="invalid_json",
         ) from None
     return body
 
@@ -123,15 +125,27 @@ def parse_completion(body: dict[str, Any], model_name: str) -> GenerationRequest
         prompts = [prompt]
     elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
         prompts = list(prompt)
-    elif isinstance(prompt, list) and prompt and all(isinstance(p, (int, list)) for p in prompt):
-        raise ApiError(400, "token ids as prompts are not supported; send the text", param="prompt")
+    elif _token_ids(prompt):
+        prompts = [list(prompt)]
+    elif isinstance(prompt, list) and prompt and all(_token_ids(p) for p in prompt):
+        prompts = [list(p) for p in prompt]
     else:
         raise ApiError(
             400,
-            f"'prompt' must be a string or a non-empty list of strings, not {_kind(prompt)}",
+            "'prompt' must be a string, a non-empty list of strings, a list of token ids or a list of "
+            f"lists of token ids, not {_kind(prompt)}",
             param="prompt",
         )
     return _generation(body, model_name, chat=False, prompts=prompts, default_max_tokens=DEFAULT_MAX_TOKENS)
+
+
+def _token_ids(value: Any) -> bool:
+    """A non-empty list of integers (not booleans, which JSON keeps apart and Python does not)."""
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+    )
 
 
 def parse_chat(body: dict[str, Any], model_name: str) -> GenerationRequest:
@@ -187,7 +201,12 @@ def _message_text(content: Any, where: str) -> str:
 
 
 def _generation(
-    body: dict[str, Any], model_name: str, *, chat: bool, prompts: list[str], default_max_tokens: int
+    body: dict[str, Any],
+    model_name: str,
+    *,
+    chat: bool,
+    prompts: list[str | list[int]],
+    default_max_tokens: int,
 ) -> GenerationRequest:
     model = body.get("model")
     if model is not None and model != model_name:

@@ -14,30 +14,17 @@ import logging
 import os
 import signal
 import socket
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from gpthf.cli import ArgumentParser, byte_size, non_negative_int, positive_float, positive_int
-from gpthf.errors import CheckpointError, ConfigError, GpthfError
+from gpthf.errors import GpthfError
 from gpthf.precision import DEFAULT_DTYPE, DTYPE_NAMES
-
-if TYPE_CHECKING:
-    from gpthf.serving.engine import RequestSettings
+from gpthf.serving.loading import load
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY = 2**20  # bytes of a request body; more is 413
 DEFAULT_GRACE = 10.0  # seconds requests in flight get after SIGTERM
 API_KEY_ENV = "GPTHF_API_KEY"
-WARM_UP_PROMPT = "Hello"  # one greedy token of it is the warm-up request, and the smallest one that must fit
-
-
-def warm_up_settings() -> RequestSettings:
-    """Imported when called: the engine pulls in torch, which `--help` need not wait for."""
-    from gpthf.serving.engine import RequestSettings
-
-    return RequestSettings(max_tokens=1, temperature=0.0)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -89,106 +76,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@dataclass
-class Served:
-    """What the app serves: the engine and how text becomes its tokens."""
-
-    engine: Any
-    tokenizer: Any
-    splitter: Any
-    max_sentence_len: int
-    name: str
-    arch: str
-    context: dict[str, int | None]
-
-
-def load(args: argparse.Namespace) -> Served:
-    """The checkpoint, tokenizer, sentence splitter and engine, loaded as generate.py loads them."""
-    from gpthf.data.splitter import build_splitter
-    from gpthf.generation import ContextLimit
-    from gpthf.generation.prompts import encode_prompt
-    from gpthf.serving.engine import Engine
-    from gpthf.training.checkpoint import (
-        load_checkpoint_tokenizer,
-        load_model_from_checkpoint,
-        resolve_checkpoint,
-    )
-    from gpthf.training.distributed import resolve_device
-
-    device = resolve_device(args.device, 0, setting="--device")
-    if args.compile:
-        from gpthf.generation.compiled import check_compiler
-
-        check_compiler(device)
-    checkpoint = resolve_checkpoint(args.ckpt)
-    try:
-        model, meta, checkpoint = load_model_from_checkpoint(checkpoint, device, dtype=args.dtype)
-        tokenizer = load_checkpoint_tokenizer(checkpoint, meta)
-        limit = ContextLimit(**meta.get("context", {}))
-        max_sentence_len = meta["data"]["max_sentence_len"]
-        splitter = build_splitter(meta["data"]["language"])
-    except GpthfError:
-        raise
-    except Exception as err:  # a damaged file raises whatever its reader raises
-        raise CheckpointError(
-            f"checkpoint {checkpoint} does not load ({type(err).__name__}: {err})"
-        ) from None
-    given = {
-        "max_batch": args.max_batch,
-        "max_state_bytes": args.max_state_memory,
-        "max_queue": args.max_queue,
-    }
-    engine = Engine(
-        model,
-        limit=limit,
-        max_sentence_len=max_sentence_len,
-        compile=args.compile,
-        **{k: v for k, v in given.items() if v is not None},
-    )
-    smallest = engine.state_bytes(
-        encode_prompt(WARM_UP_PROMPT, tokenizer, splitter, max_sentence_len), warm_up_settings()
-    )
-    if engine.max_state_bytes is not None and smallest > engine.max_state_bytes:
-        raise ConfigError(  # else the server would start and answer every request with an error
-            f"--max-state-memory {engine.max_state_bytes:,} bytes holds no request: a one-token reply "
-            f"to a short prompt needs {smallest:,}; give more"
-        )
-    return Served(
-        engine=engine,
-        tokenizer=tokenizer,
-        splitter=splitter,
-        max_sentence_len=max_sentence_len,
-        name=args.model_name or run_name(checkpoint),
-        arch=meta["arch"]["model"],
-        context={"tokens": limit.tokens, "sentences": limit.sentences},
-    )
-
-
 def port_number(text: str) -> int:
     """A TCP port, 0 to 65535 (the OS would wrap a larger one to another port silently)."""
     port = non_negative_int(text)
     if port > 65535:
         raise argparse.ArgumentTypeError(f"{text} is not a port (0 to 65535)")
     return port
-
-
-def run_name(checkpoint: Path) -> str:
-    """The run's `name` as its config.yaml records it (`gpthf-kjv`: what `outputs/gpthf-kjv` and the
-    README's client examples call it), else the run folder's name (RUN/checkpoints/NAME), or the
-    checkpoint folder's for a loose one."""
-    import yaml  # omegaconf's, so always there
-
-    from gpthf.training.run_dir import CONFIG_FILE
-
-    checkpoint = Path(checkpoint).resolve()
-    if checkpoint.parent.name != "checkpoints":
-        return checkpoint.name
-    run = checkpoint.parent.parent
-    try:
-        name = yaml.safe_load((run / CONFIG_FILE).read_text()).get("name")
-    except (OSError, AttributeError, yaml.YAMLError):  # no config, or not a mapping
-        name = None
-    return name if isinstance(name, str) and name.strip() else run.name
 
 
 def bind(host: str, port: int) -> socket.socket:

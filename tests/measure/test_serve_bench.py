@@ -319,6 +319,7 @@ def _serve_bench_main():
         ["--base-url", "http://127.0.0.1:9", "--request-rates", "-1"],
         ["--base-url", "http://127.0.0.1:9", "--num-prompts", "0"],
         ["--base-url", "http://127.0.0.1:9", "--max-batch", "4"],
+        ["--base-url", "http://127.0.0.1:9", "--in-process"],  # a server elsewhere has no engine here
         ["--base-url", "http://127.0.0.1:9", "--ckpt", "runs/x"],
         ["--ckpt", "runs/x", "--model", "m"],
         [],
@@ -373,19 +374,25 @@ def test_cli_sweeps_rates_against_a_server_and_writes_json_and_plot(fake_server,
 
 
 def test_bench_starts_our_server_for_each_checkpoint_and_compares_them(trained_runs, tmp_path):
-    """`--ckpt GPTHF GPT`: our server started on 127.0.0.1 for each, the same fixed work sent to both
-    (ignore_eos), every request completed, the servers stopped afterwards, the ratios printed."""
+    """`--ckpt GPTHF GPT --in-process`: our server started on 127.0.0.1 for each, the same fixed
+    work sent to both (ignore_eos), every request completed, the servers stopped afterwards, the
+    ratios printed; then the same load straight to each engine, and HTTP ÷ in process reported."""
     run = run_script(
         "eval/serve_bench.py", "--ckpt", str(trained_runs["gpthf"]), str(trained_runs["gpt"]),
         "--num-prompts", "6", "--request-rates", "inf", "--prompt-tokens", "12", "--output-tokens", "6",
         "--max-state-memory", "64MiB", "--max-batch", "4", "--max-seconds", "240", "--out", str(tmp_path),
-        timeout=300,
+        "--in-process", timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads((tmp_path / "serve_bench.json").read_text())
     rows = [json.loads(line) for line in run.stdout.strip().splitlines() if line.startswith("{")]
     per_rate = [r for r in rows if "completed" in r]
-    assert len(per_rate) == 2 and all(r["completed"] == 6 and r["failed"] == 0 for r in per_rate), per_rate
+    assert len(per_rate) == 4 and all(r["completed"] == 6 and r["failed"] == 0 for r in per_rate), per_rate
     assert all(r["output_throughput"] > 0 and r["median_tpot_ms"] > 0 for r in per_rate)
-    assert "gpthf ÷ gpt at rate inf" in run.stderr and results
+    assert all(r["total_output_tokens"] == 36 for r in per_rate)  # the same work both ways
+    assert "gpthf ÷ gpt at rate inf" in run.stderr and "gpthf over HTTP ÷ in process at rate inf" in run.stderr
+    for target in results["targets"]:
+        (cost,) = target["in_process"]["http_over_in_process"]
+        assert 0 < cost["output_throughput"] < 10  # a sane ratio; its size is measured, not tested
+    assert all(len(line["http_over_in_process"]) == 1 for line in rows[-1]["summary"].values())
     assert (tmp_path / "serve_bench.png").stat().st_size > 5_000

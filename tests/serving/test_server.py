@@ -165,6 +165,8 @@ def local(trained_runs):
     limit, max_len = ContextLimit(**meta["context"]), meta["data"]["max_sentence_len"]
 
     class Local:
+        max_sentence_len = max_len
+
         def encode(self, text: str) -> list[int]:
             return encode_prompt(text, tokenizer, splitter, max_len)
 
@@ -237,6 +239,24 @@ def test_n_choices_and_prompt_lists_in_openai_order(gpthf_server):
         alone = client.completions.create(model=model, prompt=prompt, max_tokens=6, temperature=1.0, seed=7)
         assert both.choices[2 * i].text == alone.choices[0].text
     assert both.choices[0].text != both.choices[1].text  # the second choice draws from its own stream
+
+
+def test_token_id_prompts_give_the_text_prompts_completion(gpthf_server, local):
+    """OpenAI's prompt as token ids (one list, or a list of lists): the ids `encode_prompt` makes of a
+    text give that text's completion; a sentence longer than training's is refused by name."""
+    client = gpthf_server.client()
+    model = client.models.list().data[0].id
+    ids = local.encode(PROMPT)
+    settings = {"model": model, "max_tokens": 8, "temperature": 0}
+    text = client.completions.create(prompt=PROMPT, **settings)
+    by_ids = client.completions.create(prompt=ids, **settings)
+    assert by_ids.choices[0].text == text.choices[0].text and by_ids.usage.prompt_tokens == len(ids)
+    two = client.completions.create(prompt=[ids, ids[:5]], **settings)
+    assert two.choices[0].text == text.choices[0].text and len(two.choices) == 2
+    headers = {"Authorization": f"Bearer {KEY}"}
+    long_sentence = {"prompt": [5] * local.max_sentence_len, "max_tokens": 1}
+    response = httpx.post(gpthf_server.url("/v1/completions"), json=long_sentence, headers=headers)
+    assert response.status_code == 400 and "<eos>" in response.json()["error"]["message"]
 
 
 def test_ignore_eos_generates_exactly_max_tokens(gpthf_server):
@@ -318,6 +338,13 @@ BAD_BODIES = [
     (b'{"prompt": "   "}', None, "prompt"),
     (b'{"prompt": "x", "model": "gpt-4"}', "model_not_found", "model"),
     (b'{"prompt": "x", "echo": true}', None, "echo"),
+    (b'{"prompt": [5, 999999]}', None, "prompt"),  # token ids: one outside the vocabulary
+    (b'{"prompt": [[5, 6], [-1]]}', None, "prompt"),
+    (b'{"prompt": [5, 0, 6]}', None, "prompt"),  # <pad> is never an input
+    (b'{"prompt": [true, false]}', None, "prompt"),  # JSON booleans are not ids
+    (b'{"prompt": [5, "x"]}', None, "prompt"),
+    (b'{"prompt": "x", "n": 6}', None, "n"),  # more than this server holds (1 running, 4 queued): never admitted
+    (b'{"prompt": ["x", "y", "z"], "n": 2}', None, "n"),
 ]
 
 
