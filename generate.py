@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import math
 import sys
 import time
-from array import array
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gpthf.atomic import WriteFailed
 from gpthf.batch_output import check_batch_file, is_stream, job_output, partial_path
-from gpthf.batch_results import BatchResults, InputOrder, check_complete
-from gpthf.cli import ArgumentParser, positive_int, run_cli, writable_folder
+from gpthf.batch_results import BatchResults, check_complete
+from gpthf.cli import ArgumentParser, run_cli, writable_folder
 from gpthf.errors import GpthfError
 from gpthf.precision import DEFAULT_DTYPE, DTYPE_NAMES
+from gpthf.settings import MAX_NEW_TOKENS, MAX_SENTENCES, SAMPLING, SEED, SLOTS, check_all
+
+if TYPE_CHECKING:
+    from gpthf.generation import GenerationSettings
 
 BOM = "\ufeff"  # the byte order mark some editors put before UTF-8 text: never part of a prompt
 
@@ -40,7 +43,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--batch-size",
-        type=positive_int,
+        type=SLOTS.argument,
         default=16,
         help="rows generated at once; with more prompts, a finished row's slot takes the next prompt",
     )
@@ -82,13 +85,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="multiply from the weights as stored, not packed for the CPU's kernels (changes rounding only)",
     )
     args = parser.parse_args(argv)
-    # Checked before torch is imported, so a typo costs no model load.
-    if args.max_new_tokens < 0:
-        raise GpthfError(f"--max-new-tokens={args.max_new_tokens} must be >= 0 (max_new_tokens)")
-    if not (math.isfinite(args.temperature) and args.temperature >= 0):
-        raise GpthfError(f"--temperature={args.temperature} must be a finite number >= 0 (0 = greedy)")
-    if args.max_sentences is not None and args.max_sentences < 1:
-        raise GpthfError(f"--max-sentences={args.max_sentences} must be >= 1 (leave it out for no limit)")
+    # Checked before torch is imported (a typo costs no model load), by the rules the library checks with.
+    check_all(args, (MAX_NEW_TOKENS, MAX_SENTENCES, *SAMPLING, SEED), as_flags=True)
     if args.compile and args.strategy != "cached":
         raise GpthfError("--compile applies to --strategy cached (full recomputes a growing context)")
     if args.resume and args.output is None:
@@ -194,70 +192,24 @@ def run_job(
     in input order as soon as every earlier one has."""
     from tqdm import tqdm
 
-    from gpthf.data.splitter import build_splitter
-    from gpthf.generation import (
-        ContextLimit,
-        GenerationSettings,
-        PromptError,
-        SamplingSettings,
-        check_prompts,
-        decode_continuation,
-        encode_prompt,
-        generate,
-    )
+    from gpthf.generation import PromptError, check_prompts, generate
+    from gpthf.generation.job import InputOrderOutput, StreamPrinter, encode_prompts, speed_line
     from gpthf.training.checkpoint import load_checkpoint_tokenizer, load_model_from_checkpoint
 
     model, meta, checkpoint = load_model_from_checkpoint(checkpoint, device, dtype=args.dtype)
     start = results.done if results is not None else 0  # prompts an interrupted run already wrote
     tokenizer = load_checkpoint_tokenizer(checkpoint, meta)
-    splitter = build_splitter(meta["data"]["language"])
-    max_sentence_len = meta["data"]["max_sentence_len"]
-    # Token ids held as 4-byte arrays, not lists of Python ints (~40 bytes a token, measured): a job's
-    # memory still grows with its prompts, 8x slower.
-    encoded = [array("i", encode_prompt(p, tokenizer, splitter, max_sentence_len)) for p in prompts[start:]]
-    settings = GenerationSettings(
-        max_new_tokens=args.max_new_tokens,
-        max_sentences=args.max_sentences,
-        sampling=SamplingSettings(args.temperature, args.top_k, args.top_p),
-        seed=args.seed,
-        max_sentence_len=max_sentence_len,
-        limit=ContextLimit(**meta.get("context", {})),
-    )
+    encoded = encode_prompts(prompts[start:], tokenizer, meta["data"])
+    settings = generation_settings(args, meta)
     try:  # before any output: a bad prompt costs no work and leaves no half-printed line
         check_prompts(model, encoded, settings.limit)
     except PromptError as err:
         raise GpthfError(f"{name_prompt(args, start + err.prompt)} {err.problem}") from None
     stream = len(prompts) == 1 and not args.no_stream
-    generated: list[int] = []
-    printed = ""
-
-    def show(row: int, token: int) -> None:
-        nonlocal printed
-        generated.append(token)
-        text = decode_continuation(tokenizer, generated)
-        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-            sys.stdout.write(text[len(printed) :])
-            sys.stdout.flush()
-            printed = text
-
     progress = tqdm(
         total=len(prompts), initial=start, unit="prompt", disable=len(prompts) == 1, file=sys.stderr
     )
-    in_order = InputOrder(start)
-    new_tokens = 0
-
-    def finished(row: int, row_tokens: list[int], row_reason: str) -> None:
-        nonlocal new_tokens
-        new_tokens += len(row_tokens)
-        progress.update()
-        for index, (tokens, reason) in in_order.add(start + row, (row_tokens, row_reason)):
-            completion = decode_continuation(tokenizer, tokens)
-            if results is not None:
-                results.write(index, prompts[index], completion, tokens, reason)
-            elif not stream:
-                prefix = f"[{index}] " if len(prompts) > 1 else ""
-                print(f"{prefix}{prompts[index]}{completion}", flush=True)
-
+    output = InputOrderOutput(prompts, start, tokenizer, results, progress, streamed=stream)
     if stream:
         sys.stdout.write(prompts[0])
     started = time.perf_counter()
@@ -268,9 +220,9 @@ def run_job(
                 encoded,
                 settings,
                 strategy=args.strategy,
-                on_token=show if stream else None,
+                on_token=StreamPrinter(tokenizer) if stream else None,
                 slots=args.batch_size,
-                on_finish=finished,
+                on_finish=output,
                 compile=args.compile,
                 pack=not args.no_pack,
                 keep_results=False,
@@ -283,13 +235,24 @@ def run_job(
         results.finish()
     if len(prompts) > 1:
         slots = min(args.batch_size, len(encoded))
-        resumed = f" (resumed after {start:,})" if start else ""
         print(
-            f"{len(encoded):,} prompts{resumed}, {new_tokens:,} new tokens in {elapsed:.1f} s: "
-            f"{new_tokens / max(elapsed, 1e-9):.1f} tokens/s with {slots} slot{'s' if slots != 1 else ''}"
-            + (" (compilation included)" if args.compile else ""),
-            file=sys.stderr,
+            speed_line(len(encoded), start, output.new_tokens, elapsed, slots, args.compile), file=sys.stderr
         )
+
+
+def generation_settings(args: argparse.Namespace, meta: dict) -> GenerationSettings:
+    """The flags as the library's settings, with what the checkpoint was trained for (its sentence
+    length and context)."""
+    from gpthf.generation import ContextLimit, GenerationSettings, SamplingSettings
+
+    return GenerationSettings(
+        max_new_tokens=args.max_new_tokens,
+        max_sentences=args.max_sentences,
+        sampling=SamplingSettings(args.temperature, args.top_k, args.top_p),
+        seed=args.seed,
+        max_sentence_len=meta["data"]["max_sentence_len"],
+        limit=ContextLimit(**meta.get("context", {})),
+    )
 
 
 def open_results(args: argparse.Namespace, prompts: list[str], checkpoint: Path) -> BatchResults:

@@ -21,7 +21,7 @@ from gpthf.measure import DEFAULT_DEVICE, DEVICE_HELP
 from gpthf.precision import DEFAULT_DTYPE, DTYPE_NAMES
 
 
-def main(argv: list[str]) -> int:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="batching.py", description=__doc__)
     parser.add_argument("--ckpt", required=True, help="checkpoint or run folder")
     parser.add_argument("--prompts", type=positive_int, default=256)
@@ -34,55 +34,31 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--device", default=DEFAULT_DEVICE, help=DEVICE_HELP)
     parser.add_argument("--out", type=Path, default=Path("outputs/batching"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
     writable_folder(args.out)
-    import numpy as np
     import torch
 
     from gpthf.training.distributed import resolve_device
 
     device = resolve_device(args.device, 0, setting="--device")
-    from gpthf.data.special_tokens import PAD_ID
-    from gpthf.evaluation.perplexity import rows_for_text
-    from gpthf.generation import GenerationSettings, SamplingSettings, generate
-    from gpthf.measure.timing import machine_name, peak_device_mb, reset_peak_memory, timed_seconds
+    from gpthf.generation import GenerationSettings, SamplingSettings
+    from gpthf.measure.batching import held_out_prompts, time_batching
+    from gpthf.measure.timing import machine_name, peak_device_mb
     from gpthf.training.checkpoint import load_checkpoint_tokenizer, load_model_from_checkpoint
 
     model, meta, checkpoint = load_model_from_checkpoint(args.ckpt, device, dtype=args.dtype)
-    tokenizer = load_checkpoint_tokenizer(checkpoint, meta)
-    input_ids, _, _ = rows_for_text(meta, tokenizer, "test")
-    stream = [t for t in input_ids.reshape(-1).tolist() if t != PAD_ID]
-    rng = np.random.default_rng(0)
-    prompts = []
-    for _ in range(args.prompts):  # mixed lengths, from 4 to 128 tokens, at random places in the text
-        length = int(rng.integers(4, 129))
-        start = int(rng.integers(0, max(len(stream) - length, 1)))
-        prompts.append(stream[start : start + length])
+    prompts = held_out_prompts(meta, load_checkpoint_tokenizer(checkpoint, meta), args.prompts)
     settings = GenerationSettings(
         max_new_tokens=args.new_tokens,
         max_sentences=args.max_sentences,
         sampling=SamplingSettings(temperature=0),
         max_sentence_len=meta["data"]["max_sentence_len"],
     )
-    generate(model, prompts[: args.slots], GenerationSettings(max_new_tokens=2))  # warm-up
-    reset_peak_memory(device)
-    fixed, continuous, fixed_times, continuous_times = [], [], [], []
-
-    def fixed_batches() -> None:
-        fixed.clear()
-        for begin in range(0, len(prompts), args.slots):
-            fixed.extend(generate(model, prompts[begin : begin + args.slots], settings).tokens)
-
-    def continuous_batching() -> None:
-        continuous[:] = generate(model, prompts, settings, slots=args.slots).tokens
-
-    for _ in range(args.repeats):  # interleaved, so a slow spell of a shared machine hits both
-        fixed_times.append(timed_seconds(fixed_batches, device))
-        continuous_times.append(timed_seconds(continuous_batching, device))
-    fixed_s, continuous_s = float(np.median(fixed_times)), float(np.median(continuous_times))
-
-    new_tokens = sum(len(t) for t in continuous)
-    lengths = [len(t) for t in continuous]
+    runs = time_batching(model, prompts, settings, args.slots, args.repeats, device)
     result = {
         "checkpoint": str(checkpoint),
         "model": meta["arch"]["model"],
@@ -90,35 +66,14 @@ def main(argv: list[str]) -> int:
         "threads": torch.get_num_threads(),
         "device": str(device),
         "machine": machine_name(device),
-        "prompts": len(prompts),
-        "slots": args.slots,
-        "new_tokens": new_tokens,
-        "new_tokens_per_prompt": {
-            "min": min(lengths),
-            "mean": new_tokens / len(prompts),
-            "max": max(lengths),
-        },
-        "fixed_tokens_per_s": new_tokens / fixed_s,
-        "continuous_tokens_per_s": new_tokens / continuous_s,
-        "continuous_over_fixed": fixed_s / continuous_s,
-        # Each round times both back to back, so its ratio cancels a slow spell that spans the round;
-        # the median of those is the steadier figure on a shared machine.
-        "continuous_over_fixed_per_round": [f / c for f, c in zip(fixed_times, continuous_times)],
-        "median_round_ratio": float(np.median([f / c for f, c in zip(fixed_times, continuous_times)])),
-        "fixed_seconds": fixed_times,
-        "continuous_seconds": continuous_times,
-        # Decode steps: fixed batches take their longest row's length each; continuous batching
-        # can at best keep every slot busy, so this ratio bounds its gain on this workload.
-        "step_bound": sum(max(lengths[b : b + args.slots]) for b in range(0, len(lengths), args.slots))
-        / -(-new_tokens // args.slots),
-        "same_tokens": continuous == fixed,
+        **runs.summary(),
     }
     if device.type == "cuda":
         result["peak_cuda_mb"] = peak_device_mb(device)
     atomic_write(args.out / "batching.json", json.dumps(result, indent=2))
-    plot(result, lengths, args.out / "batching.png")
+    plot(result, [len(t) for t in runs.continuous], args.out / "batching.png")
     print(
-        f"{len(prompts)} prompts, {args.slots} slots, {new_tokens:,} new tokens: fixed batches "
+        f"{len(prompts)} prompts, {args.slots} slots, {result['new_tokens']:,} new tokens: fixed batches "
         f"{result['fixed_tokens_per_s']:.1f} tokens/s, continuous {result['continuous_tokens_per_s']:.1f} tokens/s "
         f"({result['continuous_over_fixed']:.2f}×, median of rounds {result['median_round_ratio']:.2f}×, "
         f"at most {result['step_bound']:.2f}× in decode steps); "

@@ -21,12 +21,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from gpthf.atomic import atomic_write, save_figure
 from gpthf.cli import ArgumentParser, byte_size, non_negative_int, positive_int, run_cli, writable_folder
 from gpthf.measure import DEFAULT_DEVICE, DEVICE_HELP
+from gpthf.measure.comparison import find, ratio
+from gpthf.models import SPECS
 from gpthf.precision import DEFAULT_DTYPE, DTYPE_NAMES
 
 
@@ -106,25 +107,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-ALTERNATIVES = ("linear", "t2r", "lstm", "block_recurrent")
-STYLES = {
-    ("gpthf", "cached"): "C0-o",
-    ("gpthf", "full"): "C0:o",
-    ("gpthf", "compiled"): "C0--x",
-    ("gpt", "compiled"): "C1--x",
-    ("gpt", "cached"): "C1-s",
-    ("gpt", "full"): "C1:s",
-    ("hf-llama", "generate"): "C2--^",
-    ("linear", "cached"): "C3-v",
-    ("t2r", "cached"): "C4-<",
-    ("lstm", "cached"): "C5-D",
-    ("block_recurrent", "cached"): "C6-P",
-}
+ALTERNATIVES = tuple(kind for kind in SPECS if kind not in ("gpthf", "gpt"))  # every other registered kind
 
 
 def load_models(args, vocab_size: int, device: torch.device) -> dict:
     from gpthf.config import load_config
     from gpthf.errors import ConfigError
+    from gpthf.measure.scaling import arch_name
     from gpthf.models import build_model
     from gpthf.precision import torch_dtype
     from gpthf.training.checkpoint import load_model_from_checkpoint
@@ -137,7 +126,7 @@ def load_models(args, vocab_size: int, device: torch.device) -> dict:
         if kind not in models:
             torch.manual_seed(0)  # built on the CPU, so the same weights on every device
             models[kind] = (
-                build_model(load_config([f"arch={kind.replace('_', '-')}-{args.arch}"]).arch, vocab_size)
+                build_model(load_config([f"arch={arch_name(kind, args.arch)}"]).arch, vocab_size)
                 .to(device, torch_dtype(args.dtype))
                 .eval()
             )
@@ -146,19 +135,17 @@ def load_models(args, vocab_size: int, device: torch.device) -> dict:
     return models
 
 
-def ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a and b else None
-
-
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from gpthf.measure.styles import decode_styles
+
     batch = max(r["batch"] for r in results["decode"])
     fig, (speed, memory) = plt.subplots(1, 2, figsize=(11, 4))
-    for (model, strategy), style in STYLES.items():
+    for (model, strategy), style in decode_styles().items():
         rows = sorted(
             (r["context"], r)
             for r in results["decode"]
@@ -286,17 +273,6 @@ def time_grid(args, models: dict, hf, stream: list[int], started: float) -> list
     return decode
 
 
-def find(decode: list[dict], model: str, strategy: str, context: int, batch: int) -> dict | None:
-    return next(
-        (
-            r
-            for r in decode
-            if (r["model"], r["strategy"], r["context"], r["batch"]) == (model, strategy, context, batch)
-        ),
-        None,
-    )
-
-
 def ratio_rows(args, decode: list[dict], models: dict, vocab: int, tokens_per_sentence: float) -> list[dict]:
     """Per (context, batch): GPTHF's and the others' speed and state over GPT's, and the FLOPs ratio."""
     from gpthf.measure import flops
@@ -415,63 +391,36 @@ def main(argv: list[str]) -> int:
 
     dtype = resolve_dtype(args.dtype, device)
     torch.set_num_threads(args.threads)
-    from gpthf.config import load_config
-    from gpthf.data.dataset import prepare_data
-    from gpthf.measure import flops
-    from gpthf.measure.roofline import measure_peaks, roofline, weight_bytes
-    from gpthf.measure.speed import decode_stream, time_training
+    from gpthf.measure.comparison import flops_table, headline, memory_peaks, state_budget_ratios
+    from gpthf.measure.roofline import DecodeRoofline, measure_peaks
+    from gpthf.measure.speed import time_training
     from gpthf.measure.timing import machine_name
+    from gpthf.measure.workload import prepare_workload
 
     started = time.time()
     peaks = measure_peaks(dtype, args.dtype, device=device)  # this machine, these threads, this format
-    print(
-        f"  peaks ({args.dtype}, {machine_name(device)}): copy {peaks.copy_gb_s:.1f} GB/s, batch-8 matmul "
-        f"{peaks.matmul_b8_gflop_s:.0f} GFLOP/s, square matmul {peaks.matmul_square_gflop_s:.0f} GFLOP/s",
-        file=sys.stderr,
+    print(f"  peaks ({args.dtype}, {machine_name(device)}): {peaks.describe()}", file=sys.stderr)
+    work = prepare_workload(
+        [f"cache_dir={args.cache_dir}"] if args.cache_dir else [],
+        max(args.contexts),
+        args.new_tokens,
+        max(args.batches),
+        train_rows=args.train_batch,
     )
-    data = prepare_data(load_config([f"cache_dir={args.cache_dir}"] if args.cache_dir else []))
-    stats = data.stats
-    train = data.split("train")
-    stream = decode_stream(
-        train, stats["data_config"]["seq_len"], max(args.contexts), args.new_tokens, max(args.batches)
-    )
-    train_ids, train_sids = train.rows(np.arange(min(len(train), args.train_batch)))  # only what is timed
-    tokens_per_sentence = stats["splits"]["train"]["tokens_per_sentence_mean"]
-    vocab = stats["vocab_size"]
+    vocab, tokens_per_sentence = work.vocab_size, work.tokens_per_sentence
     models = load_models(args, vocab, device)
-    plan = plan_state_budget(args, models, stream) if args.state_budget else []
+    plan = plan_state_budget(args, models, work.stream) if args.state_budget else []
     hf = load_hf_peer(args, models["gpt"], device, dtype)
+    with_roofline = DecodeRoofline(models, vocab, tokens_per_sentence, peaks)
 
-    def with_roofline(row: dict) -> dict:
-        """The row plus the bytes and FLOPs its step must move and their share of the peaks."""
-        kind = "gpt" if row["model"] == "hf-llama" else row["model"]
-        model = models[kind]
-        count = flops.full_recompute_flops if row["strategy"] == "full" else flops.decode_flops
-        per_token = count(model.arch, vocab, row["context"], tokens_per_sentence)
-        state = row["state_bytes"] if row["strategy"] != "full" else 0  # full re-reads tokens only
-        row["roofline"] = roofline(
-            weight_bytes(model) + state, per_token * row["batch"], row["ms_per_token"], peaks
-        )
-        return row
-
-    decode = [with_roofline(row) for row in time_grid(args, models, hf, stream, started)]
+    decode = [with_roofline(row) for row in time_grid(args, models, hf, work.stream, started)]
     budget = time_state_budget(args, models, plan, with_roofline) if args.state_budget else []
     ratios = ratio_rows(args, decode, models, vocab, tokens_per_sentence)
-    budget_ratios = {}
-    for context in args.contexts if budget else []:
-        pair = {r["model"]: r for r in budget if r["context"] == context}
-        budget_ratios[str(context)] = ratio(pair["gpthf"]["tokens_per_s"], pair["gpt"]["tokens_per_s"])
-
-    seq_len = train_ids.shape[1]
-    rows = torch.from_numpy(train_ids[: args.train_batch])
-    sids = torch.from_numpy(train_sids[: args.train_batch])
+    rows, sentence_ids = work.training_rows()
     training = {
-        kind: time_training(models[kind], rows, sids, steps=1 if args.quick else 3)
+        kind: time_training(models[kind], rows, sentence_ids, steps=1 if args.quick else 3)
         for kind in ("gpthf", "gpt", *args.models)
     }
-    memory = {"peak_rss_mb": max(r["peak_rss_mb"] for r in decode + budget)}
-    if device.type == "cuda":
-        memory["peak_cuda_mb"] = max(r["peak_cuda_mb"] for r in decode + budget)
     results = {
         "arch": args.arch,
         "parameters": {kind: model.num_parameters() for kind, model in models.items()},
@@ -482,24 +431,15 @@ def main(argv: list[str]) -> int:
         "tokens_per_sentence": tokens_per_sentence,
         "decode": decode,
         "ratios": ratios,
-        "flops": {
-            "per_generated_token": {
-                str(c): {k: flops.decode_flops(models[k].arch, vocab, c, tokens_per_sentence) for k in models}
-                for c in args.contexts
-            },
-            "per_training_token": {
-                k: flops.training_flops_per_token(models[k].arch, vocab, seq_len, tokens_per_sentence)
-                for k in models
-            },
-        },
+        "flops": flops_table(models, vocab, args.contexts, rows.shape[1], tokens_per_sentence),
         "training_tokens_per_s": training,
         "training_gpthf_over_gpt": training["gpthf"] / training["gpt"],
         "dtype": args.dtype,
         "packed": not args.no_pack,
         "peaks": peaks.as_dict(),
         "state_budget": budget,
-        "state_budget_ratios": budget_ratios,
-        **memory,
+        "state_budget_ratios": state_budget_ratios(budget, args.contexts),
+        **memory_peaks(decode + budget, device),
         "seconds": time.time() - started,
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -507,14 +447,7 @@ def main(argv: list[str]) -> int:
     plot(results, args.out / "compare.png")
     print_tables(args, results, models, peaks)
     print(f"written to {args.out}")
-    headline = max(ratios, key=lambda r: (r["batch"], r["context"]))
-    training_ratios = {f"training_{k}_over_gpt": training[k] / training["gpt"] for k in models if k != "gpt"}
-    at_budget = {f"budget_gpthf_over_gpt_at_{c}": r for c, r in budget_ratios.items()}
-    cell = (headline["context"], headline["batch"])
-    speeds = {f"{k}_tokens_per_s": find(decode, k, "cached", *cell)["tokens_per_s"] for k in ("gpthf", "gpt")}
-    where = {"device": results["device"], "machine": results["machine"]}
-    line = {"arch": args.arch, "dtype": args.dtype, **where, **headline, **speeds, **training_ratios}
-    print(json.dumps({**line, **at_budget}))
+    print(json.dumps(headline(results)))
     return 0
 
 

@@ -40,9 +40,9 @@ def main(argv: list[str]) -> int:
     model, meta, checkpoint = load_model_from_checkpoint(args.ckpt)
     tokenizer, splitter = (
         load_checkpoint_tokenizer(checkpoint, meta),
-        build_splitter(meta["data"]["language"]),
+        build_splitter(meta.data["language"]),
     )
-    max_sentence_len, max_len = meta["data"]["max_sentence_len"], meta["data"]["seq_len"]
+    max_sentence_len, max_len = meta.data["max_sentence_len"], meta.data["seq_len"]
     if args.task == "cloze":
         import itertools
 
@@ -50,14 +50,14 @@ def main(argv: list[str]) -> int:
         from gpthf.data.packing import sentence_units
         from gpthf.data.tokenizer import encode_sentences
 
-        documents = list(itertools.islice(split_documents(meta["data"], "test"), 10_000))
+        documents = list(itertools.islice(split_documents(meta.data, "test"), 10_000))
         encoded = [
             [u for t in encode_sentences(tokenizer, doc) for u in sentence_units(t, max_sentence_len)]
             for doc in documents
         ]
         result = cloze(model, encoded, n_examples=args.max_eval or 200)
         print(
-            f"{meta['arch']['model']} cloze: accuracy {result['accuracy']:.3f} over {result['examples']} examples (chance {result['chance']:.2f})"
+            f"{meta.arch['model']} cloze: accuracy {result['accuracy']:.3f} over {result['examples']} examples (chance {result['chance']:.2f})"
         )
     else:
         from gpthf.evaluation.tasks import get_task
@@ -79,12 +79,12 @@ def main(argv: list[str]) -> int:
             progress=True,
         )
         print(
-            f"{meta['arch']['model']} {task.name}: accuracy median {result['accuracy_median']:.3f} (spread {result['accuracy_spread']:.3f}, "
+            f"{meta.arch['model']} {task.name}: accuracy median {result['accuracy_median']:.3f} (spread {result['accuracy_spread']:.3f}, "
             f"majority {result['majority_baseline']:.3f}), macro-F1 median {result['macro_f1_median']:.3f} over {len(args.seeds)} seeds"
         )
     from gpthf.evaluation.results import save_result
 
-    summary = {"checkpoint": str(checkpoint), "model": meta["arch"]["model"], **result}
+    summary = {"checkpoint": str(checkpoint), "model": meta.arch["model"], **result}
     print(json.dumps(summary))  # first: a result the disk has no room for is printed all the same
     save_result(checkpoint, f"downstream-{result['task']}", summary)
     return 0

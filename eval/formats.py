@@ -22,8 +22,6 @@ from gpthf.atomic import atomic_write, save_figure
 from gpthf.cli import ArgumentParser, positive_int, run_cli, writable_folder
 from gpthf.measure import DEFAULT_DEVICE, DEVICE_HELP
 
-FORMATS = ("fp32", "bf16")
-
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = ArgumentParser(prog="formats.py", description=__doc__)
@@ -54,6 +52,7 @@ def main(argv: list[str]) -> int:
     writable_folder(args.out)
     import torch
 
+    from gpthf.measure.formats import FORMATS, format_ratios, time_variants, twins_in_formats
     from gpthf.precision import resolve_dtype
     from gpthf.training.distributed import resolve_device
 
@@ -61,86 +60,20 @@ def main(argv: list[str]) -> int:
     dtypes = {name: resolve_dtype(name, device) for name in FORMATS}  # before any work
     if args.threads:
         torch.set_num_threads(args.threads)
-    from gpthf.config import load_config
-    from gpthf.data.dataset import prepare_data
-    from gpthf.measure.speed import batch_of_contexts, decode_stream, interleaved_timings, time_decode
+    from gpthf.measure.speed import batch_of_contexts
     from gpthf.measure.timing import machine_name
-    from gpthf.models import build_model
+    from gpthf.measure.workload import prepare_workload
 
-    data = prepare_data(load_config(args.overrides))
-    seq_len = data.stats["data_config"]["seq_len"]
-    stream = decode_stream(data.split("train"), seq_len, args.context, args.new_tokens, args.batch)
+    work = prepare_workload(args.overrides, args.context, args.new_tokens, args.batch)
     # One row prefilled and its state copied into `--batch` rows: a step costs the same whatever the
     # rows hold, and 2,048-token prefills of eight rows would take most of the run.
-    tokens = batch_of_contexts(stream, args.context, args.new_tokens, 1)
-
-    models = {}
-    for kind in args.models:
-        for name in FORMATS:
-            torch.manual_seed(0)
-            arch = load_config([f"arch={kind}-{args.arch}"]).arch
-            models[kind, name] = build_model(arch, data.stats["vocab_size"]).to(device, dtypes[name]).eval()
+    tokens = batch_of_contexts(work.stream, args.context, args.new_tokens, 1)
+    models = twins_in_formats(args.models, args.arch, dtypes, work.vocab_size, device)
     packs = device.type == "cpu"  # packing is a layout of the CPU's kernels (gpthf.generation.packed)
     modes = ["plain"] + (["packed"] if packs else []) + (["compiled"] if args.compile else [])
     variants = [(kind, name, mode) for kind in args.models for name in FORMATS for mode in modes]
-
-    def job(kind: str, name: str, mode: str):
-        model = models[kind, name]
-
-        def run():
-            timing = time_decode(
-                model,
-                kind,
-                "cached",
-                tokens,
-                args.context,
-                tile_to=args.batch,
-                compile=mode == "compiled",
-                pack=mode in ("packed", "compiled"),
-            )
-            print(f"  {kind} {name} {mode}: {timing.tokens_per_s:.1f} tokens/s", file=sys.stderr)
-            return timing
-
-        return run
-
-    if args.compile:  # compile outside the timed rounds
-        for kind, name, mode in variants:
-            if mode == "compiled":
-                job(kind, name, mode)()
-    timings = interleaved_timings([job(*v) for v in variants], args.repeats)
-    rows = [
-        {
-            "model": kind,
-            "dtype": name,
-            "mode": mode,
-            "tokens_per_s": t.tokens_per_s,
-            "ms_per_step": t.ms_per_token,
-        }
-        for (kind, name, mode), t in zip(variants, timings)
-    ]
-    speed = {(r["model"], r["dtype"], r["mode"]): r["tokens_per_s"] for r in rows}
-    ratios = {}
-    for kind in args.models:
-        ratios[kind] = {
-            "bf16_over_fp32": {mode: speed[kind, "bf16", mode] / speed[kind, "fp32", mode] for mode in modes}
-        }
-        if packs:
-            ratios[kind]["packed_over_plain"] = {
-                name: speed[kind, name, "packed"] / speed[kind, name, "plain"] for name in FORMATS
-            }
-            ratios[kind]["bf16_packed_over_fp32_plain"] = (
-                speed[kind, "bf16", "packed"] / speed[kind, "fp32", "plain"]
-            )
-    for kind in args.models:  # the matmuls alone: what the formats' ratio can reach at most
-        ms = {name: step_matmuls_ms(models[kind, name], args.batch, args.repeats) for name in FORMATS}
-        ratios[kind]["step_matmuls_ms_packed"] = ms
-        ratios[kind]["bf16_over_fp32_matmuls_alone"] = ms["fp32"] / ms["bf16"]
-    if {"gpthf", "gpt"} <= set(args.models):
-        ratios["gpthf_over_gpt"] = {
-            f"{name} {mode}": speed["gpthf", name, mode] / speed["gpt", name, mode]
-            for name in FORMATS
-            for mode in modes
-        }
+    rows = time_variants(models, variants, tokens, args.context, args.batch, args.repeats)
+    ratios = format_ratios(rows, models, args.models, modes, args.batch, args.repeats)
     result = {
         "arch": args.arch,
         "context": args.context,
@@ -168,27 +101,6 @@ def main(argv: list[str]) -> int:
         )
     print(json.dumps(result))
     return 0
-
-
-def step_matmuls_ms(model, rows: int, repeats: int) -> float:
-    """Milliseconds of one decode step's matrix products alone (every linear once, `rows` rows,
-    packed as `generate` packs them), the fastest of `repeats` passes. Every other op of a step costs
-    about the same in either format, so bf16 ÷ fp32 of these bounds bf16 ÷ fp32 of the whole step."""
-    import torch
-
-    from gpthf.generation.packed import packed_linears
-    from gpthf.measure.timing import best_seconds
-
-    with torch.inference_mode(), packed_linears(model, rows):
-        linears = [m for m in model.modules() if hasattr(m, "in_features") and hasattr(m, "weight")]
-        weight = model.embed.weight
-        inputs = {
-            m.in_features: torch.randn(rows, 1, m.in_features, device=weight.device).to(weight.dtype)
-            for m in linears
-        }
-        return 1000 * best_seconds(
-            lambda: [m(inputs[m.in_features]) for m in linears], max(repeats, 3), weight.device
-        )
 
 
 def plot(result: dict, modes: list[str], path: Path) -> None:

@@ -21,7 +21,7 @@ from gpthf.cli import ArgumentParser, positive_int, run_cli, writable_folder
 from gpthf.precision import DTYPE_NAMES
 
 
-def main(argv: list[str]) -> int:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="precision.py", description=__doc__)
     parser.add_argument("--ckpt", required=True, help="checkpoint or run folder")
     lower = [name for name in DTYPE_NAMES if name != "fp32"]  # fp32 is the reference
@@ -31,22 +31,27 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--max-rows", type=positive_int, default=None, help="rows scored for bits per byte")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=Path("outputs/precision"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
     writable_folder(args.out)
     import torch
 
     from gpthf.data.special_tokens import PAD_ID
     from gpthf.evaluation.perplexity import rows_for_text, score
     from gpthf.generation import GenerationSettings, SamplingSettings, generate
-    from gpthf.generation.strategies import sentence_ids_for
+    from gpthf.measure.agreement import free_running_agreement, teacher_forced_agreement
     from gpthf.training.checkpoint import load_checkpoint_tokenizer, load_model_from_checkpoint
     from gpthf.training.distributed import resolve_device
 
     device = resolve_device(args.device, 0, setting="--device")
-    models = {
+    loaded = {
         name: load_model_from_checkpoint(args.ckpt, device, dtype=name) for name in ("fp32", args.dtype)
     }
-    _, meta, checkpoint = models["fp32"]
+    _, meta, checkpoint = loaded["fp32"]
+    models = {name: model for name, (model, _, _) in loaded.items()}
     tokenizer = load_checkpoint_tokenizer(checkpoint, meta)
     input_ids, sentence_ids, n_bytes = rows_for_text(meta, tokenizer, "test", None, args.max_rows)
     prompts = [[t for t in row[:64].tolist() if t != PAD_ID] for row in input_ids[: args.prompts]]
@@ -55,28 +60,11 @@ def main(argv: list[str]) -> int:
         sampling=SamplingSettings(temperature=0),
         max_sentence_len=meta["data"]["max_sentence_len"],
     )
-    tokens = {name: generate(model, prompts, settings).tokens for name, (model, _, _) in models.items()}
-    forced_same = forced_total = 0
-    with torch.inference_mode():
-        for prompt, continuation in zip(prompts, tokens["fp32"]):
-            sequence = torch.tensor([prompt + continuation], device=device)
-            lengths = torch.tensor([sequence.shape[1]], device=device)
-            picks = {
-                name: model(sequence, sentence_ids_for(sequence, lengths))[0, len(prompt) - 1 : -1].argmax(-1)
-                for name, (model, _, _) in models.items()
-            }
-            forced_same += int((picks[args.dtype] == picks["fp32"]).sum())
-            forced_total += len(continuation)
-    same = total = 0
-    first_difference = []
-    for ours, reference in zip(tokens[args.dtype], tokens["fp32"]):
-        pairs = list(zip(ours, reference))
-        same += sum(a == b for a, b in pairs)
-        total += len(pairs)
-        first_difference.append(next((i for i, (a, b) in enumerate(pairs) if a != b), len(pairs)))
+    tokens = {name: generate(model, prompts, settings).tokens for name, model in models.items()}
+    forced = teacher_forced_agreement(models[args.dtype], models["fp32"], prompts, tokens["fp32"])
+    greedy, first_difference = free_running_agreement(tokens[args.dtype], tokens["fp32"])
     bpb = {
-        name: score(model, input_ids, sentence_ids, n_bytes).bits_per_byte
-        for name, (model, _, _) in models.items()
+        name: score(model, input_ids, sentence_ids, n_bytes).bits_per_byte for name, model in models.items()
     }
     result = {
         "checkpoint": str(checkpoint),
@@ -84,8 +72,8 @@ def main(argv: list[str]) -> int:
         "dtype": args.dtype,
         "prompts": len(prompts),
         "new_tokens": args.new_tokens,
-        "teacher_forced_same_share": forced_same / forced_total,
-        "greedy_same_share": same / total,
+        "teacher_forced_same_share": forced,
+        "greedy_same_share": greedy,
         "first_difference": first_difference,
         "bits_per_byte": bpb,
         "bpb_relative_change": bpb[args.dtype] / bpb["fp32"] - 1,

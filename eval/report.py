@@ -69,22 +69,23 @@ def lm_eval_run(results_file: Path) -> Path | None:
 
 def summarize(run_dir: Path, compare: dict | None) -> dict:
     from gpthf.evaluation.results import load_results
-    from gpthf.training.metrics import read_metrics
+    from gpthf.training.checkpoint import FINAL, read_meta
+    from gpthf.training.metrics import final_record, read_metrics
 
-    finals = [r for r in read_metrics(run_dir) if "val_bpb" in r]
-    if not finals:
+    final = final_record(read_metrics(run_dir))
+    if final is None:
         raise GpthfError(
-            f"{run_dir} has no finished training record (metrics.jsonl with val_bpb); give run folders"
+            f"{run_dir} has no finished training record (metrics.jsonl's last validation); give run folders"
         )
     results = load_results(run_dir)
     perplexity = results.get("perplexity-test", {})
     sentiment = results.get("downstream-sentiment", {})
-    meta = json.loads((run_dir / "checkpoints" / "final" / "config.json").read_text())
+    meta = read_meta(run_dir / "checkpoints" / FINAL)
     row = {
         "run": f"{run_dir.parent.name}/{run_dir.name}",
-        "model": meta["arch"]["model"],
-        "tokens": finals[-1]["tokens"],
-        "val_bpb": finals[-1]["val_bpb"],
+        "model": meta.arch["model"],
+        "tokens": final["tokens"],
+        "val_bpb": final["val_bpb"],
         "test_bpb": perplexity.get("bits_per_byte"),
         "first_token_loss": perplexity.get("loss_by_position", {}).get("first_in_sentence"),
         "later_token_loss": perplexity.get("loss_by_position", {}).get("later_in_sentence"),

@@ -23,14 +23,6 @@ from gpthf.cli import ArgumentParser, positive_int, run_cli, writable_folder
 from gpthf.measure.scaling import KINDS, LADDER, arch_name, pareto_front, read_sweep, sweep_overrides
 
 REPO = Path(__file__).resolve().parent.parent
-STYLE = {
-    "gpthf": "C0-o",
-    "gpt": "C1-s",
-    "linear": "C3-v",
-    "t2r": "C4-<",
-    "lstm": "C5-D",
-    "block_recurrent": "C6-P",
-}
 
 
 def parse_args(argv: list[str]):
@@ -166,17 +158,24 @@ def plot(rows: list[dict], front: list[int], path: Path, args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from gpthf.measure.styles import kind_style
+    from gpthf.models import spec_for
+
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     for kind in KINDS:
         mine = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r["train_flops"])
         if not mine:
             continue
+        spec = spec_for(kind)
         left.plot(
-            [r["train_flops"] for r in mine], [r["test_bits_per_byte"] for r in mine], STYLE[kind], label=kind
+            [r["train_flops"] for r in mine],
+            [r["test_bits_per_byte"] for r in mine],
+            kind_style(kind),
+            label=kind,
         )
         right.plot(
             [1000 / r["decode_tokens_per_s"] for r in mine], [r["test_bits_per_byte"] for r in mine],
-            color=STYLE[kind][:2], marker=STYLE[kind][-1], linestyle="none", label=kind,
+            color=spec.color, marker=spec.marker, linestyle="none", label=kind,
         )  # fmt: skip
         for r in mine:
             right.annotate(r["arch"].rsplit("-", 1)[1], (1000 / r["decode_tokens_per_s"], r["test_bits_per_byte"]),

@@ -146,7 +146,7 @@ def checkpoint_infos(paths: list[str]) -> list[dict]:
     from gpthf.training.checkpoint import read_meta, resolve_checkpoint
 
     infos = [{"checkpoint": resolve_checkpoint(path)} for path in paths]
-    archs = [read_meta(info["checkpoint"])["arch"]["model"] for info in infos]
+    archs = [read_meta(info["checkpoint"]).arch["model"] for info in infos]
     for i, (info, arch) in enumerate(zip(infos, archs)):
         info.update(arch=arch, label=arch if archs.count(arch) == 1 else f"{arch}-{i + 1}")
     return infos
@@ -161,7 +161,7 @@ def make_prompts(args, tokenizer_source: str | Path | None) -> list[Prompt]:
 
         checkpoint = resolve_checkpoint(tokenizer_source)
         meta = read_meta(checkpoint)
-        tokenizer, data_cfg = load_checkpoint_tokenizer(checkpoint, meta), meta["data"]
+        tokenizer, data_cfg = load_checkpoint_tokenizer(checkpoint, meta), meta.data
     if args.prompts_file is not None:
         return file_prompts(args.prompts_file, args.num_prompts, tokenizer)
     if data_cfg is None:

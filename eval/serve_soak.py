@@ -104,7 +104,7 @@ def soak_prompts(ckpt: str, seed: int, count: int = 64, tokens: int = 24) -> lis
     checkpoint = resolve_checkpoint(ckpt)
     meta = read_meta(checkpoint)
     tokenizer = load_checkpoint_tokenizer(checkpoint, meta)
-    return [p.text for p in cut_prompts(held_out_text(meta["data"]), count, tokens, seed, tokenizer)]
+    return [p.text for p in cut_prompts(held_out_text(meta.data), count, tokens, seed, tokenizer)]
 
 
 def plot(trace: list, rss_from: int, path: Path) -> None:

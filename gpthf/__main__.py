@@ -12,6 +12,7 @@ COMMANDS = {
     "lm-eval": 'lm-evaluation-harness\'s command line with the gpthf model (pip install ".[eval]")',
     "gpu-check": "run and measure the CUDA paths on this machine's GPU; writes docs/gpu-check.json",
     "serve": 'an OpenAI-compatible HTTP server for a checkpoint (pip install ".[serve]")',
+    "export": 'a checkpoint as a Hugging Face model folder (pip install ".[export]")',
 }
 
 
@@ -34,6 +35,10 @@ def main(argv: list[str]) -> int:
         from gpthf.gpu_check.check import main as gpu_check
 
         return gpu_check(rest)
+    if command == "export":
+        from gpthf.export.cli import main as export
+
+        return export(rest)
     from gpthf import doctor
 
     return doctor.main(rest)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -64,8 +65,46 @@ def writing(what: str | Path, kept: str = "nothing else was changed") -> Iterato
 
 
 def _fsync(path: Path) -> None:
-    with path.open("rb") as f:
-        os.fsync(f.fileno())
+    """`path`'s content on disk: a file's, or every file's under a folder."""
+    for file in [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]:
+        with file.open("rb") as f:
+            os.fsync(f.fileno())
+
+
+def set_aside_path(target: Path) -> Path:
+    """Where `move_into_place` keeps an older folder at `target` while its replacement is renamed in."""
+    return target.parent / f".{target.name}.old-{os.getpid()}"
+
+
+def move_into_place(staged: Path, target: Path, replace: bool = True) -> Path:
+    """The one way a file or folder a reader trusts appears: `staged`, written whole beside `target`
+    (on its file system), is flushed to disk and renamed to `target`. A file replaces an older one in
+    one rename. A folder cannot: an older one is renamed aside (`set_aside_path`) and removed after,
+    and a process killed between the two renames leaves it for `restore_set_aside` to put back.
+    `replace=False`: an existing `target` wins (`FileExistsError`; `staged` is left to the caller)."""
+    staged, target = Path(staged), Path(target)
+    _fsync(staged)
+    if not replace and target.exists():
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
+    if staged.is_dir() and target.exists():
+        old = set_aside_path(target)
+        target.rename(old)
+        staged.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staged, target)
+    return target
+
+
+def restore_set_aside(folder: Path) -> None:
+    """Undo what a process killed inside `move_into_place` left in `folder`: a folder set aside is put
+    back when its replacement never arrived, and removed when it did."""
+    for old in Path(folder).glob(".*.old-*"):
+        target = old.parent / old.name[1:].rsplit(".old-", 1)[0]
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.rename(target)
 
 
 def temporary_path(path: str | Path) -> Path:
@@ -95,8 +134,7 @@ def atomic_write(
                 tmp.write_bytes(content)
             else:
                 content(tmp)
-            _fsync(tmp)
-            os.replace(tmp, path)
+            move_into_place(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)

@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
+from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from gpthf.errors import ConfigError
+from gpthf.data.special_tokens import SPECIAL_TOKENS
+from gpthf.errors import ConfigError, GpthfError
+from gpthf.settings import AT_LEAST_0, AT_LEAST_1, FRACTION, POSITIVE, SHARE, Range
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "cramming_cfg"
 
 
 @dataclass
 class ArchConfig:
-    model: str = MISSING  # a key of the model registry: gpthf, gpt, linear, t2r, lstm, block_recurrent
+    model: str = MISSING  # a kind of gpthf.models.SPECS; its spec lists which fields below it reads
     d_model: int = MISSING
     n_heads: int = MISSING
     n_enc: int | None = None  # gpthf: word-level encoder blocks
@@ -82,6 +85,10 @@ class TrainConfig:
     checkpoint_every_minutes: float = 10.0
     keep_checkpoints: int = 2  # periodic checkpoints kept besides the final one
     eval_rows: int | None = None  # validation rows for the final evaluation; None = all
+    # Validation while training (charged to the budget), on the split's first rows every time; None = off.
+    eval_every_minutes: float | None = None  # of budget
+    eval_every_tokens: int | None = None  # training tokens: the same points in every run of one config
+    periodic_eval_rows: int = 32  # rows of each validation while training (at most eval_rows)
 
 
 @dataclass
@@ -93,6 +100,28 @@ class ImplConfig:
     compile: str = "auto"  # auto (CUDA yes, CPU no) | true | false
     amp: str = "auto"  # auto (bf16 on a GPU with bf16 arithmetic, else fp32) | bf16 | fp32
     tf32: bool = True  # CUDA: fp32 matmuls on TF32 tensor cores (Ampere on); no effect on CPU
+    peak_flops: float | None = None  # the device's peak FLOP/s for train/mfu; None: a matmul measured once
+
+
+@dataclass
+class TensorBoardConfig:
+    """Event files under `<run>/tensorboard/` (`tensorboard --logdir outputs`)."""
+
+
+@dataclass
+class WandbConfig:
+    project: str = "gpthf"
+    entity: str | None = None  # a W&B team or user; None: the account's default
+    mode: str | None = None  # online | offline | disabled; None: W&B's own (WANDB_MODE, else online)
+
+
+@dataclass
+class LoggerConfig:
+    """Trackers besides `metrics.jsonl` (always written): a section present is a backend chosen,
+    `logger=[tensorboard,wandb]` (cramming_cfg/logger/)."""
+
+    tensorboard: TensorBoardConfig | None = None
+    wandb: WandbConfig | None = None
 
 
 @dataclass
@@ -101,6 +130,7 @@ class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     impl: ImplConfig = field(default_factory=ImplConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     name: str = "gpthf"
     budget: str = "10m"  # wall-clock: "24h", "90m", "30s", or plain hours ("0.05")
     cache_dir: str = "data_cache"  # where prepared data sets live
@@ -127,30 +157,7 @@ def parse_budget_seconds(budget: str | float) -> float:
     return seconds
 
 
-CONFIG_GROUPS = ("arch", "data", "train", "impl")
-
-
-@dataclass(frozen=True)
-class Range:
-    """Where a numeric config value may lie; None is always allowed for optional keys."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False  # low < x (else low <= x)
-    high_open: bool = False
-    too_high: Callable[[float], str] | None = None  # why a value above `high` is refused, for the error
-
-    def contains(self, x: float) -> bool:
-        if not math.isfinite(x):
-            return False
-        above = self.low is None or (x > self.low if self.low_open else x >= self.low)
-        below = self.high is None or (x < self.high if self.high_open else x <= self.high)
-        return above and below
-
-    def describe(self, key: str) -> str:
-        left = "" if self.low is None else f"{self.low:g} {'<' if self.low_open else '≤'} "
-        right = "" if self.high is None else f" {'<' if self.high_open else '≤'} {self.high:g}"
-        return f"{left}{key}{right}"
+CONFIG_GROUPS = ("arch", "data", "train", "impl", "logger")  # logger: several at once, logger=[a,b]
 
 
 # Tokens per row. The GPT twin's causal attention scores T×T pairs (GPTHF's body up to T²/2), so one
@@ -164,8 +171,16 @@ def attention_scores_cost(seq_len: float) -> str:
     return f"one row's {seq_len:,.0f}² attention scores would take {gib:,.0f} GiB per head in fp32"
 
 
-AT_LEAST_1, AT_LEAST_0, POSITIVE = Range(1), Range(0), Range(0, low_open=True)
-FRACTION, SHARE = Range(0, 1, high_open=True), Range(0, 1)
+# The byte-level BPE holds every byte as a token, and the special tokens besides.
+BYTE_ALPHABET = 256
+MIN_VOCAB_SIZE = BYTE_ALPHABET + len(SPECIAL_TOKENS)
+
+
+def byte_alphabet_and_specials(vocab_size: float) -> str:
+    """Why a vocabulary below MIN_VOCAB_SIZE is refused."""
+    return f"a byte-level BPE's {BYTE_ALPHABET} byte tokens and {len(SPECIAL_TOKENS)} specials come first"
+
+
 # Every numeric field of the schema (tests/test_config.py checks none is missing).
 NUMBER_RANGES: dict[str, Range] = {
     "arch.d_model": AT_LEAST_1, "arch.n_heads": AT_LEAST_1, "arch.n_enc": AT_LEAST_1, "arch.n_body": AT_LEAST_1,
@@ -174,14 +189,17 @@ NUMBER_RANGES: dict[str, Range] = {
     "arch.recurrent_layer": AT_LEAST_0, "arch.truncate_blocks": AT_LEAST_1, "arch.dropout": FRACTION,
     "arch.rope_base": Range(1, low_open=True), "arch.norm_eps": Range(0, 1, low_open=True),
     "data.validation_fraction": FRACTION, "data.test_fraction": FRACTION, "data.split_seed": Range(),
-    "data.vocab_size": Range(260, 2**32), "data.seq_len": Range(8, MAX_SEQ_LEN, too_high=attention_scores_cost),
+    "data.vocab_size": Range(MIN_VOCAB_SIZE, 2**32, too_low=byte_alphabet_and_specials), "data.seq_len": Range(8, MAX_SEQ_LEN, too_high=attention_scores_cost),
     "data.max_sentence_len": Range(2),
-    "data.max_bytes": AT_LEAST_1, "data.tokenizer_sample_mb": POSITIVE, "data.num_proc": Range(1, 1024),
+    "data.max_bytes": Range(1, too_low=lambda _: "null for the whole corpus"), "data.tokenizer_sample_mb": POSITIVE,
+    "data.num_proc": Range(1, 1024, too_low=lambda _: "null for one per core"),
     "train.batch_size": AT_LEAST_1, "train.micro_batch_size": AT_LEAST_1, "train.lr": Range(0, 1, low_open=True),
     "train.weight_decay": AT_LEAST_0, "train.beta1": FRACTION, "train.beta2": FRACTION, "train.grad_clip": AT_LEAST_0,
     "train.warmup_fraction": FRACTION, "train.cooldown_fraction": SHARE, "train.max_tokens": AT_LEAST_1,
     "train.seed": Range(0, 2**32 - 1), "train.log_every_steps": AT_LEAST_1, "train.checkpoint_every_minutes": POSITIVE,
     "train.keep_checkpoints": AT_LEAST_1, "train.eval_rows": AT_LEAST_1, "impl.zero_stage": Range(0, 3),
+    "train.eval_every_minutes": POSITIVE, "train.eval_every_tokens": AT_LEAST_1, "train.periodic_eval_rows": AT_LEAST_1,
+    "impl.peak_flops": POSITIVE,
 }  # fmt: skip
 
 
@@ -189,24 +207,43 @@ def validate_numbers(cfg: DictConfig) -> None:
     """Every numeric value in its range and the values that depend on each other consistent, so a bad
     number is one line naming the key at load time, never a NaN or a traceback minutes later."""
     for key, valid in NUMBER_RANGES.items():
-        value = OmegaConf.select(cfg, key)
-        if value is not None and not valid.contains(value):
-            above = valid.too_high and math.isfinite(value) and valid.high is not None and value > valid.high
-            why = f" ({valid.too_high(value)})" if above else ""
-            raise ConfigError(f"{key}={value} is out of range; valid: {valid.describe(key)}{why}")
+        problem = valid.problem(key, OmegaConf.select(cfg, key))
+        if problem:
+            raise ConfigError(problem)
     relations = [
         (cfg.arch.d_model % cfg.arch.n_heads == 0 and (cfg.arch.d_model // cfg.arch.n_heads) % 2 == 0,
          f"arch.d_model={cfg.arch.d_model} must split into arch.n_heads={cfg.arch.n_heads} heads of an even width"),
-        (cfg.data.max_sentence_len <= cfg.data.seq_len,
-         f"data.max_sentence_len={cfg.data.max_sentence_len} must be at most data.seq_len={cfg.data.seq_len}"),
-        (cfg.data.validation_fraction + cfg.data.test_fraction < 1,
-         "data.validation_fraction + data.test_fraction must be below 1"),
+        *_data_relations(cfg.data),
         (cfg.train.micro_batch_size <= cfg.train.batch_size,
          f"train.micro_batch_size={cfg.train.micro_batch_size} must be at most train.batch_size={cfg.train.batch_size}"),
     ]  # fmt: skip
+    _refuse_first(relations, ConfigError)
+
+
+def validate_data(data: Any, error: type[GpthfError] = ConfigError) -> None:
+    """The data group's numbers by the rules above, for a data config that was not loaded here: the
+    data layer checks one built elsewhere before it prepares anything."""
+    for key, valid in NUMBER_RANGES.items():
+        group, _, name = key.partition(".")
+        problem = valid.problem(key, getattr(data, name, None)) if group == "data" else None
+        if problem:
+            raise error(problem)
+    _refuse_first(_data_relations(data), error)
+
+
+def _data_relations(data: Any) -> list[tuple[bool, str]]:
+    return [
+        (data.max_sentence_len <= data.seq_len,
+         f"data.max_sentence_len={data.max_sentence_len} must be at most data.seq_len={data.seq_len}"),
+        (data.validation_fraction + data.test_fraction < 1,
+         "data.validation_fraction + data.test_fraction must be below 1"),
+    ]  # fmt: skip
+
+
+def _refuse_first(relations: list[tuple[bool, str]], error: type[GpthfError]) -> None:
     for holds, problem in relations:
         if not holds:
-            raise ConfigError(problem)
+            raise error(problem)
 
 
 def _valid_keys(schema: type) -> list[str]:
@@ -219,7 +256,8 @@ def _diagnose_override(override: str) -> str | None:
     key = key.lstrip("+~")
     if key in CONFIG_GROUPS:
         options = sorted(p.stem for p in (CONFIG_DIR / key).glob("*.yaml"))
-        return None if value in options else f"unknown {key} {value!r}; choose one of: {', '.join(options)}"
+        unknown = [v.strip() for v in value.strip("[]").split(",") if v.strip() not in options]
+        return f"unknown {key} {unknown[0]!r}; choose one of: {', '.join(options)}" if unknown else None
     schema: type = PretrainConfig
     parts = key.split(".")
     for depth, part in enumerate(parts):

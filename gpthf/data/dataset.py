@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from gpthf.atomic import WriteFailed, atomic_write
-from gpthf.config import DataConfig
+from gpthf.atomic import WriteFailed, atomic_write, move_into_place
+from gpthf.config import DataConfig, validate_data
 from gpthf.data.build import (
     counted_stream,
     default_num_proc,
@@ -41,14 +41,12 @@ from gpthf.data.packing import padded_rows
 from gpthf.data.readers import Document, SkippedRecords
 from gpthf.data.shards import SHARD_META, SHARDS_DIR, PackedSplit, token_dtype
 from gpthf.data.sources import get_source, no_usable_text
-from gpthf.data.special_tokens import SPECIAL_TOKENS
 from gpthf.data.splits import SPLITS, plan_splits
 from gpthf.data.tokenizer import TOKENIZER_FILE, load_tokenizer, save_tokenizer
 from gpthf.errors import DataError
 
 PIPELINE_VERSION = 3  # bump whenever preparation changes its output for the same config
 STATS_FILE = "stats.json"
-BYTE_ALPHABET = 256
 SPEED_ONLY_KEYS = ("num_proc",)  # data keys that never change the prepared data (not in the cache key)
 log = logging.getLogger(__name__)
 
@@ -82,30 +80,6 @@ class PreparedData:
         return PackedSplit(
             self.path, name, stats["shards"], stats["data_config"]["seq_len"], stats["vocab_size"]
         )
-
-
-def validate_data_config(data_cfg: Any) -> None:
-    if data_cfg.vocab_size < BYTE_ALPHABET + len(SPECIAL_TOKENS):
-        raise DataError(
-            f"data.vocab_size={data_cfg.vocab_size} is below the byte alphabet + specials ({BYTE_ALPHABET + len(SPECIAL_TOKENS)})"
-        )
-    if data_cfg.vocab_size > 2**32:
-        raise DataError(f"data.vocab_size={data_cfg.vocab_size} must be at most 2**32")
-    if not 2 <= data_cfg.max_sentence_len <= data_cfg.seq_len:
-        raise DataError(
-            f"data.max_sentence_len={data_cfg.max_sentence_len} must be in [2, data.seq_len={data_cfg.seq_len}]"
-        )
-    fractions = (data_cfg.validation_fraction, data_cfg.test_fraction)
-    if min(fractions) < 0 or sum(fractions) >= 1:
-        raise DataError(f"data.validation_fraction + data.test_fraction must be in [0, 1), got {fractions}")
-    if data_cfg.get("max_bytes") is not None and data_cfg.max_bytes <= 0:
-        raise DataError(
-            f"data.max_bytes={data_cfg.max_bytes} must be positive (or null for the whole corpus)"
-        )
-    if not data_cfg.tokenizer_sample_mb > 0:
-        raise DataError(f"data.tokenizer_sample_mb={data_cfg.tokenizer_sample_mb} must be positive")
-    if data_cfg.get("num_proc") is not None and data_cfg.num_proc < 1:
-        raise DataError(f"data.num_proc={data_cfg.num_proc} must be at least 1 (or null for one per core)")
 
 
 def data_identity(data_cfg: Any) -> dict:
@@ -162,7 +136,7 @@ def split_stats(shard_metas: list[dict], split: str, seq_len: int) -> dict:
 def build_dataset(data_cfg: Any, out_dir: Path, progress: bool = True) -> dict:
     """Build the prepared data set into `out_dir` (empty, or a dead build's folder whose tokenizer and
     finished shards are kept); returns the stats, written last."""
-    validate_data_config(data_cfg)
+    validate_data(data_cfg, DataError)  # a config built elsewhere than load_config, too
     num_proc = data_cfg.get("num_proc") or default_num_proc()
     started = time.perf_counter()
     plan = plan_splits(data_cfg)
@@ -331,7 +305,7 @@ def _what_a_failed_build_keeps(partial: Path, parent: Path) -> str:
 
 def prepare_data(cfg: Any, progress: bool = True) -> PreparedData:
     """The prepared data set for `cfg.data`: reused from `cfg.cache_dir` when built before, else built."""
-    validate_data_config(cfg.data)
+    validate_data(cfg.data, DataError)
     parent = Path(cfg.cache_dir).expanduser()
     final = parent / f"{cfg.data.name}-{data_cache_key(cfg.data)}"
     if (final / STATS_FILE).is_file():
@@ -360,7 +334,7 @@ def prepare_data(cfg: Any, progress: bool = True) -> PreparedData:
         )
         raise DataError(f"cannot write the data cache under {parent} ({err.strerror}); {hint}") from None
     try:
-        os.rename(partial, final)
+        move_into_place(partial, final, replace=False)
     except OSError:  # another process finished the same build first: theirs is complete, keep it
         shutil.rmtree(partial, ignore_errors=True)
         if not (final / STATS_FILE).is_file():

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpthf.atomic import writing
+from gpthf.atomic import move_into_place, writing
 from gpthf.data.packing import padded_rows
 from gpthf.errors import DataError
 
@@ -67,7 +67,7 @@ class ShardWriter:
         meta = {s: {"rows": self.rows[s], "tokens": self.written[s], **stats.get(s, {})} for s in self.rows}
         with writing(self.tmp / SHARD_META):
             (self.tmp / SHARD_META).write_text(json.dumps(meta))
-            self.tmp.rename(self.final)
+            move_into_place(self.tmp, self.final)
 
     def abandon(self) -> None:
         """Drop the unfinished shard (a full disk gets its space back; a reader never looked at it)."""

@@ -24,6 +24,7 @@ from gpthf.data.tokenizer import encode_sentences
 from gpthf.evaluation.tasks import Example, Task
 from gpthf.generation.strategies import pad_rows, sentence_ids_for
 from gpthf.models import LanguageModel
+from gpthf.training.scoring import next_token_logprobs
 
 
 def encode_texts(
@@ -136,12 +137,11 @@ def continuation_logprob(
 ) -> list[float]:
     """Summed log-probability of each candidate's tokens after `context`, scored in one batch."""
     ids, lengths = pad_rows([context + c for c in candidates])
-    logprobs = model(ids, sentence_ids_for(ids, lengths)).float().log_softmax(-1)
-    scores = []
-    for i, candidate in enumerate(candidates):
-        positions = torch.arange(len(context) - 1, len(context) - 1 + len(candidate))
-        scores.append(float(logprobs[i, positions, torch.tensor(candidate)].sum()))
-    return scores
+    logprobs, _ = next_token_logprobs(model, ids, sentence_ids_for(ids, lengths))
+    first = len(context) - 1  # where the prediction of a candidate's first token stands
+    return [
+        float(logprobs[i, first : first + len(candidate)].sum()) for i, candidate in enumerate(candidates)
+    ]
 
 
 def cloze(

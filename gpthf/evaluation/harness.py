@@ -88,11 +88,11 @@ class GpthfLM(LM):
         )
         self.model.eval()
         self.tokenizer = load_checkpoint_tokenizer(self.checkpoint, self.meta)
-        self.splitter = build_splitter(self.meta["data"]["language"])
-        self.max_sentence_len = self.meta["data"]["max_sentence_len"]
-        self.limit = ContextLimit(**self.meta.get("context", {}))  # what generate.py holds a prompt to
+        self.splitter = build_splitter(self.meta.data["language"])
+        self.max_sentence_len = self.meta.data["max_sentence_len"]
+        self.limit = ContextLimit(**self.meta.context)  # what generate.py holds a prompt to
         self.prompt_tokens = args["max_length"]  # a generation prompt's cap, when the user set one
-        self.max_length = args["max_length"] or self.meta["data"]["seq_len"]
+        self.max_length = args["max_length"] or self.meta.data["seq_len"]
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> GpthfLM:
@@ -139,6 +139,7 @@ class GpthfLM(LM):
         """(summed log-probability of tokens[start:], whether each is the argmax) of every row; a row
         with no token to score (an empty continuation) is (0.0, True): log 1, and nothing missed."""
         from gpthf.generation.strategies import pad_rows, sentence_ids_for
+        from gpthf.training.scoring import next_token_logprobs
 
         results: list[tuple[float, bool] | None] = [None] * len(rows)
         for i, (tokens, start) in enumerate(rows):
@@ -149,13 +150,13 @@ class GpthfLM(LM):
         for begin in range(0, len(order), self.batch_size):
             batch = order[begin : begin + self.batch_size]
             ids, lengths = pad_rows([rows[i][0] for i in batch], self._device)
-            logprobs = self.model(ids, sentence_ids_for(ids, lengths)).float().log_softmax(-1)
+            logprobs, greedy = next_token_logprobs(
+                self.model, ids, sentence_ids_for(ids, lengths), greedy=True
+            )
             for row, i in enumerate(batch):
                 tokens, start = rows[i]
-                targets = torch.tensor(tokens[start:], device=self._device)
-                predicted = logprobs[row, start - 1 : len(tokens) - 1]
-                chosen = predicted.gather(-1, targets[:, None]).squeeze(-1)
-                results[i] = (float(chosen.sum()), bool((predicted.argmax(-1) == targets).all()))
+                scored = slice(start - 1, len(tokens) - 1)  # the predictions of tokens[start:]
+                results[i] = (float(logprobs[row, scored].sum()), bool(greedy[row, scored].all()))
         return results  # type: ignore[return-value]
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
@@ -171,7 +172,7 @@ class GpthfLM(LM):
         results = []
         for request in requests:
             input_ids, sentence_ids, stats = pack_text(
-                self.meta["data"], self.tokenizer, request.args[0], self.splitter
+                self.meta.data, self.tokenizer, request.args[0], self.splitter
             )
             try:
                 scored = score(self.model, input_ids, sentence_ids, max(stats["bytes"], 1), self.batch_size)

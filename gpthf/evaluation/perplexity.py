@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from gpthf.attention.sentences import positions_in_sentence
@@ -23,6 +22,8 @@ from gpthf.data.dataset import SPLITS, pack_split_in_memory
 from gpthf.data.special_tokens import EOS_ID, PAD_ID
 from gpthf.errors import DataError
 from gpthf.precision import DEFAULT_DTYPE
+from gpthf.training.checkpoint import CheckpointMeta
+from gpthf.training.scoring import bits_per_byte, next_token_logprobs
 
 GROUPS = ("first_in_sentence", "later_in_sentence", "sentence_end")
 
@@ -43,7 +44,7 @@ class PerplexityResult:
 
 
 def rows_for_text(
-    meta: dict, tokenizer, split: str = "test", path: str | None = None, max_rows: int | None = None
+    meta: CheckpointMeta, tokenizer, split: str = "test", path: str | None = None, max_rows: int | None = None
 ):
     """(input_ids, sentence_ids, bytes) of a split of the checkpoint's corpus, or of every document
     under `path` (a file or folder of any kind `gpthf.data.readers` reads), packed like the training data; only the
@@ -53,11 +54,11 @@ def rows_for_text(
 
 
 def pack_for_scoring(
-    meta: dict, tokenizer, split: str = "test", path: str | None = None, max_rows: int | None = None
+    meta: CheckpointMeta, tokenizer, split: str = "test", path: str | None = None, max_rows: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """`rows_for_text`'s rows with the packing's stats: "bytes", and "skipped_records", the malformed
     records and damaged files passed over by reason (warned once, as prepare does)."""
-    data_cfg = OmegaConf.create(meta["data"])
+    data_cfg = OmegaConf.create(meta.data)
     if path is not None:
         data_cfg.merge_with(
             {"source": "local", "path": str(path), "validation_fraction": 0.0, "test_fraction": 0.0}
@@ -88,11 +89,9 @@ def score(
     for begin in range(0, rows, batch_size):
         ids = torch.from_numpy(input_ids[begin : begin + batch_size]).to(device)
         sids = torch.from_numpy(sentence_ids[begin : begin + batch_size]).to(device)
-        logits = model(ids, sids)
+        logprobs, _ = next_token_logprobs(model, ids, sids)
+        nll = -logprobs
         targets = ids[:, 1:]
-        nll = F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="none"
-        ).view_as(targets)
         position = positions_in_sentence(sids)[:, 1:]  # of the predicted token
         real = targets != PAD_ID
         groups = {
@@ -113,7 +112,7 @@ def score(
         tokens=tokens,
         bytes=round(scored_bytes),
         nats_per_token=nats / tokens,
-        bits_per_byte=nats / math.log(2) / scored_bytes,
+        bits_per_byte=bits_per_byte(nats, scored_bytes),
         perplexity=math.exp(nats / tokens),
         tokens_per_s=tokens / elapsed,
         loss_by_position={k: totals[k] / counts[k] if counts[k] else float("nan") for k in GROUPS},
@@ -121,7 +120,9 @@ def score(
     )
 
 
-def sample_sanity(model, meta: dict, input_ids: np.ndarray, n_samples: int, new_tokens: int = 64) -> dict:
+def sample_sanity(
+    model, meta: CheckpointMeta, input_ids: np.ndarray, n_samples: int, new_tokens: int = 64
+) -> dict:
     """Sample continuations of the first 16 tokens of `n_samples` rows and check them (see sanity.py)."""
     from gpthf.evaluation.sanity import generation_sanity
     from gpthf.generation import GenerationSettings, generate
@@ -129,9 +130,9 @@ def sample_sanity(model, meta: dict, input_ids: np.ndarray, n_samples: int, new_
     prompts = [[t for t in row[:16].tolist() if t != PAD_ID] for row in input_ids[:n_samples]]
     prompts = [p for p in prompts if p]
     settings = GenerationSettings(
-        max_new_tokens=new_tokens, max_sentence_len=meta["data"]["max_sentence_len"], seed=0
+        max_new_tokens=new_tokens, max_sentence_len=meta.data["max_sentence_len"], seed=0
     )
-    return generation_sanity(generate(model, prompts, settings).tokens, meta["data"]["max_sentence_len"])
+    return generation_sanity(generate(model, prompts, settings).tokens, meta.data["max_sentence_len"])
 
 
 def evaluate_checkpoint(
@@ -148,7 +149,7 @@ def evaluate_checkpoint(
     result = score(model, input_ids, sentence_ids, stats["bytes"], batch_size, max_rows)
     summary = {
         "checkpoint": str(checkpoint),
-        "model": meta["arch"]["model"],
+        "model": meta.arch["model"],
         "data": data,
         "split": split if data == "default" else "all",
         "dtype": dtype,

@@ -16,8 +16,8 @@ import torch
 
 from gpthf.errors import CheckpointError
 from gpthf.export import llama, remote_code
+from gpthf.training.checkpoint import EXPORTED_META_KEY as EXPORT_KEY
 
-EXPORT_KEY = "gpthf"  # config.json's entry holding the gpthf checkpoint's own config.json
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 

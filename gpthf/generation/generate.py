@@ -23,6 +23,7 @@ from gpthf.generation.sampling import SamplingSettings
 from gpthf.generation.state_size import horizon_of, open_sentence_counters
 from gpthf.generation.strategies import pad_rows
 from gpthf.models import LanguageModel
+from gpthf.settings import MAX_NEW_TOKENS, MAX_SENTENCES, SEED, SLOTS, check_all
 
 
 @dataclass(frozen=True)
@@ -36,12 +37,7 @@ class GenerationSettings:
     record_logits: bool = False
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 0:
-            raise GenerationError(f"max_new_tokens={self.max_new_tokens} must be >= 0")
-        if self.max_sentences is not None and self.max_sentences < 1:
-            raise GenerationError(
-                f"max_sentences={self.max_sentences} must be >= 1 (leave it unset for no limit)"
-            )
+        check_all(self, (MAX_NEW_TOKENS, MAX_SENTENCES, SEED), GenerationError)  # `sampling` checks itself
 
 
 @dataclass
@@ -102,8 +98,8 @@ def generate(
     algorithm.
     """
     check_prompts(model, prompts, settings.limit)
-    if slots is not None and slots < 1:
-        raise GenerationError(f"slots={slots} must be >= 1")
+    if slots is not None:
+        SLOTS.check(slots, GenerationError)
     keys = range(len(prompts)) if sampling_keys is None else sampling_keys
     if len(keys) != len(prompts):
         raise GenerationError(f"{len(keys)} sampling_keys for {len(prompts)} prompts; give one per prompt")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from gpthf.data.special_tokens import SENTENCE_CLOSERS
 from gpthf.errors import GpthfError
-from gpthf.models import GPTHF, LanguageModel
+from gpthf.models import LanguageModel, spec_of
 
 
 class GenerationError(GpthfError):
@@ -26,8 +26,9 @@ class ContextLimit:
 
 
 def stopping_limit(model: LanguageModel, limit: ContextLimit) -> ContextLimit:
-    """The part of `limit` that stops this model's rows: sentences for GPTHF, tokens for the others."""
-    if isinstance(model, GPTHF):
+    """The part of `limit` that stops this model's rows: what its spec says its context counts
+    (sentences for GPTHF's body, tokens for the others)."""
+    if spec_of(model).context_unit == "sentences":
         return ContextLimit(sentences=limit.sentences)
     return ContextLimit(tokens=limit.tokens)
 

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from gpthf.attention.linear import LinearAttentionState
+from gpthf.generation.context import causal_forward_capturing, last_real
 from gpthf.generation.decode_attention import decode_attention
-from gpthf.generation.strategies import causal_forward_capturing, last_real
 from gpthf.models import BlockRecurrentTransformer, LinearTransformer, LSTMLanguageModel
 from gpthf.models.block_recurrent import RecurrentLayer
 from gpthf.models.layers import AttentionPattern, rope_angles

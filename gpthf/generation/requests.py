@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from gpthf.errors import GpthfError
 from gpthf.generation.limits import GenerationError
 from gpthf.generation.sampling import SamplingSettings
+from gpthf.settings import IGNORE_EOS, MAX_SENTENCES, MAX_TOKENS, SEED, check_all
 
 # Why a request stopped, in the order the stop checks run (the first that holds wins), then the
 # reasons decided on the host.
@@ -20,8 +21,8 @@ ABORT, ERROR = "abort", "error"
 class RequestSettings:
     """One request's sampling and stopping; validated when made (GenerationError, ConfigError)."""
 
-    max_tokens: int  # >= 1
-    temperature: float = 1.0  # 0 = greedy; validated as SamplingSettings validates it
+    max_tokens: int
+    temperature: float = 1.0  # 0 = greedy
     top_k: int | None = None
     top_p: float | None = None
     seed: int | None = None  # None: a random seed; a given seed makes the samples depend on it alone
@@ -31,21 +32,8 @@ class RequestSettings:
     ignore_eos: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise GenerationError(f"max_tokens={self.max_tokens!r} must be an integer >= 1")
-        if self.max_sentences is not None and (
-            isinstance(self.max_sentences, bool)
-            or not isinstance(self.max_sentences, int)
-            or self.max_sentences < 1
-        ):
-            raise GenerationError(
-                f"max_sentences={self.max_sentences!r} must be an integer >= 1 (leave it unset for no limit)"
-            )
-        if not isinstance(self.ignore_eos, bool):
-            raise GenerationError(f"ignore_eos={self.ignore_eos!r} must be true or false")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise GenerationError(f"seed={self.seed!r} must be an integer")
-        self.sampling  # noqa: B018  (SamplingSettings' rules, stated once there)
+        check_all(self, (MAX_TOKENS, MAX_SENTENCES, IGNORE_EOS, SEED), GenerationError)
+        self.sampling  # noqa: B018  (the sampling rules, as SamplingSettings checks them: ConfigError)
 
     @property
     def sampling(self) -> SamplingSettings:

@@ -5,11 +5,12 @@ its own random stream; one setting for the whole batch (`SamplingSettings`) or o
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+from gpthf.settings import SAMPLING, check_all
 
 
 @dataclass(frozen=True)
@@ -19,16 +20,7 @@ class SamplingSettings:
     top_p: float | None = None  # nucleus: keep the smallest set of tokens with this much probability
 
     def __post_init__(self) -> None:
-        from gpthf.errors import ConfigError
-
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise ConfigError(f"temperature={self.temperature} must be a finite number >= 0 (0 = greedy)")
-        if self.top_k is not None and (
-            isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1
-        ):
-            raise ConfigError(f"top_k={self.top_k!r} must be an integer >= 1")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p={self.top_p} must be in (0, 1]")
+        check_all(self, SAMPLING)  # ConfigError
 
 
 NO_TOP_P = float("inf")  # a row's top_p when it keeps the whole distribution

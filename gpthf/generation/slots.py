@@ -57,7 +57,7 @@ class Prefilled:
 
     def select(self, keep: list[int]) -> Prefilled:
         """Rows `keep` of these (copies): those still wanted."""
-        index = torch.tensor(keep, device=self.tokens.device)
+        index = torch.tensor(keep, dtype=torch.long, device=self.tokens.device)  # empty: all aborted
         return Prefilled(
             [self.requests[i] for i in keep],
             self.tokens[index],

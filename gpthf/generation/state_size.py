@@ -17,8 +17,8 @@ import torch
 from gpthf.data.special_tokens import SENTENCE_CLOSERS
 from gpthf.generation.compiled import Horizon
 from gpthf.generation.limits import ContextLimit
-from gpthf.generation.strategies import closes_sentence, get_strategy
-from gpthf.models import GPT, GPTHF, LanguageModel
+from gpthf.generation.strategies import cached_strategy_class, closes_sentence, get_strategy
+from gpthf.models import LanguageModel
 
 
 def open_sentence_counters(tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,12 +101,14 @@ class StateSize:
             self.per_token = torch.empty(0, dtype=torch.long).element_size()
             return
         entry = 2 * model.arch.n_heads * model.head_dim * weight.element_size()  # a key and a value
-        if type(model) is GPT:
-            self.per_token = entry * len(model.blocks)
-        elif type(model) is GPTHF:
-            self.per_sentence, self.per_sentence_token = entry * model.arch.n_body, entry * model.arch.n_enc
-        else:
+        kv_layers = getattr(cached_strategy_class(model), "kv_layers", None)  # None: a state that never grows
+        if kv_layers is None:
             self.fixed = _fixed_state_bytes(model, strategy)
+            return
+        layers = kv_layers(model)
+        self.per_token = entry * layers.get("tokens", 0)
+        self.per_sentence = entry * layers.get("sentences", 0)
+        self.per_sentence_token = entry * layers.get("sentence_tokens", 0)
 
     def __call__(self, horizon: Horizon) -> int:
         return (

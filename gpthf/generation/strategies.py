@@ -1,7 +1,8 @@
 """How each model turns context into next-token logits: `prefill` once, then `decode` per token.
 
-- `full` (both models): recompute the whole context every step. Slow; kept as the oracle that the
+- `full` (every model): recompute the whole context every step. Slow; kept as the oracle that the
   cached strategies must match token for token.
+- `cached`: the strategy the model kind's spec names (gpthf.models.spec), here or in a module of its own.
 - `cached` GPT: a per-layer KV cache over all tokens.
 - `cached` linear attention / T2R, LSTM, Block-Recurrent Transformer: a fixed-size state
   (gpthf.generation.recurrent).
@@ -19,57 +20,22 @@ it with the one host sync it makes per step; a state not told reads it itself.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
 import torch
 
 from gpthf.attention.sentences import sentence_end_positions
-from gpthf.data.special_tokens import PAD_ID, SENTENCE_CLOSERS
 from gpthf.errors import ConfigError
 from gpthf.generation.cache import KVCache
+from gpthf.generation.context import causal_forward_capturing, closes_sentence, last_real, sentence_ids_for
+from gpthf.generation.context import pad_rows as pad_rows  # where generation's clients have imported it
 from gpthf.generation.decode_attention import decode_attention
 from gpthf.generation.sentence_rows import pack_sentences
-from gpthf.models import (
-    GPT,
-    GPTHF,
-    BlockRecurrentTransformer,
-    LanguageModel,
-    LinearTransformer,
-    LSTMLanguageModel,
-)
+from gpthf.models import GPT, GPTHF, LanguageModel, spec_of
 from gpthf.models.layers import AttentionPattern, rope_angles
 
 CACHE_HEADROOM = 64  # entries allocated beyond the prompt before the first growth
-
-
-def closes_sentence(tokens: torch.Tensor) -> torch.Tensor:
-    """Comparisons with the closers' ids, not `isin` against a tensor of them: that tensor would be
-    copied to the device at every call, a host sync per step on CUDA."""
-    closing = tokens == SENTENCE_CLOSERS[0]
-    for closer in SENTENCE_CLOSERS[1:]:
-        closing = closing | (tokens == closer)
-    return closing
-
-
-def pad_rows(rows, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-id lists as one right-padded (B, T) tensor of <pad>, and their lengths (B,)."""
-    lengths = torch.tensor([len(r) for r in rows], device=device)
-    tokens = torch.full((len(rows), int(lengths.max())), PAD_ID, dtype=torch.long, device=device)
-    for i, row in enumerate(rows):
-        tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return tokens, lengths
-
-
-def sentence_ids_for(tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """sentence_ids (B, T) of right-padded rows, as packing makes them; padding gets an id of its own."""
-    real = torch.arange(tokens.shape[1], device=tokens.device)[None, :] < lengths[:, None]
-    closes = (closes_sentence(tokens) & real).long()
-    return closes.cumsum(1) - closes + (~real).long()
-
-
-def last_real(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """x[b, lengths[b] - 1] for every row: (B, ...) from (B, T, ...)."""
-    return x[torch.arange(x.shape[0], device=x.device), lengths - 1]
 
 
 def _cached_pattern(cache: KVCache, layer: int, cos, sin, visible: torch.Tensor) -> AttentionPattern:
@@ -144,19 +110,12 @@ class GPTCacheState:
         self.kv.host_answer(values)
 
 
-def causal_forward_capturing(model: GPT, tokens: torch.Tensor) -> tuple[torch.Tensor, list, list]:
-    """The training forward of a GPT-shaped model (last block's output), with every layer's k and v."""
-    batch, length = tokens.shape
-    keys, values = [], []
-    positions = torch.arange(length, device=tokens.device).expand(batch, length)
-    pattern = model.causal_pattern(positions).capturing(keys, values)
-    x = model.embed(tokens)  # (B, T, d)
-    for block in model.blocks:
-        x = block(x, pattern)
-    return x, keys, values
-
-
 class GPTCachedStrategy:
+    @staticmethod
+    def kv_layers(model: GPT) -> dict[str, int]:
+        """Layers whose KV entries a row's state adds per unit of its horizon (gpthf.generation.state_size)."""
+        return {"tokens": len(model.blocks)}
+
     def prefill(self, model: GPT, tokens: torch.Tensor, lengths: torch.Tensor):
         batch, length = tokens.shape
         x, keys, values = causal_forward_capturing(model, tokens)
@@ -210,6 +169,11 @@ class GPTHFCacheState:
 
 class GPTHFCachedStrategy:
     prefills_without_padding = True  # its encoder reads prompts packed by sentence (sentence_rows)
+
+    @staticmethod
+    def kv_layers(model: GPTHF) -> dict[str, int]:
+        """The body's entries per finished sentence, the encoder's per token of the one in progress."""
+        return {"sentences": model.arch.n_body, "sentence_tokens": model.arch.n_enc}
 
     def prefill(self, model: GPTHF, tokens: torch.Tensor, lengths: torch.Tensor):
         batch, length = tokens.shape
@@ -297,6 +261,13 @@ class GPTHFCachedStrategy:
 STRATEGIES = ("cached", "full")
 
 
+def cached_strategy_class(model: LanguageModel) -> type:
+    """The `cached` strategy the model's spec names ("module:Class"): imported here, so the models
+    never import generation."""
+    module, _, name = spec_of(model).strategy.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def get_strategy(model: LanguageModel, name: str, compile_for=None):
     """The strategy `name` for this model; `compile_for=Horizon(...)` compiles its decode step
     (gpthf.generation.compiled) over caches sized for that horizon."""
@@ -309,18 +280,5 @@ def get_strategy(model: LanguageModel, name: str, compile_for=None):
     if name == "full":
         return FullStrategy()
     if name == "cached":
-        from gpthf.generation.recurrent import (  # they build on this module
-            BlockRecurrentStrategy,
-            LinearRecurrentStrategy,
-            LSTMRecurrentStrategy,
-        )
-
-        cached = {
-            GPT: GPTCachedStrategy,
-            GPTHF: GPTHFCachedStrategy,
-            LinearTransformer: LinearRecurrentStrategy,
-            LSTMLanguageModel: LSTMRecurrentStrategy,
-            BlockRecurrentTransformer: BlockRecurrentStrategy,
-        }
-        return cached[type(model)]()
+        return cached_strategy_class(model)()
     raise ConfigError(f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")

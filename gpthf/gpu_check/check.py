@@ -31,7 +31,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from gpthf.atomic import atomic_write
+from gpthf.atomic import atomic_write, move_into_place, restore_set_aside
 from gpthf.cli import ArgumentParser, positive_float, writable_folder
 from gpthf.errors import ConfigError, GpthfError
 from gpthf.gpu_check.readers import (
@@ -160,6 +160,7 @@ def install_wheels(root: Path, work: Path, needed: dict[str, str] = NEEDED) -> P
         )
     site, stamp = work / "site", "\n".join(w.name for w in wheels)
     stamp_file = site / ".installed-wheels"
+    restore_set_aside(work)  # a site a killed install had set aside for its replacement
     if not stamp_file.is_file() or stamp_file.read_text() != stamp:
         if not module_found("pip"):
             raise ConfigError(
@@ -181,9 +182,7 @@ def install_wheels(root: Path, work: Path, needed: dict[str, str] = NEEDED) -> P
             why = (last_lines(pip.stderr + pip.stdout, 1) or ["no output"])[0]
             raise ConfigError(f"installing {WHEELS_DIR}/ failed ({why}); rebuild it with eval/gpu_wheels.sh")
         (fresh / stamp_file.name).write_text(stamp)
-        if site.exists():
-            shutil.rmtree(site)
-        fresh.rename(site)
+        move_into_place(fresh, site)
     still = missing_packages([site], needed)
     if still:
         raise ConfigError(

@@ -53,7 +53,7 @@ def read_pytest(log: str, folder: Path) -> dict:
 
 
 def read_training(log: str, folder: Path) -> dict:
-    from gpthf.training.metrics import read_metrics
+    from gpthf.training.metrics import final_record, read_metrics
 
     figures = compile_events(log)
     del figures["cudagraph_skips"]
@@ -62,7 +62,7 @@ def read_training(log: str, folder: Path) -> dict:
         records = read_metrics(runs[-1].parent)
         windows = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
         steady = windows[1:] or windows  # the first window holds the compilation
-        final = next((r for r in reversed(records) if "val_loss" in r), {})
+        final = final_record(records) or {}
         figures.update(
             tokens_per_s=round(statistics.median(steady)) if steady else None,
             steps=records[-1]["step"] if records else 0,

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from gpthf.generation.packed import PackedLinear
+from gpthf.measure import flops
 from gpthf.measure.timing import best_seconds
 
 
@@ -30,6 +31,12 @@ class MachinePeaks:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def describe(self) -> str:
+        return (
+            f"copy {self.copy_gb_s:.1f} GB/s, batch-8 matmul {self.matmul_b8_gflop_s:.0f} GFLOP/s, "
+            f"square matmul {self.matmul_square_gflop_s:.0f} GFLOP/s"
+        )
 
 
 SQUARE_SIDE = {"cpu": 2048, "cuda": 8192}  # a GPU's tensor cores reach their peak only on larger products
@@ -92,3 +99,27 @@ def roofline(step_bytes: float, step_flops: float, ms_per_step: float, peaks: Ma
         "pct_of_matmul_b8": 100 * gflop_s / peaks.matmul_b8_gflop_s,
         "pct_of_matmul_peak": 100 * gflop_s / peaks.matmul_square_gflop_s,
     }
+
+
+@dataclass
+class DecodeRoofline:
+    """Adds to a decode timing's row (gpthf.measure.speed.DecodeTiming.as_dict) the bytes and FLOPs
+    its step must move and their share of the peaks: `full` re-reads the tokens only and does a whole
+    forward per token; the others read their state and do the kind's decode FLOPs (the outside peer,
+    hf-llama, counts as the GPT it is shaped like)."""
+
+    models: dict  # kind -> model
+    vocab_size: int
+    tokens_per_sentence: float
+    peaks: MachinePeaks
+
+    def __call__(self, row: dict) -> dict:
+        model = self.models["gpt" if row["model"] == "hf-llama" else row["model"]]
+        full = row["strategy"] == "full"
+        count = flops.full_recompute_flops if full else flops.decode_flops
+        per_token = count(model.arch, self.vocab_size, row["context"], self.tokens_per_sentence)
+        state = 0 if full else row["state_bytes"]
+        row["roofline"] = roofline(
+            weight_bytes(model) + state, per_token * row["batch"], row["ms_per_token"], self.peaks
+        )
+        return row

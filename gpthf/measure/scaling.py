@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpthf.errors import ConfigError
+from gpthf.models import SPECS
 
-KINDS = ("gpthf", "gpt", "linear", "t2r", "lstm", "block_recurrent")
+KINDS = tuple(SPECS)  # every registered model kind, in the registry's order
 LADDER = ("1m", "2m", "5m", "12m")  # cramming_cfg/arch/<kind>-<size>.yaml, sized to gpt-<size>
 
 

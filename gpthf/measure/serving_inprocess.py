@@ -37,6 +37,7 @@ def load_served(
     options = argparse.Namespace(
         ckpt=str(checkpoint), device="auto", compile=False, dtype=dtype or DEFAULT_DTYPE,
         max_batch=max_batch, max_state_memory=max_state_memory, max_queue=max_queue, model_name=None,
+        no_pack=False,
     )  # fmt: skip
     return load(options)
 
@@ -147,7 +148,7 @@ def run_engine_sweep(
     from gpthf.serving.metrics import ServerMetrics
 
     settings = RequestSettings(max_tokens=output_tokens, temperature=0.0, ignore_eos=True)
-    runner = EngineThread(served.engine, ServerMetrics())
+    runner = EngineThread(served.engine, ServerMetrics(), pack=served.pack)
     runner.start()
     rows: list[dict[str, Any]] = []
     try:

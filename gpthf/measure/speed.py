@@ -183,7 +183,7 @@ def hf_llama_twin(model: LanguageModel):
         vocab_size=model.vocab_size,
         hidden_size=arch.d_model,
         intermediate_size=arch.mlp_hidden,
-        num_hidden_layers=arch.n_layers if arch.n_layers else arch.n_enc + arch.n_body,
+        num_hidden_layers=model.n_blocks,
         num_attention_heads=arch.n_heads,
         num_key_value_heads=arch.n_heads,
         max_position_embeddings=1 << 16,

@@ -24,7 +24,9 @@ from gpthf.attention.sentences import SentenceBounds
 from gpthf.config import ArchConfig
 from gpthf.errors import ConfigError
 from gpthf.models.base import LanguageModel
+from gpthf.models.flops import attention_flops, block_projection_flops, head_flops
 from gpthf.models.layers import AttentionPattern, Block, RMSNorm, SelfAttention, SwiGLU, rope_angles
+from gpthf.models.spec import ModelSpec
 
 STATE_GATES = ("fixed", "lstm")
 FIXED_GATE_BIAS = 2.0  # sigmoid(2) ≈ 0.88: a fresh state mostly keeps what it holds
@@ -220,3 +222,49 @@ class BlockRecurrentTransformer(LanguageModel):
 
     def block_stack(self) -> list[nn.Module]:
         return []  # its recurrent layer has no counterpart in a GPT: no init_from conversion
+
+
+def block_recurrent_token_flops(
+    arch: ArchConfig, vocab_size: int, window_keys: float, state_update_share: float = 1.0
+) -> float:
+    """One token through the Block-Recurrent Transformer: every layer attends `window_keys` keys; the
+    recurrent layer adds its reads of the state and 1/W of one state update (times `state_update_share`)."""
+    d, states, width = arch.d_model, arch.n_states, arch.block_len
+    layers = arch.n_layers * (block_projection_flops(arch) + attention_flops(arch, window_keys))
+    reads = 2 * 2 * d * d + 4 * d * states  # token queries into the state, their projection, attention
+    update = states * (
+        2 * (3 * d * d + d * d + 2 * d * d) + 4 * d * (states + width) + 6 * d * arch.mlp_hidden
+    )
+    if arch.state_gate == "lstm":
+        update += states * 2 * 2 * 3 * d * d
+    per_block_keys = states * 2 * 3 * d  # the new state's keys and values, as the next block reads them
+    share = state_update_share * (update + per_block_keys) / width
+    return layers + reads + share + head_flops(arch, vocab_size)
+
+
+def block_recurrent_decode_flops(
+    arch: ArchConfig, vocab_size: int, context_tokens: int, tokens_per_sentence: float
+) -> float:
+    """The window holds the previous block and, on average, half of the token's own."""
+    window = min(context_tokens, arch.block_len) + arch.block_len / 2 + 0.5
+    return block_recurrent_token_flops(arch, vocab_size, window)
+
+
+def block_recurrent_forward_flops(
+    arch: ArchConfig, vocab_size: int, seq_len: int, tokens_per_sentence: float
+) -> float:
+    """In training, on average half of the previous block and half of the token's own."""
+    window = min(seq_len, arch.block_len) / 2 + arch.block_len / 2
+    return block_recurrent_token_flops(arch, vocab_size, window)
+
+
+SPEC = ModelSpec(
+    kind="block_recurrent",
+    model=BlockRecurrentTransformer,
+    fields=("n_layers", "block_len", "n_states", "recurrent_layer", "state_gate", "truncate_blocks"),
+    strategy="gpthf.generation.recurrent:BlockRecurrentStrategy",
+    forward_flops=block_recurrent_forward_flops,
+    decode_flops=block_recurrent_decode_flops,
+    color="C6",
+    marker="P",
+)

@@ -9,7 +9,9 @@ from gpthf.attention.sentences import SentenceBounds
 from gpthf.config import ArchConfig
 from gpthf.errors import ConfigError
 from gpthf.models.base import LanguageModel
+from gpthf.models.flops import attention_flops, block_projection_flops, head_flops
 from gpthf.models.layers import AttentionPattern, Block, SelfAttention, rope_angles
+from gpthf.models.spec import ModelSpec
 
 
 class GPT(LanguageModel):
@@ -44,3 +46,34 @@ class GPT(LanguageModel):
         for block in self.blocks:
             x = block(x, pattern)
         return x
+
+
+def gpt_token_flops(arch: ArchConfig, vocab_size: int, n_keys: float) -> float:
+    """One token's forward through the GPT, attending `n_keys` keys in every layer."""
+    return arch.n_layers * (block_projection_flops(arch) + attention_flops(arch, n_keys)) + head_flops(
+        arch, vocab_size
+    )
+
+
+def gpt_decode_flops(
+    arch: ArchConfig, vocab_size: int, context_tokens: int, tokens_per_sentence: float
+) -> float:
+    """Every earlier token of the context is a key, and the new token itself."""
+    return gpt_token_flops(arch, vocab_size, context_tokens + 1)
+
+
+def gpt_forward_flops(arch: ArchConfig, vocab_size: int, seq_len: int, tokens_per_sentence: float) -> float:
+    """A token of a packed row attends, on average, half the row."""
+    return gpt_token_flops(arch, vocab_size, (seq_len + 1) / 2)
+
+
+SPEC = ModelSpec(
+    kind="gpt",
+    model=GPT,
+    fields=("n_layers",),
+    strategy="gpthf.generation.strategies:GPTCachedStrategy",
+    forward_flops=gpt_forward_flops,
+    decode_flops=gpt_decode_flops,
+    color="C1",
+    marker="s",
+)

@@ -18,7 +18,9 @@ from gpthf.attention.sentences import SentenceBounds, positions_in_sentence, sen
 from gpthf.config import ArchConfig
 from gpthf.errors import ConfigError
 from gpthf.models.base import LanguageModel
+from gpthf.models.flops import attention_flops, block_projection_flops, head_flops
 from gpthf.models.layers import AttentionPattern, Block, rope_angles
+from gpthf.models.spec import ModelSpec
 
 
 class GPTHF(LanguageModel):
@@ -73,3 +75,38 @@ class GPTHF(LanguageModel):
         for block in self.slt_body:
             x = block(x, pattern)
         return x
+
+
+def gpthf_token_flops(arch: ArchConfig, vocab_size: int, encoder_keys: float, body_keys: float) -> float:
+    """One token's forward through GPTHF: `encoder_keys` in its sentence, `body_keys` sentence ends + itself."""
+    encoder = arch.n_enc * (block_projection_flops(arch) + attention_flops(arch, encoder_keys))
+    body = arch.n_body * (block_projection_flops(arch) + attention_flops(arch, body_keys))
+    return encoder + body + head_flops(arch, vocab_size)
+
+
+def gpthf_decode_flops(
+    arch: ArchConfig, vocab_size: int, context_tokens: int, tokens_per_sentence: float
+) -> float:
+    """The new token sits, on average, halfway through a sentence after context/tokens_per_sentence
+    finished ones."""
+    finished = context_tokens // tokens_per_sentence
+    return gpthf_token_flops(arch, vocab_size, tokens_per_sentence / 2 + 1, finished + 1)
+
+
+def gpthf_forward_flops(arch: ArchConfig, vocab_size: int, seq_len: int, tokens_per_sentence: float) -> float:
+    """A token of a packed row attends, on average, half its sentence and half the row's sentence ends."""
+    sentences_per_row = max(seq_len / tokens_per_sentence, 1)
+    return gpthf_token_flops(arch, vocab_size, (tokens_per_sentence + 1) / 2, (sentences_per_row - 1) / 2 + 1)
+
+
+SPEC = ModelSpec(
+    kind="gpthf",
+    model=GPTHF,
+    fields=("n_enc", "n_body"),
+    strategy="gpthf.generation.strategies:GPTHFCachedStrategy",
+    forward_flops=gpthf_forward_flops,
+    decode_flops=gpthf_decode_flops,
+    color="C0",
+    marker="o",
+    context_unit="sentences",
+)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from gpthf.attention.linear import LearnedFeatureMap, causal_linear_attention, elu_feature_map
+from gpthf.attention.linear import CHUNK, LearnedFeatureMap, causal_linear_attention, elu_feature_map
 from gpthf.config import ArchConfig
 from gpthf.errors import ConfigError
+from gpthf.models.flops import block_projection_flops, head_flops
 from gpthf.models.gpt import GPT
 from gpthf.models.layers import AttentionPattern, SelfAttention, rope_angles
+from gpthf.models.spec import ModelSpec
 
 FEATURE_MAPS = ("elu", "learned")
 
@@ -52,3 +54,56 @@ class LinearTransformer(GPT):
     def causal_pattern(self, positions: torch.Tensor) -> AttentionPattern:
         cos, sin = rope_angles(positions, self.head_dim, self.arch.rope_base)
         return AttentionPattern(cos, sin, causal_linear_attention)
+
+
+def feature_dim(arch: ArchConfig) -> int:
+    """Features per head of linear attention: the head size for elu(x)+1, `feature_dim` when learned."""
+    return arch.feature_dim if arch.feature_map == "learned" else arch.d_model // arch.n_heads
+
+
+def linear_token_flops(arch: ArchConfig, vocab_size: int, chunk_keys: float = 0.0) -> float:
+    """One token through linear attention: recurrent state read + update, 4·F·d per layer for F features
+    per head (and, in the chunked training form, `chunk_keys` direct keys inside its chunk); T2R adds
+    its feature maps on q and k, 4·d·F."""
+    features = feature_dim(arch)
+    attention = 4 * features * arch.d_model + 4 * features * chunk_keys * arch.n_heads
+    maps = 4 * arch.d_model * features if arch.feature_map == "learned" else 0
+    return arch.n_layers * (block_projection_flops(arch) + attention + maps) + head_flops(arch, vocab_size)
+
+
+def linear_decode_flops(
+    arch: ArchConfig, vocab_size: int, context_tokens: int, tokens_per_sentence: float
+) -> float:
+    """No keys at all: the cost of a token does not depend on the context."""
+    return linear_token_flops(arch, vocab_size)
+
+
+def linear_forward_flops(
+    arch: ArchConfig, vocab_size: int, seq_len: int, tokens_per_sentence: float
+) -> float:
+    """Training runs the chunked form: on average half a chunk of direct keys besides the state."""
+    return linear_token_flops(arch, vocab_size, chunk_keys=(min(CHUNK, seq_len) + 1) / 2)
+
+
+_LINEAR_FIELDS = ("n_layers", "feature_map", "feature_dim")
+_RECURRENT_STRATEGY = "gpthf.generation.recurrent:LinearRecurrentStrategy"
+SPEC = ModelSpec(
+    kind="linear",  # arch.feature_map=elu
+    model=LinearTransformer,
+    fields=_LINEAR_FIELDS,
+    strategy=_RECURRENT_STRATEGY,
+    forward_flops=linear_forward_flops,
+    decode_flops=linear_decode_flops,
+    color="C3",
+    marker="v",
+)
+T2R_SPEC = ModelSpec(
+    kind="t2r",  # arch.feature_map=learned; usually converted from a GPT (init_from=CKPT)
+    model=LinearTransformer,
+    fields=_LINEAR_FIELDS,
+    strategy=_RECURRENT_STRATEGY,
+    forward_flops=linear_forward_flops,
+    decode_flops=linear_decode_flops,
+    color="C4",
+    marker="<",
+)

@@ -14,6 +14,8 @@ from gpthf.attention.sentences import SentenceBounds
 from gpthf.config import ArchConfig
 from gpthf.errors import ConfigError
 from gpthf.models.base import LanguageModel
+from gpthf.models.flops import head_flops
+from gpthf.models.spec import ModelSpec
 
 FORGET_GATE_BIAS = 1.0  # gates are ordered input, forget, cell, output in torch's LSTM
 
@@ -57,3 +59,27 @@ class LSTMLanguageModel(LanguageModel):
     ) -> torch.Tensor:
         """(B, T, d). `sentence_ids` and `bounds` are accepted for a common interface and not used."""
         return self.run(input_ids)[0]
+
+
+def lstm_token_flops(arch: ArchConfig, vocab_size: int) -> float:
+    """One token through the LSTM layers (4 gates over input and hidden), the projection and the head."""
+    hidden = arch.lstm_hidden
+    layers = sum(8 * hidden * ((arch.d_model if i == 0 else hidden) + hidden) for i in range(arch.n_layers))
+    return layers + 2 * hidden * arch.d_model + head_flops(arch, vocab_size)
+
+
+def lstm_row_flops(arch: ArchConfig, vocab_size: int, tokens: int, tokens_per_sentence: float) -> float:
+    """Decoding and training alike: a token's cost does not depend on what came before it."""
+    return lstm_token_flops(arch, vocab_size)
+
+
+SPEC = ModelSpec(
+    kind="lstm",
+    model=LSTMLanguageModel,
+    fields=("n_layers", "lstm_hidden"),
+    strategy="gpthf.generation.recurrent:LSTMRecurrentStrategy",
+    forward_flops=lstm_row_flops,
+    decode_flops=lstm_row_flops,
+    color="C5",
+    marker="D",
+)

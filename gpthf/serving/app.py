@@ -71,7 +71,7 @@ class Api:
     def __init__(self, served: Served, *, api_key: str | None, max_body: int) -> None:
         self.served, self.api_key, self.max_body = served, api_key, max_body
         self.metrics = ServerMetrics()
-        self.runner = EngineThread(served.engine, self.metrics)
+        self.runner = EngineThread(served.engine, self.metrics, pack=served.pack)
         self.created = int(time.time())
 
     @contextlib.asynccontextmanager

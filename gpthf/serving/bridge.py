@@ -71,11 +71,18 @@ class Handle:
     request_id: int
 
 
-class EngineThread:
-    """The engine's `run` loop in a daemon thread, and the server's record of unfinished requests."""
+PACK_ROWS = 8  # decode steps of at least this many rows multiply from packed weights (CPU)
 
-    def __init__(self, engine, metrics: ServerMetrics) -> None:
-        self.engine, self.metrics = engine, metrics
+
+class EngineThread:
+    """The engine's `run` loop in a daemon thread, and the server's record of unfinished requests.
+
+    With `pack`, the model's linear weights are packed for the CPU's kernels while the loop runs
+    (gpthf.generation.packed, as generate.py does): for min(max batch, PACK_ROWS) rows, so every
+    step of a busy server gains and a lone request keeps the plain path."""
+
+    def __init__(self, engine, metrics: ServerMetrics, pack: bool = False) -> None:
+        self.engine, self.metrics, self.pack = engine, metrics, pack
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.live: dict[int, Callable[[Token | Finished], None]] = {}
@@ -94,8 +101,12 @@ class EngineThread:
         self.thread.start()
 
     def _run(self) -> None:
+        from gpthf.generation.packed import packed_linears
+
         try:
-            self.engine.run(self.stop)
+            rows = min(self.engine.max_batch, PACK_ROWS)
+            with packed_linears(self.engine.model, rows, enabled=self.pack):
+                self.engine.run(self.stop)
         except BaseException as err:  # whatever it was, the requests waiting on it must hear of it
             log.exception("the engine thread died")
             self.fail(f"{type(err).__name__}: {err}")

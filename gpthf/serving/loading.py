@@ -37,6 +37,7 @@ class Served:
     name: str
     arch: str
     context: dict[str, int | None]
+    pack: bool = True  # multiply from weights packed for the CPU's kernels (rounding only)
 
 
 def load(args: argparse.Namespace) -> Served:
@@ -61,9 +62,9 @@ def load(args: argparse.Namespace) -> Served:
     try:
         model, meta, checkpoint = load_model_from_checkpoint(checkpoint, device, dtype=args.dtype)
         tokenizer = load_checkpoint_tokenizer(checkpoint, meta)
-        limit = ContextLimit(**meta.get("context", {}))
-        max_sentence_len = meta["data"]["max_sentence_len"]
-        splitter = build_splitter(meta["data"]["language"])
+        limit = ContextLimit(**meta.context)
+        max_sentence_len = meta.data["max_sentence_len"]
+        splitter = build_splitter(meta.data["language"])
     except GpthfError:
         raise
     except Exception as err:  # a damaged file raises whatever its reader raises
@@ -96,8 +97,9 @@ def load(args: argparse.Namespace) -> Served:
         splitter=splitter,
         max_sentence_len=max_sentence_len,
         name=args.model_name or run_name(checkpoint),
-        arch=meta["arch"]["model"],
+        arch=meta.arch["model"],
         context={"tokens": limit.tokens, "sentences": limit.sentences},
+        pack=not args.no_pack,
     )
 
 

@@ -42,6 +42,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--compile", action="store_true", help="compile the decode step (paid during warm-up)"
     )
     parser.add_argument(
+        "--no-pack",
+        action="store_true",
+        help="multiply from the weights as stored, not packed for the CPU's kernels (changes rounding only)",
+    )
+    parser.add_argument(
         "--max-batch", type=positive_int, help="requests decoding at once (default: the engine's)"
     )
     parser.add_argument(

@@ -13,17 +13,23 @@ Hydra composes and launches; gpthf adds three things before and after it:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hydra.experimental.callback import Callback
 
 from gpthf.config import CONFIG_DIR, finalize_config, load_config, register_schema
 from gpthf.errors import ConfigError, GpthfError, TrainingError
+
+if TYPE_CHECKING:
+    from gpthf.training.run_dir import RunClaim
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +48,6 @@ class _JobFailed(BaseException):
     def __init__(self, error: GpthfError):
         super().__init__(str(error))
         self.error = error
-
-
-_claims: dict[str, object] = {}  # run folder -> RunClaim taken by preflight, handed to the single run's job
 
 
 def _is_hydra_override(override: str) -> bool:
@@ -142,12 +145,13 @@ def _resolve_hydra_overrides(composed, hydra_overrides: Sequence[str]) -> None:
             raise ConfigError(f"{key} cannot be resolved: {reason}") from None
 
 
-def preflight(args) -> list[str]:
+def preflight(args) -> tuple[list[str], RunClaim | None]:
     """Validate every job of the command line; for a single run, claim its folder. Returns the
-    hydra overrides to add (where the single run writes, or quiet settings for ranks > 0)."""
+    hydra overrides to add (where the single run writes, or quiet settings for ranks > 0) and the
+    claim (None when there is none), which the caller holds while hydra runs."""
     overrides = list(args.overrides)
     if args.shell_completion:
-        return []  # `-sc install=bash`: hydra's own words, not overrides
+        return [], None  # `-sc install=bash`: hydra's own words, not overrides
     if args.config_name or args.config_dir or args.config_path:
         raise ConfigError(
             "--config-name/--config-dir/--config-path are not supported: gpthf validates, records and "
@@ -177,22 +181,21 @@ def preflight(args) -> list[str]:
     if args.multirun and not info_only:
         check_sweep_folder(overrides, jobs)
     if args.multirun or info_only:
-        return []
+        return [], None
     if os.environ.get("RANK", "0") != "0":  # rank 0 owns the run folder and tells the others
         return [
             "hydra.run.dir=.",
             "hydra.output_subdir=null",
             "hydra/job_logging=none",
             "hydra/hydra_logging=none",
-        ]
+        ], None
     from gpthf.training.run_dir import claim_run
 
     given = _override_value(overrides, "hydra.run.dir")
     if given is not None and "${" in given:
-        return []  # an interpolated folder: known only inside hydra, claimed by the trainer there
+        return [], None  # an interpolated folder: known only inside hydra, claimed by `train` there
     claim = claim_run(configs[0], Path(given) if given is not None else None)
-    _claims[str(claim.run_dir.resolve())] = claim
-    return [] if given is not None else [f"hydra.run.dir={_quote(str(claim.run_dir))}"]
+    return [] if given is not None else [f"hydra.run.dir={_quote(str(claim.run_dir))}"], claim
 
 
 def check_sweep_folder(overrides: Sequence[str], jobs: list[list[str]]) -> None:
@@ -213,7 +216,11 @@ def check_sweep_folder(overrides: Sequence[str], jobs: list[list[str]]) -> None:
             raise ConfigError(
                 f"hydra.sweep.dir={given} holds another sweep (its job #{number} ran "
                 f"{' '.join(earlier.get('overrides', [])) or 'no overrides'}, "
-                + (f"this one's is {' '.join(ours) or 'no overrides'}" if ours is not None else f"this one has {len(jobs)} jobs")
+                + (
+                    f"this one's is {' '.join(ours) or 'no overrides'}"
+                    if ours is not None
+                    else f"this one has {len(jobs)} jobs"
+                )
                 + "); give a new hydra.sweep.dir, or rerun that sweep to continue it"
             )
 
@@ -222,9 +229,10 @@ def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def task(cfg) -> str | None:
+def task(cfg, claim: RunClaim | None = None) -> str | None:
     """One hydra job: train `cfg` in hydra's output folder. In a sweep a failure is recorded, not
-    raised, so the sweep's other jobs still run; a single run's failure reaches `run_cli`."""
+    raised, so the sweep's other jobs still run; a single run's failure reaches `run_cli`. `claim`:
+    the single run's folder as `preflight` claimed it (used when it is hydra's output folder)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     from omegaconf import OmegaConf
@@ -236,7 +244,8 @@ def task(cfg) -> str | None:
     hydra_cfg = HydraConfig.get()
     folder = Path(hydra_cfg.runtime.output_dir)
     if hydra_cfg.mode != RunMode.MULTIRUN:
-        claim = _claims.pop(str(folder.resolve()), None)
+        if claim is not None and claim.run_dir.resolve() != folder.resolve():
+            claim = None
         main_rank = os.environ.get("RANK", "0") == "0"
         try:
             cfg = finalize_config(cfg)
@@ -262,11 +271,14 @@ def task(cfg) -> str | None:
             check_resumable(OmegaConf.load(folder / CONFIG_FILE), cfg, folder)
             run_dir = folder
         else:  # a rerun of a sweep continues it: a job stopped midway resumes from its last checkpoint
-            run_dir = train(cfg, claim=claim_run(cfg, folder, continue_job=True))
+            with claim_run(cfg, folder, continue_job=True) as claim:
+                run_dir = train(cfg, claim=claim)
         if latest_checkpoint(run_dir).name == FINAL:
             outcome.update(status="finished", run_dir=str(run_dir))
         else:  # Ctrl-C or SIGTERM: the job saved a checkpoint and stopped; so does the sweep
-            outcome.update(status="stopped", run_dir=str(run_dir), error="stopped before its budget was spent")
+            outcome.update(
+                status="stopped", run_dir=str(run_dir), error="stopped before its budget was spent"
+            )
             _write_outcome(folder / OUTCOME_FILE, outcome)
             log.warning("job #%s stopped early; the sweep stops too: run the same command again to continue it",
                         outcome["job"])  # fmt: skip
@@ -279,6 +291,19 @@ def task(cfg) -> str | None:
         outcome.update(status="failed", error=message)
     _write_outcome(folder / OUTCOME_FILE, outcome)
     return outcome.get("run_dir")
+
+
+def _task_holding(claim: RunClaim | None):
+    """`task` with the single run's claim: hydra calls its task with the config alone (and names the
+    job after the function it wraps, so the wrapper keeps `task`'s name)."""
+    if claim is None:
+        return task
+
+    @functools.wraps(task)
+    def claimed_task(cfg) -> str | None:
+        return task(cfg, claim)
+
+    return claimed_task
 
 
 def _same_job(overrides: Sequence[str], others: Sequence[str]) -> bool:
@@ -321,7 +346,9 @@ class SweepSummary(Callback):
         try:
             sweep_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise _JobFailed(ConfigError(f"cannot create the sweep folder {sweep_dir} ({err.strerror})")) from None
+            raise _JobFailed(
+                ConfigError(f"cannot create the sweep folder {sweep_dir} ({err.strerror})")
+            ) from None
         lock = RunLock(sweep_dir)
         try:
             lock.acquire()
@@ -363,20 +390,20 @@ def main(argv: list[str]) -> int:
 
     args = _argument_parser().parse_args(argv)
     register_schema()
-    extra = preflight(args)
+    extra, claim = preflight(args)
     SweepSummary.sweep_dir = None
-    hydra_main = hydra.main(config_path=str(CONFIG_DIR), config_name=CONFIG_NAME, version_base="1.3")(task)
+    hydra_main = hydra.main(config_path=str(CONFIG_DIR), config_name=CONFIG_NAME, version_base="1.3")(
+        _task_holding(claim)
+    )
     saved_argv = sys.argv
     sys.argv = [saved_argv[0] if saved_argv else "pretrain.py", *argv, *extra]
     try:
-        hydra_main()
+        with claim if claim is not None else contextlib.nullcontext():  # a run hydra never started: dropped
+            hydra_main()
     except _JobFailed as failed:
         raise failed.error from None
     finally:
         sys.argv = saved_argv
-        for claim in _claims.values():  # claimed but never run (hydra stopped first)
-            claim.abandon()
-        _claims.clear()
         if SweepSummary.lock is not None:
             SweepSummary.lock.release()
             SweepSummary.lock = None

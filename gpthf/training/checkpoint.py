@@ -13,19 +13,23 @@ end, so a kill at any moment leaves either the new checkpoint whole or only the 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import random
 import re
 import shutil
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gpthf import __version__
-from gpthf.atomic import WriteFailed, write_failure, writing
+from gpthf.atomic import WriteFailed, move_into_place, restore_set_aside, write_failure, writing
 from gpthf.errors import CheckpointError, DataError
 from gpthf.precision import DEFAULT_DTYPE
 from gpthf.training.checkpoint_checks import check_finite, check_train_state, meta_problem
@@ -36,12 +40,39 @@ CONFIG_FILE = "config.json"
 STATE_FILE = "train_state.pt"
 FINAL = "final"
 
+log = logging.getLogger(__name__)
 
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with path.open("rb") as f:
-                os.fsync(f.fileno())
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What a checkpoint's config.json says about its model, written by `Trainer.save` and read by
+    `read_meta`. Fields absent from an older checkpoint's file take their defaults."""
+
+    arch: dict  # the arch config: what `build_model` builds
+    vocab_size: int
+    data: dict  # the data config the model was trained on (language, seq_len, max_sentence_len, ...)
+    step: int | None = None
+    tokens: int | None = None  # real tokens trained on
+    context: dict = field(default_factory=dict)  # `ContextLimit`'s fields: what the model saw at most
+    data_cache: str | None = None  # the data cache's folder name: what a resume must find again
+    init_from: str | None = None
+
+    def to_json(self) -> dict:
+        """config.json's content: the format first, then the fields in their order."""
+        return {"format": CHECKPOINT_FORMAT, "gpthf_version": __version__, **asdict(self)}
+
+    # A mapping's reads, for readers not yet moved to the attributes (to be removed with them).
+    def __getitem__(self, key: str):
+        if key not in _META_FIELDS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default=None):
+        value = getattr(self, key) if key in _META_FIELDS else None
+        return default if value is None else value
+
+
+_META_FIELDS = frozenset(f.name for f in fields(CheckpointMeta))
 
 
 def staging_folder(target: Path) -> Path:
@@ -67,14 +98,7 @@ def write_atomically(target: Path, write: Callable[[Path], None], staged: bool =
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
         write(tmp)
-        _fsync_tree(tmp)
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(target)
+        move_into_place(tmp, target)
     except (OSError, WriteFailed) as err:
         shutil.rmtree(tmp, ignore_errors=True)  # gives the space back; a reader never looks there
         failed = err if isinstance(err, WriteFailed) else write_failure(err, tmp, "")
@@ -132,14 +156,14 @@ def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def save_checkpoint(
     target: Path,
     model: torch.nn.Module,
-    meta: dict,
+    meta: CheckpointMeta,
     tokenizer_file: Path,
     train_state: dict | None = None,
     staged: bool = False,
 ) -> Path:
-    """Write a complete checkpoint folder at `target`. `meta` must hold `arch` and `vocab_size`."""
+    """Write a complete checkpoint folder at `target`, `meta` as its config.json."""
     weights = _weights(model)
-    config = json.dumps({"format": CHECKPOINT_FORMAT, "gpthf_version": __version__, **meta}, indent=2)
+    config = json.dumps(meta.to_json(), indent=2)
     files: dict[str, Callable[[Path], object]] = {
         WEIGHTS_FILE: lambda path: save_file(weights, str(path)),
         CONFIG_FILE: lambda path: path.write_text(config),
@@ -166,12 +190,7 @@ def recover_interrupted_writes(run_dir: Path) -> None:
     """Undo what a process killed inside `write_atomically` left: staging folders are dropped, and a
     checkpoint moved aside for its replacement is put back when the replacement never arrived."""
     checkpoints = Path(run_dir) / "checkpoints"
-    for old in checkpoints.glob(".*.old-*"):
-        target = checkpoints / old.name[1:].rsplit(".old-", 1)[0]
-        if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.rename(target)
+    restore_set_aside(checkpoints)
     for staging in checkpoints.glob(".*.tmp"):
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -224,30 +243,41 @@ def weights_fingerprint(checkpoint: Path) -> str:
     except OSError as err:
         raise CheckpointError(f"checkpoint {checkpoint} has no readable {WEIGHTS_FILE} ({err})") from None
     return (
-        f"step {meta.get('step')}, {meta.get('tokens')} tokens, {WEIGHTS_FILE} of {weights.st_size} bytes "
+        f"step {meta.step}, {meta.tokens} tokens, {WEIGHTS_FILE} of {weights.st_size} bytes "
         f"modified {weights.st_mtime_ns}"
     )
 
 
-def read_meta(checkpoint: Path) -> dict:
+EXPORTED_META_KEY = "gpthf"  # config.json entry of an exported folder holding our own config.json
+
+
+def read_meta(checkpoint: Path) -> CheckpointMeta:
     """config.json, checked once for every reader (generation, evaluation, the lm-eval adapter, resume):
     a file edited or damaged into another shape is one error here, never a KeyError deep in a script."""
     try:
-        meta = json.loads((checkpoint / CONFIG_FILE).read_text())
+        raw = json.loads((checkpoint / CONFIG_FILE).read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(f"checkpoint {checkpoint} has an unreadable {CONFIG_FILE} ({err})") from None
-    if isinstance(meta, dict) and (
-        meta.get("format") != CHECKPOINT_FORMAT or "arch" not in meta or "vocab_size" not in meta
+    if isinstance(raw, dict) and "format" not in raw and isinstance(raw.get(EXPORTED_META_KEY), dict):
+        raw = raw[EXPORTED_META_KEY]  # a `python -m gpthf export` folder keeps the checkpoint's own here
+    return parse_meta(raw, checkpoint)
+
+
+def parse_meta(raw: dict, where: Path) -> CheckpointMeta:
+    """A config.json's content, already read (from a checkpoint folder or stored elsewhere, such as an
+    exported model's), checked as `read_meta` checks it; `where` is the folder the errors name."""
+    if isinstance(raw, dict) and (
+        raw.get("format") != CHECKPOINT_FORMAT or "arch" not in raw or "vocab_size" not in raw
     ):
         raise CheckpointError(
-            f"{checkpoint / CONFIG_FILE} is not a gpthf checkpoint config (format {CHECKPOINT_FORMAT})"
+            f"{where / CONFIG_FILE} is not a gpthf checkpoint config (format {CHECKPOINT_FORMAT})"
         )
-    problem = meta_problem(meta)
+    problem = meta_problem(raw)
     if problem:
         raise CheckpointError(
-            f"checkpoint {checkpoint}: {CONFIG_FILE} is damaged: {problem}; use another checkpoint"
+            f"checkpoint {where}: {CONFIG_FILE} is damaged: {problem}; use another checkpoint"
         )
-    return meta
+    return CheckpointMeta(**{f.name: raw[f.name] for f in fields(CheckpointMeta) if f.name in raw})
 
 
 def load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
@@ -292,20 +322,60 @@ def load_train_state(checkpoint: Path) -> dict:
     return state
 
 
-def load_checkpoint_tokenizer(checkpoint: Path, meta: dict):
+def rng_state() -> dict:
+    """Every generator's state as tensors, numbers and lists: loadable with `weights_only=True`."""
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": [version, list(mt), gauss],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """This process's generators as `rng_state` saved them (one rank's entry of train_state.pt's "rng")."""
+    torch.set_rng_state(state["torch"])
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        _set_cuda_rng_states(state["cuda"])
+
+
+def _set_cuda_rng_states(saved: list[torch.Tensor]) -> None:
+    """Each GPU's generator as saved, for the GPUs this host shows: a run resumed where fewer are
+    visible (CUDA_VISIBLE_DEVICES, a smaller machine) continues instead of failing on the missing ones."""
+    count = torch.cuda.device_count()
+    for index, generator_state in enumerate(saved[:count]):
+        torch.cuda.set_rng_state(generator_state, index)
+    if len(saved) != count:
+        log.info(
+            "the checkpoint holds the RNG states of %d GPU(s), this host shows %d: restored %d",
+            len(saved),
+            count,
+            min(len(saved), count),
+        )
+
+
+def load_checkpoint_tokenizer(checkpoint: Path, meta: CheckpointMeta):
     """The checkpoint's own tokenizer, refused when its vocabulary is not the model's."""
     from gpthf.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(checkpoint)
-    if tokenizer.get_vocab_size() != meta["vocab_size"]:
+    if tokenizer.get_vocab_size() != meta.vocab_size:
         raise CheckpointError(
             f"{checkpoint} holds a tokenizer of {tokenizer.get_vocab_size()} tokens for a model of "
-            f"{meta['vocab_size']}: its tokenizer.json comes from another run"
+            f"{meta.vocab_size}: its tokenizer.json comes from another run"
         )
     return tokenizer
 
 
-def check_shapes_before_allocating(meta: dict, checkpoint: Path) -> None:
+def check_shapes_before_allocating(meta: CheckpointMeta, checkpoint: Path) -> None:
     """Compare the model config.json describes with the tensors model.safetensors holds, reading only
     the weights file's header and building the model on the meta device: a config.json edited to
     huge sizes is refused before any memory is allocated."""
@@ -315,7 +385,7 @@ def check_shapes_before_allocating(meta: dict, checkpoint: Path) -> None:
 
     try:
         with torch.device("meta"):
-            model = build_model(meta["arch"], meta["vocab_size"])
+            model = build_model(meta.arch, meta.vocab_size)
             expected = {k: tuple(p.shape) for k, p in model.named_parameters()}  # as `_weights` saves them
     except Exception as err:  # an arch the model code cannot build: sizes of the wrong kind or sign
         raise CheckpointError(f"{checkpoint / CONFIG_FILE} describes no buildable model ({err})") from None
@@ -342,14 +412,18 @@ def load_model_from_checkpoint(
 ):
     """(model in eval mode, checkpoint meta, checkpoint folder) for generation and evaluation;
     `dtype` (fp32, bf16, fp16) is the number format its weights and generation state use."""
+    from gpthf.export.load import load_exported
     from gpthf.models import build_model
     from gpthf.precision import resolve_dtype
 
     torch_dtype = resolve_dtype(dtype, device)  # before anything is read
 
     checkpoint = resolve_checkpoint(path)
+    exported = load_exported(checkpoint, attention)  # (model, meta) of a `python -m gpthf export` folder
+    if exported is not None:
+        return exported[0].to(device=device, dtype=torch_dtype).eval(), exported[1], checkpoint
     meta = read_meta(checkpoint)
     check_shapes_before_allocating(meta, checkpoint)
-    model = build_model(meta["arch"], meta["vocab_size"], attention)
+    model = build_model(meta.arch, meta.vocab_size, attention)
     load_weights(model, checkpoint)
     return model.to(device=device, dtype=torch_dtype).eval(), meta, checkpoint

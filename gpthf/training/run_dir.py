@@ -76,7 +76,9 @@ class RunLock:
         with contextlib.suppress(OSError):  # who holds it, for the refusal above; a full disk skips it
             handle.seek(0)
             handle.truncate()
-            handle.write(f"process {os.getpid()} on {os.uname().nodename if hasattr(os, 'uname') else 'this host'}")
+            handle.write(
+                f"process {os.getpid()} on {os.uname().nodename if hasattr(os, 'uname') else 'this host'}"
+            )
             handle.flush()
         self.handle = handle
 
@@ -153,7 +155,11 @@ def resumable_checkpoint(cfg, run_dir: Path) -> Path | None:
 HYDRA_OWN_FILES = (".hydra", LOCK_FILE, OUTCOME_FILE)
 # What a run writes into its folder: an attempt killed before its first checkpoint leaves only
 # these, and a continued sweep starts that job again from scratch.
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, LOSS_PLOT, "checkpoints")
+TENSORBOARD_DIR = "tensorboard"  # logger=tensorboard's event files
+WANDB_DIR = "wandb"  # logger=wandb's run files (offline runs too)
+WANDB_ID_FILE = "wandb_run_id"  # the W&B run a resume continues
+# What a run writes into its folder: what a restart from scratch of that folder clears.
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, LOSS_PLOT, "checkpoints", TENSORBOARD_DIR, WANDB_DIR, WANDB_ID_FILE)
 
 
 def _foreign_files(folder: Path) -> list[str]:
@@ -163,16 +169,23 @@ def _foreign_files(folder: Path) -> list[str]:
 
 @dataclass
 class RunClaim:
-    """The folder this process trains in, locked for the process's life, and where it resumes from."""
+    """The folder this process trains in, locked, and where it resumes from. Whoever took it holds it
+    as a context manager for the run's life (`with claim_run(cfg) as claim: train(cfg, claim=claim)`);
+    leaving it unlocks the folder and, for a run that never started (`started` unset: it failed, or
+    was never run, before its data, model and saved state were ready), leaves nothing that looks like
+    a run."""
 
     run_dir: Path
     lock: RunLock
     resume_from: Path | None  # None: a new run
     created: bool  # this process made the folder, so a failed start removes it whole
+    started: bool = False  # set by the trainer once the run is built: from then on its files stay
 
-    def abandon(self) -> None:
-        """A run that failed to start: a new run leaves nothing that looks like a run; unlock."""
-        if self.resume_from is None:
+    def __enter__(self) -> RunClaim:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if not self.started and self.resume_from is None:
             if self.created:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
             else:  # a folder someone else made (hydra.run.dir, a sweep's job folder): keep their files
@@ -206,13 +219,16 @@ def claim_run(cfg, folder: Path | None = None, continue_job: bool = False) -> Ru
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise ConfigError(f"cannot create the run folder {run_dir} ({err.strerror}); give a writable one") from None
+            raise ConfigError(
+                f"cannot create the run folder {run_dir} ({err.strerror}); give a writable one"
+            ) from None
     made_lock, locked = not (run_dir / LOCK_FILE).exists(), False
     claim = RunClaim(run_dir, RunLock(run_dir), None, created)
     try:
         claim.lock.acquire()  # refused: someone else's lock, which is left alone
         locked = True
-        _check_folder_is_free(run_dir, resuming=cfg.resume or continue_job)  # again: nobody else can start a run here now
+        # again: nobody else can start a run here now
+        _check_folder_is_free(run_dir, resuming=cfg.resume or continue_job)
         if (run_dir / CONFIG_FILE).is_file():
             claim.resume_from = resumable_checkpoint(cfg, run_dir)
             if claim.resume_from is None and continue_job:  # killed before its first checkpoint
@@ -276,7 +292,7 @@ def check_resumable(saved, cfg, run_dir: Path) -> None:
 def check_same_data(cfg, checkpoint: Path) -> None:
     """A resumed run must read the data set it started with: the same cache key (config, corpus files,
     pipeline version). Checked before any data is prepared, so a changed corpus costs no rebuild."""
-    saved = read_meta(checkpoint).get("data_cache")
+    saved = read_meta(checkpoint).data_cache
     current = f"{cfg.data.name}-{data_cache_key(cfg.data)}"
     if saved is not None and saved != current:
         raise ConfigError(

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from gpthf.atomic import WriteFailed, writing
+from gpthf.attention.sentences import SentenceBounds
 from gpthf.config import parse_budget_seconds
 from gpthf.data.dataset import prepare_data
 from gpthf.data.special_tokens import PAD_ID
@@ -32,21 +33,25 @@ from gpthf.data.tokenizer import TOKENIZER_FILE
 from gpthf.errors import ConfigError, TrainingError
 from gpthf.models import LanguageModel, build_model, next_token_loss
 from gpthf.precision import amp_dtype, fp32_matmuls
-from gpthf.attention.sentences import SentenceBounds
+from gpthf.training import scoring
 from gpthf.training.batches import TrainBatches, fitting_bounds, split_bounds
 from gpthf.training.checkpoint import (
     FINAL,
+    CheckpointMeta,
     latest_checkpoint,
     load_train_state,
     load_weights,
     prune_checkpoints,
     read_meta,
+    rng_state,
     save_checkpoint,
+    set_rng_state,
     staging_folder,
 )
 from gpthf.training.convert import initialize_from
 from gpthf.training.distributed import Engine, Runtime, build_engine, setup_runtime, teardown_runtime
-from gpthf.training.metrics import BudgetBar, MetricsLog, plot_losses
+from gpthf.training.loggers import check_loggers, open_loggers
+from gpthf.training.metrics import BudgetBar, Utilization, plot_losses, read_metrics
 from gpthf.training.optim import build_optimizer
 from gpthf.training.run_dir import RunClaim, claim_run
 from gpthf.training.schedule import check_schedule, lr_at
@@ -76,45 +81,6 @@ def _switch(value, on_cuda: bool, name: str) -> bool:
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-
-
-def _rng_state() -> dict:
-    """Every generator's state as tensors, numbers and lists: loadable with `weights_only=True`."""
-    version, mt, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": [version, list(mt), gauss],
-        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    version, mt, gauss = state["python"]
-    random.setstate((version, tuple(mt), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if "cuda" in state and torch.cuda.is_available():
-        _set_cuda_rng_states(state["cuda"])
-
-
-def _set_cuda_rng_states(saved: list[torch.Tensor]) -> None:
-    """Each GPU's generator as saved, for the GPUs this host shows: a run resumed where fewer are
-    visible (CUDA_VISIBLE_DEVICES, a smaller machine) continues instead of failing on the missing ones."""
-    count = torch.cuda.device_count()
-    for index, generator_state in enumerate(saved[:count]):
-        torch.cuda.set_rng_state(generator_state, index)
-    if len(saved) != count:
-        log.info(
-            "the checkpoint holds the RNG states of %d GPU(s), this host shows %d: restored %d",
-            len(saved),
-            count,
-            min(len(saved), count),
-        )
 
 
 def seed_everything(seed: int) -> None:
@@ -160,18 +126,42 @@ def evaluate(
         ids = torch.from_numpy(input_ids).to(runtime.device)
         sids = torch.from_numpy(sentence_ids).to(runtime.device)
         with autocast(runtime.device, dtype):
-            logits = model(ids, sids, bounds=fitting_bounds(sentence_ids, nominal))
-        ids, logits = ids[: len(part)], logits[: len(part)]
-        total += float(next_token_loss(logits, ids, reduction="sum"))
-        count += int((ids[:, 1:] != PAD_ID).sum())
+            logprobs, _ = scoring.next_token_logprobs(model, ids, sids, fitting_bounds(sentence_ids, nominal))
+        real = ids[: len(part), 1:] != PAD_ID
+        total -= float(logprobs[: len(part)][real].sum())
+        count += int(real.sum())
     model.train(was_training)
     total, count = runtime.sum([total, float(count)])
     return total, int(count)
 
 
 def bits_per_byte(nats_per_token: float, split_stats: dict) -> float:
-    """Loss per token in bits, times the split's tokens per UTF-8 byte: comparable across tokenizers."""
-    return nats_per_token / math.log(2) * split_stats["tokens"] / split_stats["bytes"]
+    """A split's loss per token in bits per byte: its tokens per UTF-8 byte (the data stats') convert it."""
+    return scoring.bits_per_byte(nats_per_token * split_stats["tokens"], split_stats["bytes"])
+
+
+class ValidationSchedule:
+    """When validation while training is due: every `train.eval_every_tokens` training tokens (the
+    same steps in every run of a config) and/or every `train.eval_every_minutes` of budget."""
+
+    def __init__(self, train_cfg, progress: Progress):
+        self.every_tokens = train_cfg.eval_every_tokens
+        self.every_s = 60 * train_cfg.eval_every_minutes if train_cfg.eval_every_minutes else None
+        self.next_s = progress.elapsed_s + self.every_s if self.every_s else math.inf
+        self.next_tokens = self._next_tokens(progress.tokens)
+
+    def _next_tokens(self, tokens: int) -> float:
+        """The next multiple of the interval: a resumed run neither repeats nor skips one."""
+        return (tokens // self.every_tokens + 1) * self.every_tokens if self.every_tokens else math.inf
+
+    def due(self, progress: Progress) -> bool:
+        return progress.elapsed_s >= self.next_s or progress.tokens >= self.next_tokens
+
+    def advance(self, tokens: int, elapsed_s: float) -> None:
+        """After a validation that ended at `elapsed_s`: the next points past it."""
+        self.next_tokens = self._next_tokens(tokens)
+        while self.next_s <= elapsed_s:
+            self.next_s += self.every_s
 
 
 class Trainer:
@@ -181,27 +171,21 @@ class Trainer:
         runtime: Runtime,
         clock: Callable[[], float] = time.monotonic,
         claim: RunClaim | None = None,
-        run_folder: Path | None = None,
     ):
+        """`claim`: rank 0's run folder (its caller holds it for the run's life); None on other ranks."""
         self.cfg, self.runtime, self.clock = cfg, runtime, clock
         self.budget_s = parse_budget_seconds(cfg.budget)
         check_schedule(cfg.train)
+        check_loggers(cfg.logger)
         self.stop_requested = False
 
-        # Which run this is, before anything slow: a bad resume=true fails at once. Rank 0 holds the
-        # run's lock until the run ends, so no other process writes into its folder.
-        self.claim = None
-        if runtime.is_main:
-            self.claim = claim or claim_run(cfg, run_folder)
+        # Which run this is: rank 0 claimed it before anything slow, and tells the other ranks.
         self.run_dir, resume_from = _broadcast(
-            runtime, (self.claim.run_dir, self.claim.resume_from) if runtime.is_main else None
+            runtime, (claim.run_dir, claim.resume_from) if runtime.is_main else None
         )
-        try:
-            self._build(resume_from)
-        except BaseException:
-            if self.claim is not None:
-                self.claim.abandon()
-            raise
+        self._build(resume_from)
+        if claim is not None:
+            claim.started = True
 
     def _build(self, resume_from: Path | None) -> None:
         """Data, model, optimizer and, when resuming, their saved state."""
@@ -248,7 +232,7 @@ class Trainer:
         )
         if train_state is not None:
             self.engine.load_optimizer_state(train_state["optimizer"], resume_from)
-            _set_rng_state(train_state["rng"][min(runtime.rank, len(train_state["rng"]) - 1)])
+            set_rng_state(train_state["rng"][min(runtime.rank, len(train_state["rng"]) - 1)])
             log.info(
                 "resumed %s from %s (step %d, %.0f s of budget spent)",
                 self.run_dir,
@@ -260,7 +244,7 @@ class Trainer:
             self.engine.compile()
         with self._failed_writes_say_what_is_kept():
             self.metrics = (
-                MetricsLog(self.run_dir, resume_step=self.progress.step if resume_from else None)
+                open_loggers(cfg, self.run_dir, resume_step=self.progress.step if resume_from else None)
                 if runtime.is_main
                 else None
             )
@@ -283,10 +267,10 @@ class Trainer:
                 staging.mkdir(parents=True)
         self.runtime.barrier()
         self.engine.save_sharded_state(staging)
-        rng = [_rng_state()]
+        rng = [rng_state()]
         if dist.is_initialized():
             rng = [None] * self.runtime.world_size
-            dist.all_gather_object(rng, _rng_state())
+            dist.all_gather_object(rng, rng_state())
         with self.engine.full_weights():
             if self.runtime.is_main:
                 state = {
@@ -295,16 +279,16 @@ class Trainer:
                     "optimizer": self.engine.optimizer_state(),
                     "rng": rng,
                 }
-                meta = {
-                    "arch": OmegaConf.to_container(self.cfg.arch, resolve=True),
-                    "vocab_size": self.stats["vocab_size"],
-                    "data": OmegaConf.to_container(self.cfg.data, resolve=True),
-                    "step": self.progress.step,
-                    "tokens": self.progress.tokens,
-                    "context": {"tokens": self.cfg.data.seq_len, "sentences": self.batches.bounds.sentences},
-                    "data_cache": self.data.path.name,  # what a resume must find again
-                    "init_from": self.cfg.init_from,
-                }
+                meta = CheckpointMeta(
+                    arch=OmegaConf.to_container(self.cfg.arch, resolve=True),
+                    vocab_size=self.stats["vocab_size"],
+                    data=OmegaConf.to_container(self.cfg.data, resolve=True),
+                    step=self.progress.step,
+                    tokens=self.progress.tokens,
+                    context={"tokens": self.cfg.data.seq_len, "sentences": self.batches.bounds.sentences},
+                    data_cache=self.data.path.name,
+                    init_from=self.cfg.init_from,
+                )
                 save_checkpoint(target, self.model, meta, self.data.path / TOKENIZER_FILE, state, staged=True)
                 prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
         self.runtime.barrier()
@@ -343,7 +327,7 @@ class Trainer:
             return f"no checkpoint of this run was kept: its training (to step {self.progress.step}) is lost"
         if latest.name == FINAL:
             return f"the run finished: its final checkpoint {latest} is complete"
-        saved, reached = read_meta(latest).get("step"), self.progress.step
+        saved, reached = read_meta(latest).step, self.progress.step
         lost = f"its training after step {saved} (to step {reached}) is lost; " if saved != reached else ""
         return f"the last checkpoint kept is {latest}: {lost}once there is room, continue from it with resume=true"
 
@@ -370,8 +354,15 @@ class Trainer:
         `stop_after_steps` simulates a preemption after that many steps of this session: a checkpoint
         is written and the run can be continued with resume=true.
         """
-        with self._failed_writes_say_what_is_kept():
-            return self._run(stop_after_steps)
+        failed = True
+        try:
+            with self._failed_writes_say_what_is_kept():
+                folder = self._run(stop_after_steps)
+            failed = False
+            return folder
+        finally:
+            if self.metrics:
+                self.metrics.close(failed)
 
     def _run(self, stop_after_steps: int | None) -> Path:
         cfg, runtime = self.cfg, self.runtime
@@ -381,12 +372,22 @@ class Trainer:
             else {}
         )
         bar = BudgetBar(runtime.is_main, self.fraction_done(self.progress.elapsed_s))
+        # Off the clock: the peak FLOP/s an MFU divides by (timed once per process unless configured).
+        utilization = (
+            Utilization(cfg, self.stats, runtime.device, self.dtype, runtime.world_size)
+            if runtime.is_main
+            else None
+        )
         start = self.clock() - self.progress.elapsed_s
         next_checkpoint_s = self.progress.elapsed_s + 60 * cfg.train.checkpoint_every_minutes
-        steps_this_session, window_tokens, window_start = 0, 0, self.clock()
+        validation = ValidationSchedule(cfg.train, self.progress)
+        # Of the budget spent, the seconds spent validating: a resumed run's records up to its checkpoint
+        # hold those of its earlier sessions (the checkpoint's elapsed_s counts the same validations).
+        self.eval_s = sum(r.get("eval_s", 0.0) for r in read_metrics(self.run_dir)) if self.metrics else 0.0
+        # Steps of this session; training tokens since the last record, and when it was written.
+        steps_this_session, window = 0, [0, self.clock()]
         postfix: dict = {}
-        interrupted = False
-        loss, lr = 0.0, 0.0
+        interrupted, loss, lr = False, 0.0, 0.0
         try:
             while True:
                 self.progress.elapsed_s = self.clock() - start
@@ -397,43 +398,34 @@ class Trainer:
                 finished = done >= 1.0 or self.progress.elapsed_s >= self.budget_s
                 diverged = not math.isfinite(loss)
                 checkpoint_due = self.progress.elapsed_s >= next_checkpoint_s
+                validation_due = validation.due(self.progress)
                 # One decision for all ranks, in one small collective: the furthest progress, and a stop,
-                # a NaN (it reaches every rank's weights through the gradients) or a checkpoint due on
-                # any rank: ranks whose clocks differ still enter save()'s collectives together.
-                done, *flags = runtime.max([done, finished, stop, diverged, checkpoint_due])
-                finished, stop, diverged, checkpoint_due = (flag > 0 for flag in flags)
+                # a NaN (it reaches every rank's weights through the gradients), a checkpoint or a
+                # validation due on any rank: ranks whose clocks differ still enter save()'s collectives
+                # together and run the same validation forwards at the same step.
+                done, *flags = runtime.max([done, finished, stop, diverged, checkpoint_due, validation_due])
+                finished, stop, diverged, checkpoint_due, validation_due = (flag > 0 for flag in flags)
                 if diverged:
                     raise self._diverged(loss, lr)
                 if finished or stop:
                     interrupted = not finished
                     break
+                if validation_due:
+                    self._validate_on_schedule(start, validation, window, postfix)
                 if checkpoint_due:  # the state after the last step, before the next one
                     self.save(f"step-{self.progress.step:08d}")
                     next_checkpoint_s += 60 * cfg.train.checkpoint_every_minutes
+                    if self.metrics:
+                        self.metrics.flush()
                 lr = lr_at(done, cfg.train)
                 tokens_before = self.progress.tokens
                 loss_sum, targets, grad_norm = self._train_step(lr)
                 loss = loss_sum / max(targets, 1)
                 steps_this_session += 1
-                window_tokens += self.progress.tokens - tokens_before  # already summed over ranks
+                window[0] += self.progress.tokens - tokens_before  # already summed over ranks
                 if self.progress.step % cfg.train.log_every_steps == 0:
-                    (loss_sum,) = runtime.sum([loss_sum])  # `targets` already counts every rank's rows
-                    now = self.clock()
-                    tokens_per_s = window_tokens / max(now - window_start, 1e-9)
-                    record = {
-                        "step": self.progress.step,
-                        "tokens": self.progress.tokens,
-                        "loss": loss_sum / max(targets, 1),
-                        "lr": lr,
-                        "grad_norm": grad_norm,
-                        "tokens_per_s": tokens_per_s,
-                        "elapsed_s": now - start,
-                        "progress": done,
-                    }
-                    if self.metrics:
-                        self.metrics.write(record)
-                    postfix = {"loss": record["loss"], "lr": lr, "tok_s": int(tokens_per_s)}
-                    window_tokens, window_start = 0, now
+                    step = {"loss_sum": loss_sum, "targets": targets, "grad_norm": grad_norm, "lr": lr}
+                    self._log_step(step, done, start, window, utilization, postfix)
                 bar.update(done, **postfix)
         finally:
             self.batches.close()
@@ -442,6 +434,8 @@ class Trainer:
                 signal.signal(sig, handler)
         if interrupted:
             path = self.save(f"step-{self.progress.step:08d}")
+            if self.metrics:
+                self.metrics.flush()
             if runtime.is_main:
                 log.warning(
                     "stopped early at step %d; continue with resume=true (checkpoint %s)",
@@ -451,6 +445,42 @@ class Trainer:
             return self.run_dir
         self.finish()
         return self.run_dir
+
+    def _validate_on_schedule(self, start: float, validation, window: list, postfix: dict) -> None:
+        """Collective: a validation while training, its time kept out of the next tokens/s."""
+        record = self._validate_while_training(start)
+        self.progress.elapsed_s = record["elapsed_s"]  # a checkpoint now holds its time
+        validation.advance(self.progress.tokens, self.progress.elapsed_s)
+        window[1] += record["eval_s"]  # tokens/s counts training time only
+        if record["val_loss"] is not None:
+            postfix["val"] = record["val_loss"]
+
+    def _log_step(
+        self, step: dict, done: float, start: float, window: list, utilization, postfix: dict
+    ) -> None:
+        """Collective: the step's record (its loss summed over ranks; `targets` already counts every
+        rank's rows), with tokens/s over the training time since the last record, to the loggers
+        and the progress bar."""
+        (loss_sum,) = self.runtime.sum([step["loss_sum"]])
+        now = self.clock()
+        tokens_per_s = window[0] / max(now - window[1], 1e-9)
+        record = {
+            "step": self.progress.step,
+            "tokens": self.progress.tokens,
+            "loss": loss_sum / max(step["targets"], 1),
+            "lr": step["lr"],
+            "grad_norm": step["grad_norm"],
+            "tokens_per_s": tokens_per_s,
+            "elapsed_s": now - start,
+            "train_elapsed_s": now - start - self.eval_s,
+            "progress": done,
+        }
+        if self.metrics:
+            record["mfu"] = utilization.mfu(tokens_per_s)
+            record["memory_mb"] = utilization.memory_mb()
+            self.metrics.write(record)
+        postfix |= {"loss": record["loss"], "lr": step["lr"], "tok_s": int(tokens_per_s)}
+        window[:] = [0, now]
 
     def ranks_agree(self) -> bool:
         """Whether every rank holds the same weights (data parallelism must keep them identical)."""
@@ -462,11 +492,9 @@ class Trainer:
         dist.all_gather_object(checksums, checksum)
         return all(math.isclose(c, checksums[0], rel_tol=1e-9) for c in checksums)
 
-    def finish(self) -> None:
-        """Evaluate on the validation split, record it, write the final checkpoint and the plot."""
-        agree = self.ranks_agree()
-        if not agree:
-            log.error("ranks hold different weights after training: the distributed setup is broken")
+    def _validate(self, max_rows: int | None) -> dict:
+        """Collective: loss and bits per byte on the validation split's first `max_rows` rows (None:
+        all). It draws no random number and leaves the training data's order alone."""
         total, count = evaluate(
             self.model,
             self.data.split("validation"),
@@ -474,17 +502,48 @@ class Trainer:
             self.cfg.train.micro_batch_size,
             self.dtype,
             split_bounds(self.stats["splits"].get("validation", {}), self.cfg.data.max_sentence_len),
-            self.cfg.train.eval_rows,
+            max_rows,
         )
         val_loss = total / count if count else None  # a corpus too small to hold out a validation split
+        return {
+            "val_loss": val_loss,
+            "val_bpb": bits_per_byte(val_loss, self.stats["splits"]["validation"]) if count else None,
+            "val_tokens": count,
+        }
+
+    def _validate_while_training(self, start: float) -> dict:
+        """Collective: a validation on `train.periodic_eval_rows` rows (at most `train.eval_rows`),
+        its time charged to the budget and counted apart (`train_elapsed_s` leaves it out)."""
+        train = self.cfg.train
+        began = self.clock()
+        scores = self._validate(min(train.periodic_eval_rows, train.eval_rows or train.periodic_eval_rows))
+        now = self.clock()
+        self.eval_s += now - began
+        record = {
+            "step": self.progress.step,
+            "tokens": self.progress.tokens,
+            "elapsed_s": now - start,
+            "train_elapsed_s": now - start - self.eval_s,
+            **scores,
+            "eval_s": now - began,
+        }
+        if self.metrics:
+            self.metrics.write(record)
+        return record
+
+    def finish(self) -> None:
+        """Evaluate on the validation split, record it, write the final checkpoint and the plot."""
+        agree = self.ranks_agree()
+        if not agree:
+            log.error("ranks hold different weights after training: the distributed setup is broken")
+        scores = self._validate(self.cfg.train.eval_rows)
         record = {
             "step": self.progress.step,
             "tokens": self.progress.tokens,
             "elapsed_s": self.progress.elapsed_s,
+            "train_elapsed_s": self.progress.elapsed_s - self.eval_s,
             "lr": lr_at(self.fraction_done(self.progress.elapsed_s), self.cfg.train),
-            "val_loss": val_loss,
-            "val_bpb": bits_per_byte(val_loss, self.stats["splits"]["validation"]) if count else None,
-            "val_tokens": count,
+            **scores,
             "world_size": self.runtime.world_size,
             "ranks_agree": agree,
         }
@@ -493,8 +552,8 @@ class Trainer:
             self.metrics.write(record)
             plot_losses(self.run_dir)
             validation = (
-                f"validation loss {val_loss:.4f}, {record['val_bpb']:.4f} bits/byte"
-                if count
+                f"validation loss {scores['val_loss']:.4f}, {scores['val_bpb']:.4f} bits/byte"
+                if scores["val_tokens"]
                 else "no validation rows (the corpus is too small to hold any out)"
             )
             print(
@@ -511,21 +570,14 @@ def train(
     run_folder: Path | None = None,
 ) -> Path:
     """Run `cfg` on this process's share of the machines; returns the run folder. `claim`: a run folder
-    the caller already locked (pretrain.py does, before hydra writes into it); `run_folder`: train in
-    this folder (a sweep's job folder) instead of a new one under `<output_dir>/<name>/`."""
+    the caller already claimed and holds (pretrain.py does, before hydra writes into it); else rank 0
+    claims one here, held until the run ends: `run_folder` (a sweep's job folder), or a new one under
+    `<output_dir>/<name>/`."""
+    runtime = setup_runtime(cfg.impl)
     try:
-        runtime = setup_runtime(cfg.impl)
-    except BaseException:
-        if claim is not None:
-            claim.abandon()
-        raise
-    try:
-        with fp32_matmuls(runtime.device, cfg.impl.tf32):
-            trainer = Trainer(cfg, runtime, clock, claim, run_folder)
-            try:
-                return trainer.run(stop_after_steps)
-            finally:
-                if trainer.claim is not None:
-                    trainer.claim.lock.release()
+        with fp32_matmuls(runtime.device, cfg.impl.tf32), contextlib.ExitStack() as held:
+            if claim is None and runtime.is_main:  # before anything slow: a bad resume=true fails at once
+                claim = held.enter_context(claim_run(cfg, run_folder))
+            return Trainer(cfg, runtime, clock, claim if runtime.is_main else None).run(stop_after_steps)
     finally:
         teardown_runtime(runtime)

@@ -19,7 +19,7 @@ def test_trained_model_has_finite_bits_per_byte_below_an_untrained_one(trained_r
     trained = score(model, input_ids, sentence_ids, n_bytes, max_rows=32)
     torch.manual_seed(0)
     untrained = score(
-        build_model(meta["arch"], meta["vocab_size"]).eval(), input_ids, sentence_ids, n_bytes, max_rows=32
+        build_model(meta.arch, meta.vocab_size).eval(), input_ids, sentence_ids, n_bytes, max_rows=32
     )
     assert math.isfinite(trained.bits_per_byte) and 0 < trained.bits_per_byte < untrained.bits_per_byte
     assert trained.tokens == sum(trained.tokens_by_position.values()) and set(

@@ -209,6 +209,27 @@ def test_an_abort_finishes_the_request_and_its_slot_takes_the_next_at_once():
     assert (stats.running, stats.waiting, stats.state_bytes_in_use) == (0, 0, 0)
 
 
+def test_prefilled_requests_all_aborted_before_a_slot_frees_leave_cleanly():
+    """GPTHF prefills a whole batch ahead; every request prefilled but not yet placed is aborted (its
+    clients left): when a slot frees, nothing is left to place, and the engine goes on (the soak
+    found this as an IndexError that killed the engine thread)."""
+    model = tiny_model("gpthf", seed=3)
+    engine, client = engine_for(model, max_batch=1), Client()
+    settings = RequestSettings(max_tokens=3, temperature=0)
+    first, *ahead = (client.add(engine, p, settings) for p in prompts(3))
+    engine.step()  # all three prefilled; the first placed
+    assert engine.stats().running == 1
+    for request in ahead:
+        engine.abort(request)
+    drain(engine)
+    assert client.end(first).reason == "max_tokens" and [client.end(r).reason for r in ahead] == ["abort"] * 2
+    stats = engine.stats()
+    assert (stats.running, stats.waiting, stats.state_bytes_in_use) == (0, 0, 0)
+    later = client.add(engine, prompts(1)[0], settings)  # and the engine still serves
+    drain(engine)
+    assert client.end(later).reason == "max_tokens"
+
+
 @pytest.mark.parametrize("kind", ["gpt", "gpthf", "linear", "lstm", "block_recurrent"])
 def test_state_size_is_what_the_strategy_holds_for_a_row_of_that_shape(kind):
     """The admission estimate of a horizon equals the strategy's own bytes for a row that size."""

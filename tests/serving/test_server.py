@@ -161,8 +161,8 @@ def local(trained_runs):
 
     model, meta, checkpoint = load_model_from_checkpoint(trained_runs["gpthf"])
     tokenizer = load_checkpoint_tokenizer(checkpoint, meta)
-    splitter = build_splitter(meta["data"]["language"])
-    limit, max_len = ContextLimit(**meta["context"]), meta["data"]["max_sentence_len"]
+    splitter = build_splitter(meta.data["language"])
+    limit, max_len = ContextLimit(**meta.context), meta.data["max_sentence_len"]
 
     class Local:
         max_sentence_len = max_len

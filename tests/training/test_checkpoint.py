@@ -1,7 +1,10 @@
 import errno
+import json
+import re
 import runpy
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,9 +18,12 @@ from gpthf.errors import CheckpointError, DataError
 from gpthf.training import checkpoint as checkpoint_module
 from gpthf.training.batches import RowOrder
 from gpthf.training.checkpoint import (
+    CheckpointMeta,
     latest_checkpoint,
     load_model_from_checkpoint,
     load_train_state,
+    parse_meta,
+    read_meta,
     save_checkpoint,
 )
 from gpthf.training.trainer import train
@@ -32,7 +38,7 @@ def saved(tmp_path):
     tokenizer = tmp_path / "tokenizer.json"
     tokenizer.write_text("{}")
     data = {"language": "english", "seq_len": 64, "max_sentence_len": 32}
-    meta = {"arch": vars(tiny_arch("gpthf")), "vocab_size": VOCAB, "data": data, "step": 1}
+    meta = CheckpointMeta(arch=vars(tiny_arch("gpthf")), vocab_size=VOCAB, data=data, step=1)
     save_checkpoint(
         tmp_path / "run" / "checkpoints" / "step-00000001", model, meta, tokenizer, {"progress": {}}
     )
@@ -42,7 +48,7 @@ def saved(tmp_path):
 def test_checkpoint_round_trip_keeps_weights_and_tying(saved):
     run_dir, model, _, _ = saved
     loaded, meta, path = load_model_from_checkpoint(run_dir)
-    assert path.name == "step-00000001" and meta["step"] == 1
+    assert path.name == "step-00000001" and meta.step == 1
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
     assert loaded.head.weight is loaded.embed.weight
@@ -63,7 +69,11 @@ def test_crash_mid_write_leaves_the_previous_checkpoint_loadable(saved, monkeypa
         monkeypatch.setattr(checkpoint_module, "save_file", disk_full)
     with pytest.raises(CheckpointError, match="No space left on device.*earlier checkpoints are intact"):
         save_checkpoint(
-            run_dir / "checkpoints" / "step-00000002", model, {**meta, "step": 2}, tokenizer, {"progress": {}}
+            run_dir / "checkpoints" / "step-00000002",
+            model,
+            replace(meta, step=2),
+            tokenizer,
+            {"progress": {}},
         )
     assert latest_checkpoint(run_dir).name == "step-00000001"
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-00000001"], (
@@ -230,7 +240,11 @@ def test_a_bug_inside_a_checkpoint_write_keeps_its_traceback(saved, monkeypatch,
         monkeypatch.setattr(checkpoint_module, "save_file", bug)
     with pytest.raises(type(error), match="some bug") as raised:
         save_checkpoint(
-            run_dir / "checkpoints" / "step-00000002", model, {**meta, "step": 2}, tokenizer, {"progress": {}}
+            run_dir / "checkpoints" / "step-00000002",
+            model,
+            replace(meta, step=2),
+            tokenizer,
+            {"progress": {}},
         )
     assert not isinstance(raised.value, WriteFailed)
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-00000001"], "none left"
@@ -252,7 +266,7 @@ def test_a_library_s_failed_write_is_a_full_disk(saved, monkeypatch, message, re
 
     monkeypatch.setattr(checkpoint_module, "save_file", fails)
     with pytest.raises(CheckpointError, match=f"{reason}.*earlier checkpoints are intact"):
-        save_checkpoint(run_dir / "checkpoints" / "step-00000002", model, {**meta, "step": 2}, tokenizer)
+        save_checkpoint(run_dir / "checkpoints" / "step-00000002", model, replace(meta, step=2), tokenizer)
 
 
 def test_a_missing_data_cache_tokenizer_is_named_not_blamed_on_the_disk(saved):
@@ -260,8 +274,32 @@ def test_a_missing_data_cache_tokenizer_is_named_not_blamed_on_the_disk(saved):
     run_dir, model, meta, tokenizer = saved
     tokenizer.unlink()
     with pytest.raises(DataError) as raised:
-        save_checkpoint(run_dir / "checkpoints" / "step-00000002", model, {**meta, "step": 2}, tokenizer, {})
+        save_checkpoint(
+            run_dir / "checkpoints" / "step-00000002", model, replace(meta, step=2), tokenizer, {}
+        )
     message = str(raised.value)
     assert f"the data cache's tokenizer {tokenizer} is missing" in message and "resume=true" in message
     assert not isinstance(raised.value, WriteFailed) and "check the disk" not in message
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-00000001"], "none left"
+
+
+def test_parse_meta_checks_a_stored_config_as_read_meta_does(saved, tmp_path):
+    """A config.json read elsewhere (an exported model's copy) is checked and typed like a checkpoint's;
+    the file keeps its layout, and an older one without the later fields still loads."""
+    run_dir, _, meta, _ = saved
+    checkpoint = latest_checkpoint(run_dir)
+    raw = json.loads((checkpoint / "config.json").read_text())
+    assert list(raw) == [
+        "format", "gpthf_version", "arch", "vocab_size", "data", "step", "tokens", "context", "data_cache",
+        "init_from",
+    ]  # fmt: skip
+    assert parse_meta(raw, tmp_path) == read_meta(checkpoint) == meta
+    damaged = {**raw, "data": {"language": "english", "max_sentence_len": 4}}
+    with pytest.raises(CheckpointError, match=re.escape(f"checkpoint {tmp_path}: config.json is damaged")):
+        parse_meta(damaged, tmp_path)
+    with pytest.raises(CheckpointError, match="not a gpthf checkpoint config"):
+        parse_meta({**raw, "format": 2}, tmp_path)
+    older = {
+        k: v for k, v in raw.items() if k not in ("step", "tokens", "context", "data_cache", "init_from")
+    }
+    assert parse_meta(older, tmp_path) == replace(meta, step=None)

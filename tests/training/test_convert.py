@@ -71,7 +71,7 @@ def test_init_from_then_finetune_records_the_source(trained_runs, data_cache, tm
         clock=frozen_clock,
     )
     model, meta, _ = load_model_from_checkpoint(latest_checkpoint(run))
-    assert meta["arch"]["model"] == "t2r" and meta["init_from"] == str(trained_runs["gpt"])
+    assert meta.arch["model"] == "t2r" and meta.init_from == str(trained_runs["gpt"])
     first_loss = read_metrics(run)[0]["loss"]
     scratch = train(
         load_config(run_overrides(data_cache, tmp_path / "scratch", "train.max_tokens=600", arch="t2r-test")),
@@ -93,4 +93,4 @@ def test_every_alternative_arch_trains(data_cache, tmp_path, arch):
     final = records[-1]
     assert final["val_loss"] < losses[0] and torch.isfinite(torch.tensor(final["val_bpb"]))
     model, meta, _ = load_model_from_checkpoint(run)
-    assert meta["arch"]["model"] == arch.rsplit("-", 1)[0].replace("-", "_")
+    assert meta.arch["model"] == arch.rsplit("-", 1)[0].replace("-", "_")

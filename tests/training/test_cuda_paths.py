@@ -18,7 +18,7 @@ from gpthf.data.dataset import prepare_data
 from gpthf.errors import ConfigError
 from gpthf.models import build_model, next_token_loss
 from gpthf.precision import amp_dtype, fp32_matmuls
-from gpthf.training import trainer
+from gpthf.training import checkpoint, trainer
 from gpthf.training.distributed import DeepSpeedEngine, Engine, Runtime, setup_runtime
 from gpthf.training.metrics import read_metrics
 from gpthf.training.trainer import evaluate, train
@@ -55,11 +55,11 @@ def a_gpu(monkeypatch, count: int = 1, bf16: bool = True, name: str = "Tesla T4"
 
 
 def test_a_checkpoint_of_two_gpus_resumes_on_one(monkeypatch, caplog):
-    state = trainer._rng_state()  # this process's generators (no GPU yet): restoring them changes nothing
+    state = checkpoint.rng_state()  # this process's generators (no GPU yet): restoring them changes nothing
     restored = a_gpu(monkeypatch, count=1)
     state["cuda"] = [torch.full((16,), 1, dtype=torch.uint8), torch.full((16,), 2, dtype=torch.uint8)]
-    with caplog.at_level(logging.INFO, logger="gpthf.training.trainer"):
-        trainer._set_rng_state(state)
+    with caplog.at_level(logging.INFO, logger="gpthf.training.checkpoint"):
+        checkpoint.set_rng_state(state)
     assert [(i, int(s[0])) for i, s in restored] == [(0, 1)], "the GPU this host has, from its own state"
     said = [r.getMessage() for r in caplog.records if "RNG" in r.getMessage()]
     assert said == ["the checkpoint holds the RNG states of 2 GPU(s), this host shows 1: restored 1"]

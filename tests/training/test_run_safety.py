@@ -21,7 +21,7 @@ from gpthf.errors import CheckpointError, ConfigError, TrainingError
 from gpthf.training import trainer as trainer_module
 from gpthf.training.checkpoint import latest_checkpoint
 from gpthf.training.metrics import read_metrics
-from gpthf.training.run_dir import RunLock
+from gpthf.training.run_dir import RunLock, claim_run
 from gpthf.training.trainer import train
 from tests.conftest import REPO, frozen_clock, run_overrides, tiny_overrides
 
@@ -277,3 +277,16 @@ def test_ctrl_c_saves_a_checkpoint_then_stops(data_cache, tmp_path):
     checkpoint = latest_checkpoint(run_dir)
     assert checkpoint is not None and checkpoint.name.startswith("step-")
     assert json.loads((checkpoint / "config.json").read_text())["step"] >= steps_of(run_dir)[0]
+
+
+def test_a_claim_left_unstarted_leaves_nothing_and_a_started_one_keeps_its_run(data_cache, tmp_path):
+    cfg = load_config(run_overrides(data_cache, tmp_path))
+    with claim_run(cfg) as claim:  # the data, model or saved state failed to build, or hydra never ran it
+        assert (claim.run_dir / "config.yaml").is_file()
+    assert not claim.run_dir.exists()
+    with claim_run(cfg) as claim:
+        claim.started = True
+    assert (claim.run_dir / "config.yaml").is_file()
+    lock = RunLock(claim.run_dir)
+    lock.acquire()  # released with the claim
+    lock.release()

@@ -98,14 +98,14 @@ def test_kill_9_during_training_loses_only_work_since_the_last_checkpoint(data_c
     checkpoint = latest_checkpoint(run_dir)
     assert checkpoint is not None and checkpoint.name.startswith("step-")
     model, meta, _ = load_model_from_checkpoint(checkpoint)
-    assert meta["step"] > 0
+    assert meta.step > 0
     # Continue the same run; a short budget finishes it at once.
     done = cli(
         sys.executable, "pretrain.py", *run_overrides(data_cache, tmp_path, "resume=true", "budget=1s")
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert latest_checkpoint(run_dir).name == "final"
-    assert final_record(run_dir)["step"] >= meta["step"]
+    assert final_record(run_dir)["step"] >= meta.step
 
 
 def test_torchrun_ddp_two_processes_agree_with_one_process(data_cache, tmp_path):
@@ -121,7 +121,7 @@ def test_torchrun_ddp_two_processes_agree_with_one_process(data_cache, tmp_path)
     (single_run,) = (tmp_path / "single" / "gpthf-kjv").glob("*/")
     final = final_record(ddp_run)
     assert final["world_size"] == 2 and final["ranks_agree"] is True
-    assert load_model_from_checkpoint(ddp_run)[1]["step"] == final["step"]
+    assert load_model_from_checkpoint(ddp_run)[1].step == final["step"]
     ddp_losses = [(r["step"], r["tokens"], r["loss"]) for r in read_metrics(ddp_run) if "loss" in r]
     single_losses = [(r["step"], r["tokens"], r["loss"]) for r in read_metrics(single_run) if "loss" in r]
     assert [r[:2] for r in ddp_losses] == [r[:2] for r in single_losses], "same steps over the same tokens"
