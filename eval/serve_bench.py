@@ -24,14 +24,21 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from gpthf.atomic import atomic_write, save_figure
-from gpthf.cli import ArgumentParser, byte_size, positive_float, positive_int, run_cli, writable_folder
+from gpthf.cli import (
+    ArgumentParser,
+    byte_size,
+    positive_float,
+    positive_int,
+    run_cli,
+    stop_on_sigterm,
+    writable_folder,
+)
 from gpthf.measure.serving import (
     base_url,
     completion_body,
@@ -285,10 +292,6 @@ def plot(targets: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt  # SIGTERM stops the servers this run started, as Ctrl-C does
-
-
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm()  # the servers this run started are stopped, as on Ctrl-C
     sys.exit(run_cli(main))

@@ -17,14 +17,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import signal
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from gpthf.atomic import atomic_write, save_figure
-from gpthf.cli import ArgumentParser, non_negative_int, positive_float, positive_int, run_cli, writable_folder
+from gpthf.cli import (
+    ArgumentParser,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_cli,
+    stop_on_sigterm,
+    writable_folder,
+)
 from gpthf.measure.serving import served_model
 from gpthf.measure.serving_process import free_port, rss_bytes, server_command, server_process
 from gpthf.measure.serving_prompts import cut_prompts, held_out_text
@@ -124,10 +131,6 @@ def plot(trace: list, rss_from: int, path: Path) -> None:
     plt.close(fig)
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt  # SIGTERM stops the server this run started, as Ctrl-C does
-
-
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm()  # the servers this run started are stopped, as on Ctrl-C
     sys.exit(run_cli(main))

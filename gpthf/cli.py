@@ -90,3 +90,14 @@ def writable_folder(path: str | Path, flag: str = "--out") -> Path:
             f"cannot write to {flag} {folder} ({err.strerror}); give a writable folder"
         ) from None
     return folder
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM raises KeyboardInterrupt, so a script stops what it started (servers, workers) in
+    order on a `kill` as on a Ctrl-C."""
+    import signal
+
+    def interrupt(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)

@@ -321,7 +321,9 @@ def prepare_data(cfg: Any, progress: bool = True) -> PreparedData:
     except BaseException as err:
         # A failed write or folder (ENOSPC, EACCES...), not a worker process that died under the pool
         # (BrokenPipe/ConnectionReset): that is no fault of the cache and keeps its traceback.
-        disk_error = isinstance(err, OSError) and err.errno is not None and not isinstance(err, ConnectionError)
+        disk_error = (
+            isinstance(err, OSError) and err.errno is not None and not isinstance(err, ConnectionError)
+        )
         if not disk_error and isinstance(err, (KeyboardInterrupt, SystemExit)):
             raise  # keep the finished shards: the next build continues from them
         shutil.rmtree(partial, ignore_errors=True)

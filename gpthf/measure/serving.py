@@ -267,6 +267,27 @@ def rate_label(rate: float) -> float | str:
     return "inf" if math.isinf(rate) else rate
 
 
+def sweep_rates(
+    rates: list[float],
+    deadline: float,
+    load: Callable[[float], tuple[list[RequestResult], float, int]],
+    max_concurrency: int | None,
+    report: Callable[[dict], None] = lambda row: None,
+) -> list[dict]:
+    """One `summarize` row per rate of `load(rate)` (results, duration, requests never sent), each
+    told to `report` as it is done; rates not begun by `deadline` (time.monotonic()) are skipped.
+    The one loop of a server's sweep and of the same load sent to an engine in process."""
+    rows = []
+    for rate in rates:
+        if time.monotonic() >= deadline:
+            break
+        results, duration, not_sent = load(rate)
+        row = {"request_rate": rate_label(rate), "max_concurrency": max_concurrency}
+        rows.append({**row, **summarize(results, duration), "not_sent": not_sent})
+        report(rows[-1])
+    return rows
+
+
 def run_sweep(
     url: str,
     prompts: list[Prompt],
@@ -280,23 +301,18 @@ def run_sweep(
     deadline: float,
     report: Callable[[dict], None] = lambda row: None,
 ) -> list[dict]:
-    """One `summarize` row per rate (each told to `report` as it is done), the same prompts and
-    arrival schedule at every rate; rates not begun by `deadline` (time.monotonic()) are skipped."""
+    """`sweep_rates` over a server: the same prompts and arrival schedule at every rate."""
     bodies = [completion_body(model, p.text, output_tokens) for p in prompts]
-    rows = []
-    for rate in rates:
-        if time.monotonic() >= deadline:
-            break
-        results, duration, not_sent = asyncio.run(
+
+    def load(rate: float) -> tuple[list[RequestResult], float, int]:
+        return asyncio.run(
             run_load(
                 url, bodies, [p.tokens for p in prompts], rate=rate, max_concurrency=max_concurrency,
                 seed=seed, request_timeout_s=request_timeout_s, deadline=deadline,
             )
         )  # fmt: skip
-        row = {"request_rate": rate_label(rate), "max_concurrency": max_concurrency}
-        rows.append({**row, **summarize(results, duration), "not_sent": not_sent})
-        report(rows[-1])
-    return rows
+
+    return sweep_rates(rates, deadline, load, max_concurrency, report)
 
 
 def ratios(numerator: list[dict], denominator: list[dict]) -> list[dict]:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gpthf.measure.serving import RequestResult, poisson_arrivals, rate_label, summarize
+from gpthf.measure.serving import RequestResult, poisson_arrivals, sweep_rates
 from gpthf.measure.serving_prompts import Prompt
 
 
@@ -150,22 +150,18 @@ def run_engine_sweep(
     settings = RequestSettings(max_tokens=output_tokens, temperature=0.0, ignore_eos=True)
     runner = EngineThread(served.engine, ServerMetrics(), pack=served.pack)
     runner.start()
-    rows: list[dict[str, Any]] = []
     try:
         warm = RequestSettings(max_tokens=1, temperature=0.0)
         asyncio.run(_request(runner, served, prompts[0].text, warm, time.perf_counter()))
-        for rate in rates:
-            if time.monotonic() >= deadline:
-                break
-            results, duration, not_sent = asyncio.run(
+
+        def load(rate: float) -> tuple[list[RequestResult], float, int]:
+            return asyncio.run(
                 run_engine_load(
                     runner, served, prompts, settings, rate=rate, max_concurrency=max_concurrency,
                     seed=seed, request_timeout_s=request_timeout_s, deadline=deadline,
                 )
             )  # fmt: skip
-            row = {"request_rate": rate_label(rate), "max_concurrency": max_concurrency}
-            rows.append({**row, **summarize(results, duration), "not_sent": not_sent})
-            report(rows[-1])
+
+        return sweep_rates(rates, deadline, load, max_concurrency, report)
     finally:
         runner.shutdown(timeout=5.0)
-    return rows

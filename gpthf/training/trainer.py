@@ -373,11 +373,8 @@ class Trainer:
         )
         bar = BudgetBar(runtime.is_main, self.fraction_done(self.progress.elapsed_s))
         # Off the clock: the peak FLOP/s an MFU divides by (timed once per process unless configured).
-        utilization = (
-            Utilization(cfg, self.stats, runtime.device, self.dtype, runtime.world_size)
-            if runtime.is_main
-            else None
-        )
+        machine = (cfg, self.stats, runtime.device, self.dtype, runtime.world_size)
+        utilization = Utilization(*machine) if runtime.is_main else None
         start = self.clock() - self.progress.elapsed_s
         next_checkpoint_s = self.progress.elapsed_s + 60 * cfg.train.checkpoint_every_minutes
         validation = ValidationSchedule(cfg.train, self.progress)

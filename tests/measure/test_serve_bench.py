@@ -390,7 +390,9 @@ def test_bench_starts_our_server_for_each_checkpoint_and_compares_them(trained_r
     assert len(per_rate) == 4 and all(r["completed"] == 6 and r["failed"] == 0 for r in per_rate), per_rate
     assert all(r["output_throughput"] > 0 and r["median_tpot_ms"] > 0 for r in per_rate)
     assert all(r["total_output_tokens"] == 36 for r in per_rate)  # the same work both ways
-    assert "gpthf ÷ gpt at rate inf" in run.stderr and "gpthf over HTTP ÷ in process at rate inf" in run.stderr
+    assert (
+        "gpthf ÷ gpt at rate inf" in run.stderr and "gpthf over HTTP ÷ in process at rate inf" in run.stderr
+    )
     for target in results["targets"]:
         (cost,) = target["in_process"]["http_over_in_process"]
         assert 0 < cost["output_throughput"] < 10  # a sane ratio; its size is measured, not tested

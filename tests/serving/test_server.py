@@ -292,7 +292,11 @@ def test_models_health_and_metrics(gpthf_server, trained_runs):
     models = httpx.get(gpthf_server.url("/v1/models"), headers={"Authorization": f"Bearer {KEY}"}).json()
     client = gpthf_server.client()  # a request of several tokens: the histograms hold a TPOT, run alone too
     client.completions.create(
-        model=models["data"][0]["id"], prompt=PROMPT, max_tokens=4, temperature=0, extra_body={"ignore_eos": True}
+        model=models["data"][0]["id"],
+        prompt=PROMPT,
+        max_tokens=4,
+        temperature=0,
+        extra_body={"ignore_eos": True},
     )
     recorded = yaml.safe_load((trained_runs["gpthf"] / "config.yaml").read_text())["name"]
     assert models["data"][0]["id"] == recorded, "the run's name, as the README's client examples use it"
@@ -343,7 +347,11 @@ BAD_BODIES = [
     (b'{"prompt": [5, 0, 6]}', None, "prompt"),  # <pad> is never an input
     (b'{"prompt": [true, false]}', None, "prompt"),  # JSON booleans are not ids
     (b'{"prompt": [5, "x"]}', None, "prompt"),
-    (b'{"prompt": "x", "n": 6}', None, "n"),  # more than this server holds (1 running, 4 queued): never admitted
+    (
+        b'{"prompt": "x", "n": 6}',
+        None,
+        "n",
+    ),  # more than this server holds (1 running, 4 queued): never admitted
     (b'{"prompt": ["x", "y", "z"], "n": 2}', None, "n"),
 ]
 

@@ -292,7 +292,9 @@ def test_a_checkpoint_due_on_another_rank_is_saved_by_every_rank(data_cache, tmp
 
     monkeypatch.setattr(Runtime, "max", other_rank_due_at_the_fourth_check)
     run = train(
-        load_config(run_overrides(data_cache, tmp_path, "train.max_tokens=3000", "train.checkpoint_every_minutes=60")),
+        load_config(
+            run_overrides(data_cache, tmp_path, "train.max_tokens=3000", "train.checkpoint_every_minutes=60")
+        ),
         clock=frozen_clock,
     )
     assert all(values[4] == 0 for values in calls), "this rank's own clock never made one due"
@@ -361,8 +363,8 @@ def test_every_rank_runs_as_many_evaluation_forwards(data_cache, tmp_path, rows,
         total, count = evaluate(model, split, runtime, micro, None, SentenceBounds(1, cfg.data.seq_len), rows)
         scored.append(count)
     assert all(len(f) == len(forwards[0]) for f in forwards), forwards
-    assert len(forwards[0]) == -(-(-(-rows // world)) // micro)
+    rows_per_rank = -(-rows // world)  # ceilings, in integers
+    assert len(forwards[0]) == -(-rows_per_rank // micro)
     single = evaluate(model, split, Runtime("none", 0, 0, 1, torch.device("cpu")), micro, None,
                       SentenceBounds(1, cfg.data.seq_len), rows)  # fmt: skip
     assert sum(scored) == single[1], "every row scored once, the fillers never"
-
