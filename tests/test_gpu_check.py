@@ -156,8 +156,9 @@ def test_training_tokens_per_s_leaves_out_the_compiling_window(tmp_path):
     records = [
         {"step": 10, "tokens": 100, "tokens_per_s": 5.0},  # the window that compiled
         {"step": 20, "tokens": 200, "tokens_per_s": 1000.0},
+        {"step": 20, "tokens": 200, "val_loss": 9.9, "eval_s": 1.0},  # a validation while training
         {"step": 30, "tokens": 300, "tokens_per_s": 1200.0},
-        {"step": 30, "tokens": 300, "val_loss": 4.5},
+        {"step": 30, "tokens": 300, "val_loss": 4.5, "ranks_agree": True},  # the run's final record
     ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     figures = read_training("Recompiling function forward\n", tmp_path)

@@ -99,13 +99,13 @@ class BudgetBar:
         self.bar.close()
 
 
-@functools.cache
 def final_record(records: list[dict]) -> dict | None:
     """The record a finished run writes last (the full validation, with `ranks_agree`): not a
     validation made while training, which carries `val_bpb` too but not the run's end."""
     return next((r for r in reversed(records) if "ranks_agree" in r), None)
 
 
+@functools.cache
 def matmul_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
     """FLOP/s of a square matmul on `device` in `dtype`, the fastest of a few: the peak MFU divides by."""
     n = PEAK_MATMUL_SIDE.get(device.type, PEAK_MATMUL_SIDE["cpu"])
