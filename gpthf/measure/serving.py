@@ -23,7 +23,7 @@ import random
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -215,6 +215,41 @@ async def stream_completion(
         return RequestResult(False, error=f"malformed stream chunk ({err})"[:200])
 
 
+async def send_on_schedule(
+    count: int,
+    send: Callable[[int], Awaitable[RequestResult]],
+    *,
+    rate: float,
+    max_concurrency: int | None,
+    seed: int,
+    deadline: float,
+) -> tuple[list[RequestResult], float, int]:
+    """The benchmark's one arrival schedule: request i goes out through `send(i)` at its Poisson
+    arrival time, at most `max_concurrency` in flight. (results of the requests sent, seconds from
+    the first arrival to the last answer, requests never sent). At `deadline` (time.monotonic())
+    requests in flight are cut off as failed and the rest are not sent; a `send` that raises is a
+    failed request, never the end of the run."""
+    arrivals = poisson_arrivals(count, rate, seed)
+    gate = asyncio.Semaphore(max_concurrency) if max_concurrency else contextlib.nullcontext()
+    sent = [False] * count
+    start = time.perf_counter()
+
+    async def one(i: int) -> RequestResult:
+        await asyncio.sleep(max(0.0, start + arrivals[i] - time.perf_counter()))
+        async with gate:
+            sent[i] = True
+            return await send(i)
+
+    tasks = [asyncio.create_task(one(i)) for i in range(count)]
+    _, late = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
+    for task in late:
+        task.cancel()
+    await asyncio.gather(*late, return_exceptions=True)
+    duration = time.perf_counter() - start
+    results = [_outcome(task, task in late) for task, was_sent in zip(tasks, sent) if was_sent]
+    return results, duration, sent.count(False)
+
+
 async def run_load(
     url: str,
     bodies: list[dict],
@@ -226,32 +261,16 @@ async def run_load(
     request_timeout_s: float,
     deadline: float,
 ) -> tuple[list[RequestResult], float, int]:
-    """(results of the requests sent, seconds from the first send to the last answer, requests
-    never sent). At `deadline` (time.monotonic()) requests in flight are cut off as failed and the
-    rest are not sent."""
+    """`send_on_schedule` over a server: each request a streamed completion of `bodies[i]`."""
     import httpx
 
-    arrivals = poisson_arrivals(len(bodies), rate, seed)
-    gate = asyncio.Semaphore(max_concurrency) if max_concurrency else contextlib.nullcontext()
     limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
-    sent = [False] * len(bodies)
     async with httpx.AsyncClient(timeout=request_timeout_s, limits=limits) as client:
-        start = time.perf_counter()
-
-        async def one(i: int) -> RequestResult:
-            await asyncio.sleep(max(0.0, start + arrivals[i] - time.perf_counter()))
-            async with gate:
-                sent[i] = True
-                return await stream_completion(client, url, bodies[i], prompt_tokens[i], request_timeout_s)
-
-        tasks = [asyncio.create_task(one(i)) for i in range(len(bodies))]
-        _, late = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
-        for task in late:
-            task.cancel()
-        await asyncio.gather(*late, return_exceptions=True)
-        duration = time.perf_counter() - start
-    results = [_outcome(task, task in late) for task, was_sent in zip(tasks, sent) if was_sent]
-    return results, duration, sent.count(False)
+        return await send_on_schedule(
+            len(bodies),
+            lambda i: stream_completion(client, url, bodies[i], prompt_tokens[i], request_timeout_s),
+            rate=rate, max_concurrency=max_concurrency, seed=seed, deadline=deadline,
+        )  # fmt: skip
 
 
 def _outcome(task: asyncio.Task, cut_off: bool) -> RequestResult:

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gpthf.measure.serving import RequestResult, poisson_arrivals, sweep_rates
+from gpthf.measure.serving import RequestResult, send_on_schedule, sweep_rates
 from gpthf.measure.serving_prompts import Prompt
 
 
@@ -95,38 +94,19 @@ async def run_engine_load(
     request_timeout_s: float,
     deadline: float,
 ) -> tuple[list[RequestResult], float, int]:
-    """(results, seconds from the first arrival to the last answer, requests never sent), as
-    gpthf.measure.serving.run_load reports a server's."""
-    arrivals = poisson_arrivals(len(prompts), rate, seed)
-    gate = asyncio.Semaphore(max_concurrency) if max_concurrency else contextlib.nullcontext()
-    sent = [False] * len(prompts)
-    start = time.perf_counter()
+    """`gpthf.measure.serving.send_on_schedule` straight to the engine: what run_load reports of a server."""
 
-    async def one(i: int) -> RequestResult:
-        await asyncio.sleep(max(0.0, start + arrivals[i] - time.perf_counter()))
-        async with gate:
-            sent[i] = True
-            began = time.perf_counter()
-            try:
-                return await asyncio.wait_for(
-                    _request(runner, served, prompts[i].text, settings, began),
-                    request_timeout_s,
-                )
-            except asyncio.TimeoutError:
-                return RequestResult(False, error=f"no complete answer within {request_timeout_s:g} s")
+    async def send(i: int) -> RequestResult:
+        try:
+            return await asyncio.wait_for(
+                _request(runner, served, prompts[i].text, settings, time.perf_counter()), request_timeout_s
+            )
+        except asyncio.TimeoutError:
+            return RequestResult(False, error=f"no complete answer within {request_timeout_s:g} s")
 
-    tasks = [asyncio.create_task(one(i)) for i in range(len(prompts))]
-    _, late = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
-    for task in late:
-        task.cancel()
-    await asyncio.gather(*late, return_exceptions=True)
-    duration = time.perf_counter() - start
-    results = [
-        RequestResult(False, error="cut off by --max-seconds") if task in late else task.result()
-        for task, was_sent in zip(tasks, sent)
-        if was_sent
-    ]
-    return results, duration, sent.count(False)
+    return await send_on_schedule(
+        len(prompts), send, rate=rate, max_concurrency=max_concurrency, seed=seed, deadline=deadline
+    )
 
 
 def run_engine_sweep(
