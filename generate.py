@@ -24,6 +24,7 @@ from gpthf.settings import MAX_NEW_TOKENS, MAX_SENTENCES, SAMPLING, SEED, SLOTS,
 
 if TYPE_CHECKING:
     from gpthf.generation import GenerationSettings
+    from gpthf.training.checkpoint import CheckpointMeta
 
 BOM = "\ufeff"  # the byte order mark some editors put before UTF-8 text: never part of a prompt
 
@@ -194,12 +195,13 @@ def run_job(
 
     from gpthf.generation import PromptError, check_prompts, generate
     from gpthf.generation.job import InputOrderOutput, StreamPrinter, encode_prompts, speed_line
-    from gpthf.training.checkpoint import load_checkpoint_tokenizer, load_model_from_checkpoint
+    from gpthf.loading import load_model_from_checkpoint
+    from gpthf.training.checkpoint import load_checkpoint_tokenizer
 
     model, meta, checkpoint = load_model_from_checkpoint(checkpoint, device, dtype=args.dtype)
     start = results.done if results is not None else 0  # prompts an interrupted run already wrote
     tokenizer = load_checkpoint_tokenizer(checkpoint, meta)
-    encoded = encode_prompts(prompts[start:], tokenizer, meta["data"])
+    encoded = encode_prompts(prompts[start:], tokenizer, meta.data)
     settings = generation_settings(args, meta)
     try:  # before any output: a bad prompt costs no work and leaves no half-printed line
         check_prompts(model, encoded, settings.limit)
@@ -240,7 +242,7 @@ def run_job(
         )
 
 
-def generation_settings(args: argparse.Namespace, meta: dict) -> GenerationSettings:
+def generation_settings(args: argparse.Namespace, meta: CheckpointMeta) -> GenerationSettings:
     """The flags as the library's settings, with what the checkpoint was trained for (its sentence
     length and context)."""
     from gpthf.generation import ContextLimit, GenerationSettings, SamplingSettings
@@ -250,8 +252,8 @@ def generation_settings(args: argparse.Namespace, meta: dict) -> GenerationSetti
         max_sentences=args.max_sentences,
         sampling=SamplingSettings(args.temperature, args.top_k, args.top_p),
         seed=args.seed,
-        max_sentence_len=meta["data"]["max_sentence_len"],
-        limit=ContextLimit(**meta.get("context", {})),
+        max_sentence_len=meta.data["max_sentence_len"],
+        limit=ContextLimit(**meta.context),
     )
 
 

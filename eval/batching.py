@@ -46,9 +46,10 @@ def main(argv: list[str]) -> int:
 
     device = resolve_device(args.device, 0, setting="--device")
     from gpthf.generation import GenerationSettings, SamplingSettings
+    from gpthf.loading import load_model_from_checkpoint
     from gpthf.measure.batching import held_out_prompts, time_batching
     from gpthf.measure.timing import machine_name, peak_device_mb
-    from gpthf.training.checkpoint import load_checkpoint_tokenizer, load_model_from_checkpoint
+    from gpthf.training.checkpoint import load_checkpoint_tokenizer
 
     model, meta, checkpoint = load_model_from_checkpoint(args.ckpt, device, dtype=args.dtype)
     prompts = held_out_prompts(meta, load_checkpoint_tokenizer(checkpoint, meta), args.prompts)
@@ -56,12 +57,12 @@ def main(argv: list[str]) -> int:
         max_new_tokens=args.new_tokens,
         max_sentences=args.max_sentences,
         sampling=SamplingSettings(temperature=0),
-        max_sentence_len=meta["data"]["max_sentence_len"],
+        max_sentence_len=meta.data["max_sentence_len"],
     )
     runs = time_batching(model, prompts, settings, args.slots, args.repeats, device)
     result = {
         "checkpoint": str(checkpoint),
-        "model": meta["arch"]["model"],
+        "model": meta.arch["model"],
         "dtype": args.dtype,
         "threads": torch.get_num_threads(),
         "device": str(device),

@@ -27,7 +27,7 @@ from gpthf.atomic import atomic_write, save_figure
 from gpthf.cli import ArgumentParser, byte_size, non_negative_int, positive_int, run_cli, writable_folder
 from gpthf.measure import DEFAULT_DEVICE, DEVICE_HELP
 from gpthf.measure.comparison import find, ratio
-from gpthf.models import SPECS
+from gpthf.models import COMPARED, SPECS
 from gpthf.precision import DEFAULT_DTYPE, DTYPE_NAMES
 
 
@@ -107,21 +107,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-ALTERNATIVES = tuple(kind for kind in SPECS if kind not in ("gpthf", "gpt"))  # every other registered kind
+ALTERNATIVES = tuple(kind for kind in SPECS if kind not in COMPARED)  # every other registered kind
 
 
 def load_models(args, vocab_size: int, device: torch.device) -> dict:
     from gpthf.config import load_config
     from gpthf.errors import ConfigError
+    from gpthf.loading import load_model_from_checkpoint
     from gpthf.measure.scaling import arch_name
     from gpthf.models import build_model
     from gpthf.precision import torch_dtype
-    from gpthf.training.checkpoint import load_model_from_checkpoint
 
     models = {}
     for path in args.ckpt:
         model, meta, _ = load_model_from_checkpoint(path, device, dtype=args.dtype)
-        models[meta["arch"]["model"]] = model
+        models[meta.arch["model"]] = model
     for kind in ("gpthf", "gpt", *args.models):
         if kind not in models:
             torch.manual_seed(0)  # built on the CPU, so the same weights on every device

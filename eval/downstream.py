@@ -35,7 +35,8 @@ def main(argv: list[str]) -> int:
 
     from gpthf.data.splitter import build_splitter
     from gpthf.evaluation.downstream import cloze, finetune
-    from gpthf.training.checkpoint import load_checkpoint_tokenizer, load_model_from_checkpoint
+    from gpthf.loading import load_model_from_checkpoint
+    from gpthf.training.checkpoint import load_checkpoint_tokenizer
 
     model, meta, checkpoint = load_model_from_checkpoint(args.ckpt)
     tokenizer, splitter = (

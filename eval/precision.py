@@ -42,8 +42,9 @@ def main(argv: list[str]) -> int:
     from gpthf.data.special_tokens import PAD_ID
     from gpthf.evaluation.perplexity import rows_for_text, score
     from gpthf.generation import GenerationSettings, SamplingSettings, generate
+    from gpthf.loading import load_model_from_checkpoint
     from gpthf.measure.agreement import free_running_agreement, teacher_forced_agreement
-    from gpthf.training.checkpoint import load_checkpoint_tokenizer, load_model_from_checkpoint
+    from gpthf.training.checkpoint import load_checkpoint_tokenizer
     from gpthf.training.distributed import resolve_device
 
     device = resolve_device(args.device, 0, setting="--device")
@@ -58,7 +59,7 @@ def main(argv: list[str]) -> int:
     settings = GenerationSettings(
         max_new_tokens=args.new_tokens,
         sampling=SamplingSettings(temperature=0),
-        max_sentence_len=meta["data"]["max_sentence_len"],
+        max_sentence_len=meta.data["max_sentence_len"],
     )
     tokens = {name: generate(model, prompts, settings).tokens for name, model in models.items()}
     forced = teacher_forced_agreement(models[args.dtype], models["fp32"], prompts, tokens["fp32"])
@@ -68,7 +69,7 @@ def main(argv: list[str]) -> int:
     }
     result = {
         "checkpoint": str(checkpoint),
-        "model": meta["arch"]["model"],
+        "model": meta.arch["model"],
         "dtype": args.dtype,
         "prompts": len(prompts),
         "new_tokens": args.new_tokens,

@@ -98,15 +98,11 @@ def summarize(run_dir: Path, compare: dict | None) -> dict:
     }
     for results_file in sorted((run_dir / "eval" / "lm-eval").rglob("results_*.json"), key=lambda p: p.name):
         row.update(lm_eval_metrics(results_file))  # results_<timestamp>.json: a later run of a task wins
-    if meta.get("init_from"):
+    if meta.init_from:
         row["model"] += " (converted)"
     if compare:
         largest = max(
-            (
-                r
-                for r in compare["decode"]
-                if r["model"] == meta["arch"]["model"] and r["strategy"] == "cached"
-            ),
+            (r for r in compare["decode"] if r["model"] == meta.arch["model"] and r["strategy"] == "cached"),
             key=lambda r: (r["batch"], r["context"]),
             default=None,
         )

@@ -79,9 +79,9 @@ def measure_run(run, args, stream_cache: dict) -> dict:
     from gpthf.data.dataset import prepare_data
     from gpthf.evaluation.perplexity import evaluate_checkpoint
     from gpthf.evaluation.results import load_results, save_result
+    from gpthf.loading import load_model_from_checkpoint
     from gpthf.measure import flops
     from gpthf.measure.speed import batch_of_contexts, decode_stream
-    from gpthf.training.checkpoint import load_model_from_checkpoint
     from gpthf.training.metrics import read_metrics
     from gpthf.training.run_dir import CONFIG_FILE
 
@@ -98,7 +98,7 @@ def measure_run(run, args, stream_cache: dict) -> dict:
     run_cfg = OmegaConf.load(run.folder / CONFIG_FILE)
     data = prepare_data(run_cfg)  # the run's own prepared data set, found in its cache
     tokens_per_sentence = data.stats["splits"]["train"]["tokens_per_sentence_mean"]
-    arch, vocab, seq_len = ArchConfig(**meta["arch"]), meta["vocab_size"], run_cfg.data.seq_len
+    arch, vocab, seq_len = ArchConfig(**meta.arch), meta.vocab_size, run_cfg.data.seq_len
     train_flops = flops.training_flops_per_token(arch, vocab, seq_len, tokens_per_sentence) * final["tokens"]
     if "stream" not in stream_cache:  # the same real text for every model of the study
         stream_cache["stream"] = decode_stream(
@@ -107,7 +107,7 @@ def measure_run(run, args, stream_cache: dict) -> dict:
     tokens = batch_of_contexts(stream_cache["stream"], args.context, args.new_tokens, args.batch)
     torch.manual_seed(0)
     return {
-        "kind": meta["arch"]["model"],
+        "kind": meta.arch["model"],
         "arch": run.arch,
         "job": run.job,
         "params": model.num_parameters(),

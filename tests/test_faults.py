@@ -24,10 +24,10 @@ import pytest
 
 from gpthf.config import load_config
 from gpthf.data.dataset import STATS_FILE, prepare_data
+from gpthf.loading import load_model_from_checkpoint
 from gpthf.training.checkpoint import (
     WEIGHTS_FILE,
     latest_checkpoint,
-    load_model_from_checkpoint,
     recover_interrupted_writes,
     resolve_checkpoint,
 )

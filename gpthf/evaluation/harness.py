@@ -75,7 +75,8 @@ class GpthfLM(LM):
         super().__init__()
         from gpthf.data.splitter import build_splitter
         from gpthf.generation import ContextLimit
-        from gpthf.training.checkpoint import load_checkpoint_tokenizer, load_model_from_checkpoint
+        from gpthf.loading import load_model_from_checkpoint
+        from gpthf.training.checkpoint import load_checkpoint_tokenizer
 
         args = check_model_args(
             {"ckpt": ckpt, "dtype": dtype, "batch_size": batch_size, "device": device,

@@ -139,7 +139,8 @@ def evaluate_checkpoint(
     ckpt: str | Path, data: str = "default", split: str = "test", batch_size: int = 8,
     max_rows: int | None = None, device="cpu", samples: int = 16, dtype: str = DEFAULT_DTYPE,
 ) -> dict:  # fmt: skip
-    from gpthf.training.checkpoint import load_checkpoint_tokenizer, load_model_from_checkpoint
+    from gpthf.loading import load_model_from_checkpoint
+    from gpthf.training.checkpoint import load_checkpoint_tokenizer
 
     model, meta, checkpoint = load_model_from_checkpoint(ckpt, device, dtype=dtype)
     tokenizer = load_checkpoint_tokenizer(checkpoint, meta)

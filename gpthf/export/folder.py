@@ -110,10 +110,10 @@ def export_checkpoint(
 ) -> tuple[Path, str]:
     """Write the Hugging Face folder of checkpoint `ckpt` (a checkpoint, run or exported folder) at
     `out`; returns the folder and the class transformers loads it as."""
+    from gpthf.loading import load_model_from_checkpoint
     from gpthf.training.checkpoint import (
         CheckpointWriteFailed,
         load_checkpoint_tokenizer,
-        load_model_from_checkpoint,
         write_atomically,
     )
 

@@ -1,5 +1,5 @@
 """An exported Hugging Face folder read back into gpthf: `--ckpt DIR` for generate.py, the eval
-scripts and the server, through `load_model_from_checkpoint`.
+scripts and the server, through `gpthf.loading.load_model_from_checkpoint`.
 
 The export keeps the checkpoint's own config.json under the `gpthf` key of the folder's config.json,
 so the model is rebuilt exactly as it was trained (and checked as any checkpoint's config is), and the

@@ -1,27 +1,47 @@
 """The model registry: one spec per kind (gpthf.models.spec), selected by `arch.model`; every model
-shares one block class."""
+shares one block class.
+
+A kind registers itself by defining its `ModelSpec` in the module of its model class: the registry
+reads every module of this package, so a new kind adds no line here.
+"""
 
 from __future__ import annotations
+
+import importlib
+import pkgutil
 
 from gpthf.config import ArchConfig
 from gpthf.errors import ConfigError
 from gpthf.models.base import LanguageModel, next_token_loss
-from gpthf.models.block_recurrent import SPEC as BLOCK_RECURRENT_SPEC
 from gpthf.models.block_recurrent import BlockRecurrentTransformer
 from gpthf.models.gpt import GPT
-from gpthf.models.gpt import SPEC as GPT_SPEC
 from gpthf.models.gpthf import GPTHF
-from gpthf.models.gpthf import SPEC as GPTHF_SPEC
-from gpthf.models.linear import SPEC as LINEAR_SPEC
-from gpthf.models.linear import T2R_SPEC, LinearTransformer
-from gpthf.models.lstm import SPEC as LSTM_SPEC
+from gpthf.models.linear import LinearTransformer
 from gpthf.models.lstm import LSTMLanguageModel
 from gpthf.models.spec import ModelSpec
 
-# A new kind adds its spec here, in the order tables and plots list the kinds.
-SPECS: dict[str, ModelSpec] = {
-    spec.kind: spec for spec in (GPTHF_SPEC, GPT_SPEC, LINEAR_SPEC, T2R_SPEC, LSTM_SPEC, BLOCK_RECURRENT_SPEC)
-}
+COMPARED = ("gpthf", "gpt")  # listed first in every table and plot: the pair the framework compares
+
+
+def _registered_specs() -> dict[str, ModelSpec]:
+    """Every spec defined in the module of its own model class, by kind: GPTHF and the GPT first,
+    then the other kinds in the order of their modules' names and, within one, of definition."""
+    found: dict[str, ModelSpec] = {}
+    for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{module_info.name}")
+        for value in vars(module).values():
+            if not (isinstance(value, ModelSpec) and value.model.__module__ == module.__name__):
+                continue  # not a spec, or one imported from the module that defines it
+            if value.kind in found:
+                raise ConfigError(
+                    f"two model specs of kind {value.kind!r}: in {found[value.kind].model.__module__} and {module.__name__}"
+                )
+            found[value.kind] = value
+    order = [kind for kind in COMPARED if kind in found] + [k for k in found if k not in COMPARED]
+    return {kind: found[kind] for kind in order}
+
+
+SPECS: dict[str, ModelSpec] = _registered_specs()
 MODELS: dict[str, type[LanguageModel]] = {kind: spec.model for kind, spec in SPECS.items()}
 
 
@@ -59,6 +79,7 @@ def build_model(arch_cfg, vocab_size: int, attention: str = "sdpa") -> LanguageM
 
 
 __all__ = [
+    "COMPARED",
     "BlockRecurrentTransformer",
     "GPT",
     "GPTHF",

@@ -1,9 +1,10 @@
 """What the rest of gpthf knows about a model kind, in one record per kind (torchtitan's `ModelSpec`).
 
 Generation, measurement and the plots ask a kind's spec instead of testing `arch.model` or a model
-class, so a new kind is its model module (class, FLOPs, spec), its cached strategy and its YAMLs,
-plus one line in the registry (`gpthf.models.SPECS`). Imports flow one way: the spec names its
-strategy as "module:Class", which gpthf.generation imports when it is asked for it.
+class, so a new kind is its model module (class, FLOPs, spec), its cached strategy, its fields in
+`gpthf.config.ArchConfig` and its YAMLs: the registry (`gpthf.models.SPECS`) finds the spec by
+itself. Imports flow one way: the spec names its strategy as "module:Class", which gpthf.generation
+imports when it is asked for it.
 """
 
 from __future__ import annotations

@@ -45,10 +45,10 @@ def load(args: argparse.Namespace) -> Served:
     from gpthf.data.splitter import build_splitter
     from gpthf.generation import ContextLimit
     from gpthf.generation.prompts import encode_prompt
+    from gpthf.loading import load_model_from_checkpoint
     from gpthf.serving.engine import Engine
     from gpthf.training.checkpoint import (
         load_checkpoint_tokenizer,
-        load_model_from_checkpoint,
         resolve_checkpoint,
     )
     from gpthf.training.distributed import resolve_device

@@ -31,7 +31,6 @@ from safetensors.torch import load_file, save_file
 from gpthf import __version__
 from gpthf.atomic import WriteFailed, move_into_place, restore_set_aside, write_failure, writing
 from gpthf.errors import CheckpointError, DataError
-from gpthf.precision import DEFAULT_DTYPE
 from gpthf.training.checkpoint_checks import check_finite, check_train_state, meta_problem
 
 CHECKPOINT_FORMAT = 1
@@ -60,19 +59,6 @@ class CheckpointMeta:
     def to_json(self) -> dict:
         """config.json's content: the format first, then the fields in their order."""
         return {"format": CHECKPOINT_FORMAT, "gpthf_version": __version__, **asdict(self)}
-
-    # A mapping's reads, for readers not yet moved to the attributes (to be removed with them).
-    def __getitem__(self, key: str):
-        if key not in _META_FIELDS:
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def get(self, key: str, default=None):
-        value = getattr(self, key) if key in _META_FIELDS else None
-        return default if value is None else value
-
-
-_META_FIELDS = frozenset(f.name for f in fields(CheckpointMeta))
 
 
 def staging_folder(target: Path) -> Path:
@@ -402,28 +388,3 @@ def check_shapes_before_allocating(meta: CheckpointMeta, checkpoint: Path) -> No
             f"checkpoint {checkpoint} does not fit this model: its {CONFIG_FILE} describes {n_expected:,} "
             f"parameters, its {WEIGHTS_FILE} holds {n_stored:,} in other shapes (the files do not belong together)"
         )
-
-
-def load_model_from_checkpoint(
-    path: str | Path,
-    device: str | torch.device = "cpu",
-    attention: str = "sdpa",
-    dtype: str = DEFAULT_DTYPE,
-):
-    """(model in eval mode, checkpoint meta, checkpoint folder) for generation and evaluation;
-    `dtype` (fp32, bf16, fp16) is the number format its weights and generation state use."""
-    from gpthf.export.load import load_exported
-    from gpthf.models import build_model
-    from gpthf.precision import resolve_dtype
-
-    torch_dtype = resolve_dtype(dtype, device)  # before anything is read
-
-    checkpoint = resolve_checkpoint(path)
-    exported = load_exported(checkpoint, attention)  # (model, meta) of a `python -m gpthf export` folder
-    if exported is not None:
-        return exported[0].to(device=device, dtype=torch_dtype).eval(), exported[1], checkpoint
-    meta = read_meta(checkpoint)
-    check_shapes_before_allocating(meta, checkpoint)
-    model = build_model(meta.arch, meta.vocab_size, attention)
-    load_weights(model, checkpoint)
-    return model.to(device=device, dtype=torch_dtype).eval(), meta, checkpoint

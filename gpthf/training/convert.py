@@ -16,8 +16,8 @@ import torch
 
 from gpthf.data.tokenizer import TOKENIZER_FILE
 from gpthf.errors import ConfigError
+from gpthf.loading import load_model_from_checkpoint
 from gpthf.models import LanguageModel
-from gpthf.training.checkpoint import load_model_from_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def initialize_from(model: LanguageModel, path: str | Path, tokenizer_file: Path
         new += [f"{role}: {name}" for name in missing]
     kept = sum(p.numel() for p in source.parameters())
     fresh = model.num_parameters() - kept
-    summary = {"checkpoint": str(checkpoint), "model": meta["arch"]["model"], "tokens": meta.get("tokens"),
+    summary = {"checkpoint": str(checkpoint), "model": meta.arch["model"], "tokens": meta.tokens,
                "kept_parameters": kept, "new_parameters": fresh, "new_tensors": new}  # fmt: skip
     log.info(
         "init_from %s (%s): %s parameters copied, %s new (%d tensors)",

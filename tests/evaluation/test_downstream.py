@@ -9,7 +9,7 @@ from gpthf.data.tokenizer import load_tokenizer
 from gpthf.errors import DataError
 from gpthf.evaluation.downstream import accuracy_and_f1, cloze, encode_texts, finetune
 from gpthf.evaluation.tasks import Example, Task, get_task
-from gpthf.training.checkpoint import load_model_from_checkpoint
+from gpthf.loading import load_model_from_checkpoint
 from tests.conftest import run_script
 
 

@@ -8,8 +8,8 @@ import torch
 from gpthf.cli import EXIT_USER_ERROR, run_cli
 from gpthf.data.tokenizer import load_tokenizer
 from gpthf.evaluation.perplexity import GROUPS, rows_for_text, score
+from gpthf.loading import load_model_from_checkpoint
 from gpthf.models import build_model
-from gpthf.training.checkpoint import load_model_from_checkpoint
 from tests.conftest import REPO, run_script
 
 

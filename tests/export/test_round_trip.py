@@ -13,7 +13,8 @@ import torch
 from gpthf.cli import run_cli
 from gpthf.errors import CheckpointError
 from gpthf.export.folder import export_checkpoint
-from gpthf.training.checkpoint import load_checkpoint_tokenizer, load_model_from_checkpoint
+from gpthf.loading import load_model_from_checkpoint
+from gpthf.training.checkpoint import load_checkpoint_tokenizer
 from tests.conftest import REPO
 
 

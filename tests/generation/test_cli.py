@@ -13,7 +13,7 @@ from gpthf.data.splitter import build_splitter
 from gpthf.data.tokenizer import load_tokenizer
 from gpthf.errors import GpthfError
 from gpthf.generation import ContextLimit, GenerationError, GenerationSettings, encode_prompt, generate
-from gpthf.training.checkpoint import load_model_from_checkpoint
+from gpthf.loading import load_model_from_checkpoint
 from tests.conftest import REPO, run_script
 
 
@@ -51,14 +51,14 @@ def test_prompt_encoding_matches_training(trained_runs):
 
 def test_context_limits_are_enforced(trained_runs):
     gpt, meta, _ = load_model_from_checkpoint(trained_runs["gpt"])
-    limit = ContextLimit(**meta["context"])
+    limit = ContextLimit(**meta.context)
     assert limit.tokens == 64 and limit.sentences > 1
     with pytest.raises(GenerationError, match="64-token rows"):
         generate(gpt, [[10] * 64], GenerationSettings(limit=limit))
     result = generate(gpt, [[10] * 60], GenerationSettings(max_new_tokens=20, limit=limit))
     assert result.finish_reasons == ["context"] and len(result.tokens[0]) == 4
     gpthf, meta, _ = load_model_from_checkpoint(trained_runs["gpthf"])
-    limit = ContextLimit(**meta["context"])
+    limit = ContextLimit(**meta.context)
     with pytest.raises(GenerationError, match="sentences"):
         generate(gpthf, [[10, EOS_ID] * limit.sentences], GenerationSettings(limit=limit))
 

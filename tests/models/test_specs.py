@@ -146,3 +146,23 @@ def test_imports_are_one_way_between_models_and_generation():
             assert not any(t.startswith("gpthf.generation") for t in imported_modules(modules[name])), name
         cycles = [t for t in targets if t != name and name in imports[t]]
         assert not cycles, f"{name} and {cycles} import each other: move what they share below both"
+
+
+def test_the_registry_finds_every_spec_in_the_modules_of_its_classes():
+    """A kind registers by defining its spec beside its model class; none is listed by hand."""
+    import importlib
+    import pkgutil
+
+    import gpthf.models
+    from gpthf.models import COMPARED
+    from gpthf.models.spec import ModelSpec
+
+    defined = {
+        value.kind
+        for info in pkgutil.iter_modules(gpthf.models.__path__)
+        for value in vars(importlib.import_module(f"gpthf.models.{info.name}")).values()
+        if isinstance(value, ModelSpec)
+    }
+    assert set(SPECS) == defined and len(SPECS) >= 6
+    assert tuple(SPECS)[: len(COMPARED)] == COMPARED, "tables list GPTHF and the GPT first"
+    assert all(spec.model.__module__.startswith("gpthf.models.") for spec in SPECS.values())

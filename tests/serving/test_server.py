@@ -156,8 +156,9 @@ def local(trained_runs):
     """The gpthf checkpoint in this process: what generate.py would make of a request."""
     from gpthf.data.splitter import build_splitter
     from gpthf.generation import ContextLimit, decode_continuation, encode_prompt
+    from gpthf.loading import load_model_from_checkpoint
     from gpthf.serving.engine import Engine, RequestSettings, Token
-    from gpthf.training.checkpoint import load_checkpoint_tokenizer, load_model_from_checkpoint
+    from gpthf.training.checkpoint import load_checkpoint_tokenizer
 
     model, meta, checkpoint = load_model_from_checkpoint(trained_runs["gpthf"])
     tokenizer = load_checkpoint_tokenizer(checkpoint, meta)

@@ -15,12 +15,12 @@ from gpthf.atomic import WriteFailed
 from gpthf.cli import EXIT_USER_ERROR, run_cli
 from gpthf.config import load_config
 from gpthf.errors import CheckpointError, DataError
+from gpthf.loading import load_model_from_checkpoint
 from gpthf.training import checkpoint as checkpoint_module
 from gpthf.training.batches import RowOrder
 from gpthf.training.checkpoint import (
     CheckpointMeta,
     latest_checkpoint,
-    load_model_from_checkpoint,
     load_train_state,
     parse_meta,
     read_meta,

@@ -10,8 +10,9 @@ from gpthf.config import load_config
 from gpthf.data.dataset import prepare_data
 from gpthf.data.tokenizer import TOKENIZER_FILE
 from gpthf.errors import ConfigError
+from gpthf.loading import load_model_from_checkpoint
 from gpthf.models import build_model
-from gpthf.training.checkpoint import latest_checkpoint, load_model_from_checkpoint
+from gpthf.training.checkpoint import latest_checkpoint
 from gpthf.training.convert import initialize_from
 from gpthf.training.metrics import read_metrics
 from gpthf.training.trainer import train

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from gpthf.config import load_config
-from gpthf.training.checkpoint import latest_checkpoint, load_model_from_checkpoint
+from gpthf.loading import load_model_from_checkpoint
+from gpthf.training.checkpoint import latest_checkpoint
 from gpthf.training.metrics import read_metrics
 from gpthf.training.trainer import train
 from tests.conftest import frozen_clock, run_overrides
