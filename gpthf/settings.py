@@ -162,8 +162,16 @@ MAX_SENTENCES = Setting("max_sentences", int, AT_LEAST_1, optional=True, note="l
 TEMPERATURE = Setting("temperature", float, AT_LEAST_0, note="0 = greedy")
 TOP_K = Setting("top_k", int, AT_LEAST_1, optional=True)
 TOP_P = Setting("top_p", float, Range(0, 1, low_open=True), optional=True)  # nucleus: this much probability
-SEED = Setting("seed", int, optional=True)  # None: a random seed
+SEED = Setting("seed", int, AT_LEAST_0, optional=True)  # None: a random seed
 SLOTS = Setting("slots", int, POSITIVE)  # rows generated at once (generate.py's --batch-size)
 IGNORE_EOS = Setting("ignore_eos", bool)
 
 SAMPLING = (TEMPERATURE, TOP_K, TOP_P)
+
+# Serving: the engine's admission (Engine, gpthf.serving.server's flags) and a request's choices.
+MAX_BATCH = Setting("max_batch", int, AT_LEAST_1)  # requests decoding at once
+MAX_QUEUE = Setting("max_queue", int, AT_LEAST_1)  # requests waiting for a slot
+MAX_STATE_BYTES = Setting(
+    "max_state_bytes", int, AT_LEAST_1, optional=True, note="leave it unset for no limit"
+)
+CHOICES = Setting("n", int, Range(1, 128))  # completions per prompt, as OpenAI allows

@@ -11,8 +11,12 @@ import pytest
 
 from gpthf.errors import ConfigError
 from gpthf.settings import (
+    CHOICES,
+    MAX_BATCH,
     MAX_NEW_TOKENS,
+    MAX_QUEUE,
     MAX_SENTENCES,
+    MAX_STATE_BYTES,
     MAX_TOKENS,
     SEED,
     SLOTS,
@@ -67,7 +71,10 @@ def test_generate_refuses_a_bad_flag_before_importing_torch(flags, error):
 PROBES = [None, True, "3", -1, 0, 1, 2, 0.5, 1.0, 1.5, -0.0, math.nan, math.inf, -math.inf, 2**40]
 
 
-@pytest.mark.parametrize("setting", [MAX_NEW_TOKENS, MAX_SENTENCES, MAX_TOKENS, SEED, SLOTS, TOP_K])
+@pytest.mark.parametrize(
+    "setting",
+    [MAX_NEW_TOKENS, MAX_SENTENCES, MAX_TOKENS, SEED, SLOTS, TOP_K, MAX_BATCH, MAX_QUEUE, MAX_STATE_BYTES, CHOICES],
+)
 def test_a_whole_number_setting_allows_whole_numbers_in_its_range_only(setting: Setting):
     for value in PROBES:
         whole = type(value) is int
@@ -103,3 +110,22 @@ def test_a_range_is_written_as_a_requirement_and_around_its_key():
     assert low.problem("k", 0) == "k=0 is out of range; valid: 1 ≤ k (null for no limit)"
     assert low.problem("k", None) is None and low.problem("k", 1) is None
     assert low.problem("k", math.nan) == "k=nan is out of range; valid: 1 ≤ k"
+
+
+def test_the_server_the_engine_and_a_batch_job_share_one_rule_per_setting():
+    """A seed below 0 is refused by a batch job, by the engine's requests and by the HTTP API alike,
+    and the engine's admission limits say what the server's flags say."""
+    from gpthf.generation import GenerationSettings
+    from gpthf.generation.limits import GenerationError
+    from gpthf.generation.requests import RequestSettings
+    from gpthf.serving.openai_api import ApiError, parse_completion
+
+    with pytest.raises(GenerationError, match=r"^seed=-1 must be >= 0$"):
+        GenerationSettings(seed=-1)
+    with pytest.raises(GenerationError, match=r"^seed=-1 must be >= 0$"):
+        RequestSettings(max_tokens=4, seed=-1)
+    for field, value, message in [("seed", -1, "seed=-1 must be >= 0"), ("n", 129, "n=129 must be in [1, 128]")]:
+        with pytest.raises(ApiError) as caught:
+            parse_completion({"prompt": "x", field: value}, "m")
+        assert caught.value.param == field and message in str(caught.value.message)
+    assert MAX_BATCH.problem(0) == MAX_QUEUE.problem(0) == "must be >= 1"

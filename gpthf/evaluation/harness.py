@@ -344,6 +344,17 @@ def positive(name: str, value: object) -> int:
     return int(number)
 
 
+def number(name: str, value: object) -> object:
+    """lm-eval's text of a number (`temperature=hot` stays text when it parses none) as the number;
+    any other value as it came, for the setting's rule to judge."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} must be a number") from None
+
+
 def batch_size(name: str, value: object) -> int:
     """A batch size: a positive whole number, or lm-eval's `auto`/`auto:N` (no search here: the default)."""
     text = str(value)
@@ -368,23 +379,15 @@ def generation_request(
         raise ConfigError(f"until={until!r} must be a stop string or a list of them, e.g. until=['\\n']")
     max_new = positive("max_gen_toks", kwargs.get("max_gen_toks", max_gen_toks))
     temperature = kwargs.get("temperature", 0.0) if kwargs.get("do_sample", False) else 0.0
-    try:
-        temperature = float(temperature)
-    except (TypeError, ValueError):
-        raise ConfigError(f"temperature={temperature!r} must be a number >= 0 (0 = greedy)") from None
-    top_k = kwargs.get("top_k", SamplingSettings.top_k)
-    top_k = None if top_k is None else positive("top_k", top_k)
-    top_p = kwargs.get("top_p")
-    if top_p is not None:
-        try:
-            top_p = math.nan if isinstance(top_p, bool) else float(top_p)
-        except (TypeError, ValueError):
-            top_p = math.nan
-        if not 0 < top_p <= 1:  # also refuses nan
-            raise ConfigError(f"top_p={kwargs['top_p']!r} must be a number in (0, 1]")
+    top_k, top_p = kwargs.get("top_k", SamplingSettings.top_k), kwargs.get("top_p")
+    sampling = SamplingSettings(  # which checks the values by gpthf.settings' rules
+        temperature=number("temperature", temperature),
+        top_k=None if top_k is None else positive("top_k", top_k),
+        top_p=None if top_p is None else number("top_p", top_p),
+    )
     settings = GenerationSettings(
         max_new_tokens=max_new,
-        sampling=SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p),
+        sampling=sampling,
         max_sentence_len=max_sentence_len,
         limit=limit or ContextLimit(),
     )

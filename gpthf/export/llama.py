@@ -39,16 +39,21 @@ _THEIRS = re.compile(r"model\.layers\.(\d+)\.(.+)")
 def llama_config(meta) -> dict:
     """`LlamaConfig`'s fields for the GPT `meta` describes (a `CheckpointMeta`). The context is the
     row length it was trained on: what `max_position_embeddings` tells vLLM and llama.cpp."""
-    arch = meta.arch
+    return llama_fields(meta.arch, meta.vocab_size, context_tokens(meta))
+
+
+def llama_fields(arch: dict, vocab_size: int, context: int) -> dict:
+    """`LlamaConfig`'s fields for a GPT of `arch` (its config as a dict): the one mapping of our
+    shape onto Llama's, for the exported folder and for the benchmarks' random-weight peer."""
     return {
-        "vocab_size": meta.vocab_size,
+        "vocab_size": vocab_size,
         "hidden_size": arch["d_model"],
         "intermediate_size": arch["mlp_hidden"],
         "num_hidden_layers": arch["n_layers"],
         "num_attention_heads": arch["n_heads"],
         "num_key_value_heads": arch["n_heads"],
         "head_dim": arch["d_model"] // arch["n_heads"],
-        "max_position_embeddings": context_tokens(meta),
+        "max_position_embeddings": context,
         "rope_theta": arch.get("rope_base", 10000.0),
         "rms_norm_eps": arch.get("norm_eps", 1e-5),
         "hidden_act": "silu",

@@ -59,6 +59,7 @@ from gpthf.generation.slots import Prefilled, SlotRows
 from gpthf.generation.state_size import StateSize, row_horizon
 from gpthf.generation.strategies import get_strategy, pad_rows
 from gpthf.models import LanguageModel
+from gpthf.settings import MAX_BATCH, MAX_QUEUE, MAX_STATE_BYTES
 
 STOP_POLL_S = 0.05  # how often an idle `run` looks at its stop event
 
@@ -84,12 +85,8 @@ class Engine:
         over caches of a fixed size: `horizon`, or what `limit` and `max_sentence_len` allow, and
         refuses requests that could outgrow it. `record_logits` keeps every step's (B, V) logits in
         `step_logits`, rows by slot."""
-        if max_batch < 1:
-            raise ConfigError(f"max_batch={max_batch} must be >= 1")
-        if max_state_bytes is not None and max_state_bytes < 1:
-            raise ConfigError(f"max_state_bytes={max_state_bytes} must be >= 1 (leave it unset for no limit)")
-        if max_queue < 1:
-            raise ConfigError(f"max_queue={max_queue} must be >= 1")
+        for setting, value in ((MAX_BATCH, max_batch), (MAX_STATE_BYTES, max_state_bytes), (MAX_QUEUE, max_queue)):
+            setting.check(value)
         self.model = model
         self.limit = stopping_limit(model, limit)
         self.max_sentence_len = max_sentence_len

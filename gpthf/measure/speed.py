@@ -175,24 +175,16 @@ def state_bytes_per_row(model: LanguageModel, tokens: torch.Tensor) -> int:
 
 
 def hf_llama_twin(model: LanguageModel):
-    """Hugging Face's LlamaForCausalLM with our GPT's width, depth, heads, MLP and vocabulary; random weights."""
+    """Hugging Face's LlamaForCausalLM with our GPT's width, depth, heads, MLP and vocabulary (the
+    export's mapping, gpthf.export.llama); random weights."""
+    from dataclasses import asdict
+
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    arch = model.arch
-    config = LlamaConfig(
-        vocab_size=model.vocab_size,
-        hidden_size=arch.d_model,
-        intermediate_size=arch.mlp_hidden,
-        num_hidden_layers=model.n_blocks,
-        num_attention_heads=arch.n_heads,
-        num_key_value_heads=arch.n_heads,
-        max_position_embeddings=1 << 16,
-        rope_theta=arch.rope_base,
-        rms_norm_eps=arch.norm_eps,
-        tie_word_embeddings=True,
-        attn_implementation="sdpa",
-    )
-    return LlamaForCausalLM(config).eval()
+    from gpthf.export.llama import llama_fields
+
+    fields = llama_fields(asdict(model.arch), model.vocab_size, context=1 << 16)
+    return LlamaForCausalLM(LlamaConfig(**fields, attn_implementation="sdpa")).eval()
 
 
 @torch.inference_mode()

@@ -18,10 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpthf.settings import CHOICES, SEED, Setting
+
 DEFAULT_MAX_TOKENS = 16  # /v1/completions without max_tokens, as OpenAI's default
 DEFAULT_CHAT_MAX_TOKENS = 256  # /v1/chat/completions: a reply, bounded so admission can count its state
 MAX_STOP_STRINGS = 16
-MAX_N = 128  # choices per prompt, as OpenAI allows; each is an engine request
 INT_LIMIT = 2**63  # integers beyond int64 are refused before they reach torch
 CHAT_ROLES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant"}
 CHAT_STOP = ("User:",)  # a base LM that starts the user's next turn has finished its reply
@@ -233,12 +234,7 @@ def _generation(
     extras = {}
     if _boolean(body, "ignore_eos"):
         extras["ignore_eos"] = True
-    n = _integer(body, "n")
-    if n is not None and not 1 <= n <= MAX_N:
-        raise ApiError(400, f"n={n} must be from 1 to {MAX_N}", param="n")
-    seed = _integer(body, "seed")
-    if seed is not None and seed < 0:
-        raise ApiError(400, f"seed={seed} must be >= 0", param="seed")
+    n, seed = _setting(body, CHOICES), _setting(body, SEED)
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise ApiError(
@@ -276,6 +272,15 @@ def _integer(body: dict[str, Any], name: str) -> int | None:
         raise ApiError(400, f"'{name}' must be an integer, not {_kind(value)}", param=name)
     if not -INT_LIMIT < value < INT_LIMIT:
         raise ApiError(400, f"{name}={value} is out of range (a 64-bit integer)", param=name)
+    return value
+
+
+def _setting(body: dict[str, Any], setting: Setting) -> int | None:
+    """An integer field by its setting's rule (gpthf.settings), which the library checks too."""
+    value = _integer(body, setting.name)
+    problem = None if value is None else setting.problem(value)
+    if problem is not None:
+        raise ApiError(400, f"{setting.name}={value} {problem}", param=setting.name)
     return value
 
 

@@ -15,10 +15,11 @@ import os
 import signal
 import socket
 
-from gpthf.cli import ArgumentParser, byte_size, non_negative_int, positive_float, positive_int
+from gpthf.cli import ArgumentParser, byte_size, non_negative_int, positive_float
 from gpthf.errors import GpthfError
 from gpthf.precision import DEFAULT_DTYPE, DTYPE_NAMES
 from gpthf.serving.loading import load
+from gpthf.settings import MAX_BATCH, MAX_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="multiply from the weights as stored, not packed for the CPU's kernels (changes rounding only)",
     )
     parser.add_argument(
-        "--max-batch", type=positive_int, help="requests decoding at once (default: the engine's)"
+        "--max-batch", type=MAX_BATCH.argument, help="requests decoding at once (default: the engine's)"
     )
     parser.add_argument(
         "--max-state-memory",
@@ -57,7 +58,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--max-queue",
-        type=positive_int,
+        type=MAX_QUEUE.argument,
         help="requests waiting for a slot; more get 503 (default: the engine's)",
     )
     parser.add_argument(
