@@ -12,6 +12,7 @@ from gpthf.measure.comparison import flops_table, headline, memory_peaks, state_
 from gpthf.measure.roofline import DecodeRoofline, MachinePeaks, weight_bytes
 from gpthf.measure.styles import decode_styles, kind_style
 from gpthf.models import SPECS
+from gpthf.models.gpt import gpt_token_flops
 from tests.models.helpers import VOCAB, tiny_model
 
 
@@ -48,7 +49,7 @@ def test_budget_ratios_and_memory_peaks():
 def test_flops_table_and_roofline_count_each_kind_by_its_spec():
     models = {"gpthf": tiny_model("gpthf"), "gpt": tiny_model("gpt")}
     table = flops_table(models, VOCAB, [16, 256], 64, 8.0)
-    assert table["per_generated_token"]["256"]["gpt"] == flops.gpt_token_flops(models["gpt"].arch, VOCAB, 257)
+    assert table["per_generated_token"]["256"]["gpt"] == gpt_token_flops(models["gpt"].arch, VOCAB, 257)
     assert table["per_training_token"]["gpthf"] == flops.training_flops_per_token(
         models["gpthf"].arch, VOCAB, 64, 8.0
     )
