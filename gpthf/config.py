@@ -272,6 +272,24 @@ def _diagnose_override(override: str) -> str | None:
     return None
 
 
+def _tracker_not_chosen(overrides: Sequence[str]) -> str | None:
+    """A tracker's setting (`logger.wandb.mode=offline`) without the tracker in `logger=[...]`: its
+    section does not exist then, and hydra's own error would not say why."""
+    chosen = {"jsonl"}  # the default group choice
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.lstrip("+~") == "logger":
+            chosen = {v.strip() for v in value.strip("[]").split(",")}
+    for override in overrides:
+        parts = override.partition("=")[0].lstrip("+~").split(".")
+        if len(parts) > 2 and parts[0] == "logger" and parts[1] not in chosen:
+            return (
+                f"{override} sets the {parts[1]} logger, which is not chosen: add "
+                f"logger=[{','.join(sorted(chosen | {parts[1]}))}]"
+            )
+    return None
+
+
 def load_config(overrides: Sequence[str] = (), config_name: str = "cfg_pretrain") -> DictConfig:
     """Compose `cramming_cfg/<config_name>.yaml` with hydra-style overrides and validate it."""
     from hydra import compose, initialize_config_dir
@@ -285,6 +303,9 @@ def load_config(overrides: Sequence[str] = (), config_name: str = "cfg_pretrain"
         problem = _diagnose_override(override)
         if problem:
             raise ConfigError(problem)
+    problem = _tracker_not_chosen(overrides)
+    if problem:
+        raise ConfigError(problem)
     register_schema()
     GlobalHydra.instance().clear()
     try:

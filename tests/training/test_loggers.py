@@ -228,11 +228,19 @@ def test_a_missing_tracker_package_is_one_line_naming_the_extra(data_cache, tmp_
     [
         ("logger=[jsonl,tb]", "unknown logger 'tb'; choose one of: jsonl, tensorboard, wandb"),
         ("logger=nope", "unknown logger 'nope'"),
+        (
+            "logger.wandb.mode=offline",
+            r"^logger.wandb.mode=offline sets the wandb logger, which is not chosen: add logger=\[jsonl,wandb\]$",
+        ),
+        (
+            ["logger=tensorboard", "logger.wandb.project=p"],
+            r"sets the wandb logger, which is not chosen: add logger=\[tensorboard,wandb\]$",
+        ),
     ],
 )
 def test_an_unknown_logger_is_one_error_listing_the_choices(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config([override])
+        load_config(override if isinstance(override, list) else [override])
 
 
 def test_the_logger_group_selects_backends():
