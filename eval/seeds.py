@@ -18,6 +18,7 @@ one JSON line.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 from dataclasses import asdict, dataclass
@@ -29,6 +30,24 @@ from gpthf.errors import ConfigError
 
 OOD_DATA = Path(__file__).resolve().parent / "tasks" / "data" / "gpthf_sentiment.jsonl"
 EQUAL_TOKENS = 1.02  # runs compared must have trained on token counts within 2 % of each other
+# What makes two runs the same recipe besides their seed: the model, the data, the start and the
+# optimisation (not the cadence of logs, checkpoints and validation).
+RECIPE_TRAIN_KEYS = (
+    "batch_size", "micro_batch_size", "lr", "weight_decay", "beta1", "beta2", "grad_clip", "schedule",
+    "warmup_fraction", "cooldown_fraction", "max_tokens",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What a finished run says of itself, read without loading the model."""
+
+    run: Path
+    kind: str
+    parameters: int
+    seed: int
+    tokens: int
+    recipe: dict  # flattened "section.key" -> value: equal within a group
 
 
 @dataclass(frozen=True)
@@ -42,12 +61,11 @@ class SeedRun:
     ood_bpb: float
 
 
-def score_run(run_dir: Path, ood_data: Path, max_rows: int | None) -> SeedRun:
-    """One finished run's seed (from its config.yaml), tokens trained and both bits per byte."""
+def read_run(run_dir: Path) -> RunFacts:
+    """A finished run's kind, size, seed, tokens and recipe; an error naming the folder if it is not one."""
     import torch
     from omegaconf import OmegaConf
 
-    from gpthf.evaluation.perplexity import evaluate_checkpoint
     from gpthf.models import build_model
     from gpthf.training.checkpoint import FINAL, read_meta
     from gpthf.training.run_dir import CONFIG_FILE
@@ -61,27 +79,58 @@ def score_run(run_dir: Path, ood_data: Path, max_rows: int | None) -> SeedRun:
     meta = read_meta(final)
     with torch.device("meta"):  # counted, not allocated
         parameters = build_model(meta.arch, meta.vocab_size).num_parameters()
-    test = evaluate_checkpoint(final, split="test", samples=0, max_rows=max_rows)
-    ood = evaluate_checkpoint(final, data=str(ood_data), samples=0, max_rows=max_rows)
-    return SeedRun(
-        str(run_dir), meta.arch["model"], parameters, int(OmegaConf.load(run_dir / CONFIG_FILE).train.seed),
-        int(meta.tokens or 0), test["bits_per_byte"], ood["bits_per_byte"],
-    )  # fmt: skip
+    config = OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG_FILE))
+    recipe = {f"arch.{k}": v for k, v in meta.arch.items()}
+    recipe |= {f"data.{k}": v for k, v in meta.data.items()}
+    recipe |= {f"train.{k}": config["train"].get(k) for k in RECIPE_TRAIN_KEYS}
+    recipe["init_from"] = meta.init_from
+    return RunFacts(
+        run_dir, meta.arch["model"], parameters, int(config["train"]["seed"]), int(meta.tokens or 0), recipe
+    )
 
 
-def check_comparable(runs: list[SeedRun]) -> None:
-    """Equal tokens across all runs, and no seed twice within a group: else the spread means nothing."""
+def check_comparable(runs: list[RunFacts]) -> None:
+    """Each run once, equal tokens across all runs, and within a group (kind, size) one recipe and no
+    seed twice: else the spread would mix what differs with what the seed does."""
+    folders = [r.run.resolve() for r in runs]
+    twice = next((f for f in folders if folders.count(f) > 1), None)
+    if twice is not None:
+        raise ConfigError(f"run {twice} is given twice")
     tokens = [r.tokens for r in runs]
     if min(tokens) <= 0 or max(tokens) > EQUAL_TOKENS * min(tokens):
         raise ConfigError(
             f"the runs trained on {min(tokens):,} to {max(tokens):,} tokens; seeds compare at equal tokens "
             f"(within {EQUAL_TOKENS - 1:.0%}): train them all with the same train.max_tokens"
         )
-    seen = set()
+    groups: dict[tuple[str, int], list[RunFacts]] = {}
     for r in runs:
-        if (r.kind, r.parameters, r.seed) in seen:
+        members = groups.setdefault((r.kind, r.parameters), [])
+        first = members[0] if members else r
+        differs = next((k for k in first.recipe if first.recipe[k] != r.recipe.get(k)), None)
+        if differs is not None:
+            raise ConfigError(
+                f"{first.run} and {r.run} ({r.kind}, {r.parameters:,} parameters) differ in {differs} "
+                f"({first.recipe[differs]!r} vs {r.recipe.get(differs)!r}): runs of one group may differ "
+                f"in train.seed only"
+            )
+        if r.seed in {m.seed for m in members}:
             raise ConfigError(f"two runs of {r.kind} ({r.parameters:,} parameters) with seed {r.seed}")
-        seen.add((r.kind, r.parameters, r.seed))
+        members.append(r)
+
+
+def score_run(facts: RunFacts, ood_data: Path, max_rows: int | None) -> SeedRun:
+    """Both bits per byte of one run's final checkpoint; an error naming the run if either is not finite."""
+    from gpthf.evaluation.perplexity import evaluate_checkpoint
+    from gpthf.training.checkpoint import FINAL
+
+    final = facts.run / "checkpoints" / FINAL
+    test = evaluate_checkpoint(final, split="test", samples=0, max_rows=max_rows)["bits_per_byte"]
+    ood = evaluate_checkpoint(final, data=str(ood_data), samples=0, max_rows=max_rows)["bits_per_byte"]
+    if not (math.isfinite(test) and math.isfinite(ood)):
+        raise ConfigError(
+            f"{facts.run} scores {test} bits per byte in domain and {ood} out of it: not a trained model"
+        )
+    return SeedRun(str(facts.run), facts.kind, facts.parameters, facts.seed, facts.tokens, test, ood)
 
 
 def spread(values: list[float]) -> dict:
@@ -134,19 +183,22 @@ def markdown(rows: list[dict]) -> str:
 def main(argv: list[str]) -> int:
     parser = ArgumentParser(prog="seeds.py", description=__doc__)
     parser.add_argument("runs", nargs="+", type=Path, help="finished run folders (pretrain.py's)")
-    parser.add_argument("--ood-data", type=Path, default=OOD_DATA, help="out-of-domain text (a jsonl/txt file)")
+    parser.add_argument(
+        "--ood-data", type=Path, default=OOD_DATA, help="out-of-domain text (a jsonl/txt file)"
+    )
     parser.add_argument("--max-rows", type=positive_int, default=None, help="score only the first N rows")
-    parser.add_argument("--out", type=Path, default=Path("outputs/seeds"))
+    parser.add_argument("--out", type=Path, default=Path("outputs/seed-spread"))
     args = parser.parse_args(argv)
     writable_folder(args.out)
     if not args.ood_data.is_file():
         raise ConfigError(f"--ood-data {args.ood_data} is not a file")
 
+    facts = [read_run(run_dir) for run_dir in args.runs]  # every folder checked before any is scored
+    check_comparable(facts)
     runs = []
-    for i, run_dir in enumerate(args.runs, 1):
-        runs.append(score_run(run_dir, args.ood_data, args.max_rows))
-        print(f"  scored {i}/{len(args.runs)}: {run_dir}", file=sys.stderr)
-    check_comparable(runs)
+    for i, run in enumerate(facts, 1):
+        runs.append(score_run(run, args.ood_data, args.max_rows))
+        print(f"  scored {i}/{len(facts)}: {run.run}", file=sys.stderr)
     rows = group_rows(runs)
     table = markdown(rows)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -155,7 +207,9 @@ def main(argv: list[str]) -> int:
     atomic_write(args.out / "seeds.md", table)
     print(table, end="")
     headline = {
-        f"{row['kind']}_{name}": {key: row[name][key] for key in ("mean", "sd")}
+        f"{row['kind']}_{row['parameters'] / 1e6:.2f}M_{name}": {
+            key: row[name][key] for key in ("mean", "sd")
+        }
         for row in rows
         for name in ("test", "ood")
     }

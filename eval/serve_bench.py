@@ -52,6 +52,7 @@ from gpthf.measure.serving_inprocess import load_served, run_engine_sweep
 from gpthf.measure.serving_process import free_port, running_server, server_command
 from gpthf.measure.serving_prompts import Prompt, cut_prompts, file_prompts, held_out_text
 from gpthf.precision import DTYPE_NAMES
+from gpthf.settings import MAX_BATCH
 
 
 def parse_args(argv: list[str]):
@@ -61,7 +62,7 @@ def parse_args(argv: list[str]):
     target.add_argument("--base-url", type=base_url, help="a running server, e.g. http://127.0.0.1:8000")
     parser.add_argument("--model", help="with --base-url: the model name to ask for (default: its first)")
     parser.add_argument("--max-state-memory", type=byte_size, help="our server's state budget, e.g. 4GiB")
-    parser.add_argument("--max-batch", type=positive_int, help="our server's slots")
+    parser.add_argument("--max-batch", type=MAX_BATCH.argument, help="our server's slots")
     parser.add_argument("--dtype", choices=DTYPE_NAMES, help="our server's number format")
     parser.add_argument("--server-timeout", type=positive_float, default=300.0, help="seconds to get ready")
     parser.add_argument(

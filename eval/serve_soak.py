@@ -36,6 +36,7 @@ from gpthf.measure.serving import served_model
 from gpthf.measure.serving_process import free_port, rss_bytes, server_command, server_process
 from gpthf.measure.serving_prompts import cut_prompts, held_out_text
 from gpthf.measure.serving_soak import SoakPlan, run_soak, verdict
+from gpthf.settings import MAX_BATCH, MAX_QUEUE
 
 
 def share(text: str) -> float:
@@ -51,8 +52,8 @@ def parse_args(argv: list[str]):
     parser.add_argument("--requests", type=positive_int, default=1000)
     parser.add_argument("--disconnect-share", type=share, default=0.2, help="of the requests, 0 to 1")
     parser.add_argument("--burst-factor", type=non_negative_int, default=10, help="× what the server holds")
-    parser.add_argument("--max-batch", type=positive_int, default=4, help="the server's slots")
-    parser.add_argument("--max-queue", type=positive_int, default=16, help="the server's queue")
+    parser.add_argument("--max-batch", type=MAX_BATCH.argument, default=4, help="the server's slots")
+    parser.add_argument("--max-queue", type=MAX_QUEUE.argument, default=16, help="the server's queue")
     parser.add_argument("--concurrency", type=positive_int, default=8, help="clients of the main requests")
     parser.add_argument(
         "--max-tokens", type=positive_int, default=16, help="each request asks for up to this"

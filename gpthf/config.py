@@ -272,17 +272,38 @@ def _diagnose_override(override: str) -> str | None:
     return None
 
 
-def _tracker_not_chosen(overrides: Sequence[str]) -> str | None:
+TRACKERS = {"tensorboard": TensorBoardConfig, "wandb": WandbConfig}  # LoggerConfig's optional sections
+
+
+def _default_loggers(config_name: str) -> set[str]:
+    """The `logger` group's choice in the config file's defaults list (`logger: jsonl`)."""
+    from omegaconf import OmegaConf
+
+    defaults = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / f"{config_name}.yaml")).get("defaults", [])
+    for entry in defaults:
+        if isinstance(entry, dict) and "logger" in entry:
+            choice = entry["logger"]
+            return set(choice) if isinstance(choice, list) else {choice}
+    return set()
+
+
+def _tracker_not_chosen(overrides: Sequence[str], config_name: str) -> str | None:
     """A tracker's setting (`logger.wandb.mode=offline`) without the tracker in `logger=[...]`: its
     section does not exist then, and hydra's own error would not say why."""
-    chosen = {"jsonl"}  # the default group choice
+    chosen = None
     for override in overrides:
         key, _, value = override.partition("=")
         if key.lstrip("+~") == "logger":
             chosen = {v.strip() for v in value.strip("[]").split(",")}
     for override in overrides:
         parts = override.partition("=")[0].lstrip("+~").split(".")
-        if len(parts) > 2 and parts[0] == "logger" and parts[1] not in chosen:
+        if len(parts) < 3 or parts[0] != "logger" or parts[1] not in TRACKERS:
+            continue
+        if parts[2] not in _valid_keys(TRACKERS[parts[1]]):
+            valid = ", ".join(_valid_keys(TRACKERS[parts[1]])) or "none"
+            return f"unknown key {'.'.join(parts[:3])!r} in override {override!r}; valid keys of logger.{parts[1]}: {valid}"
+        chosen = _default_loggers(config_name) if chosen is None else chosen
+        if parts[1] not in chosen:
             return (
                 f"{override} sets the {parts[1]} logger, which is not chosen: add "
                 f"logger=[{','.join(sorted(chosen | {parts[1]}))}]"
@@ -303,7 +324,7 @@ def load_config(overrides: Sequence[str] = (), config_name: str = "cfg_pretrain"
         problem = _diagnose_override(override)
         if problem:
             raise ConfigError(problem)
-    problem = _tracker_not_chosen(overrides)
+    problem = _tracker_not_chosen(overrides, config_name)
     if problem:
         raise ConfigError(problem)
     register_schema()

@@ -12,11 +12,12 @@ from gpthf.data.special_tokens import PAD_ID
 from gpthf.generation import GenerationSettings, generate
 from gpthf.measure.timing import reset_peak_memory, timed_seconds
 from gpthf.models import LanguageModel
+from gpthf.training.checkpoint import CheckpointMeta
 
 PROMPT_TOKENS = (4, 128)  # shortest and longest prompt: mixed lengths, as a batch job has them
 
 
-def held_out_prompts(meta: dict, tokenizer, count: int, seed: int = 0) -> list[list[int]]:
+def held_out_prompts(meta: CheckpointMeta, tokenizer, count: int, seed: int = 0) -> list[list[int]]:
     """`count` prompts of mixed lengths at random places of the checkpoint's held-out text."""
     from gpthf.evaluation.perplexity import rows_for_text
 

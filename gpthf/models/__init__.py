@@ -20,25 +20,42 @@ from gpthf.models.linear import LinearTransformer
 from gpthf.models.lstm import LSTMLanguageModel
 from gpthf.models.spec import ModelSpec
 
-COMPARED = ("gpthf", "gpt")  # listed first in every table and plot: the pair the framework compares
+COMPARED = ("gpthf", "gpt")  # the pair the framework compares (ranks 0 and 1: listed first)
 
 
 def _registered_specs() -> dict[str, ModelSpec]:
-    """Every spec defined in the module of its own model class, by kind: GPTHF and the GPT first,
-    then the other kinds in the order of their modules' names and, within one, of definition."""
+    """Every spec defined in the module of its own model class, by kind, in the order of their
+    ranks. A module whose name starts with "_" is not read."""
     found: dict[str, ModelSpec] = {}
+    seen: dict[int, str] = {}  # every spec object met, by id, with the module it was met in
     for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if module_info.name.startswith("_"):
+            continue
         module = importlib.import_module(f"{__name__}.{module_info.name}")
         for value in vars(module).values():
-            if not (isinstance(value, ModelSpec) and value.model.__module__ == module.__name__):
-                continue  # not a spec, or one imported from the module that defines it
-            if value.kind in found:
+            if not isinstance(value, ModelSpec):
+                continue
+            seen.setdefault(id(value), module.__name__)
+            if value.model.__module__ != module.__name__:
+                continue  # imported from the module that defines it, or misplaced (refused below)
+            if value.kind in found and found[value.kind] is not value:
                 raise ConfigError(
                     f"two model specs of kind {value.kind!r}: in {found[value.kind].model.__module__} and {module.__name__}"
                 )
             found[value.kind] = value
-    order = [kind for kind in COMPARED if kind in found] + [k for k in found if k not in COMPARED]
-    return {kind: found[kind] for kind in order}
+    registered = {id(spec) for spec in found.values()}
+    for spec_id, where in seen.items():
+        if spec_id not in registered:
+            raise ConfigError(
+                f"a model spec in {where} whose model class lives in another module: define it beside its class"
+            )
+    ranks = sorted(found.values(), key=lambda spec: spec.rank)
+    for first, second in zip(ranks, ranks[1:]):
+        if first.rank == second.rank:
+            raise ConfigError(
+                f"model kinds {first.kind!r} and {second.kind!r} have the same rank {first.rank}"
+            )
+    return {spec.kind: spec for spec in ranks}
 
 
 SPECS: dict[str, ModelSpec] = _registered_specs()

@@ -260,6 +260,7 @@ def block_recurrent_forward_flops(
 
 SPEC = ModelSpec(
     kind="block_recurrent",
+    rank=5,
     model=BlockRecurrentTransformer,
     fields=("n_layers", "block_len", "n_states", "recurrent_layer", "state_gate", "truncate_blocks"),
     strategy="gpthf.generation.recurrent:BlockRecurrentStrategy",

@@ -69,6 +69,7 @@ def gpt_forward_flops(arch: ArchConfig, vocab_size: int, seq_len: int, tokens_pe
 
 SPEC = ModelSpec(
     kind="gpt",
+    rank=1,
     model=GPT,
     fields=("n_layers",),
     strategy="gpthf.generation.strategies:GPTCachedStrategy",

@@ -101,6 +101,7 @@ def gpthf_forward_flops(arch: ArchConfig, vocab_size: int, seq_len: int, tokens_
 
 SPEC = ModelSpec(
     kind="gpthf",
+    rank=0,
     model=GPTHF,
     fields=("n_enc", "n_body"),
     strategy="gpthf.generation.strategies:GPTHFCachedStrategy",

@@ -89,6 +89,7 @@ _LINEAR_FIELDS = ("n_layers", "feature_map", "feature_dim")
 _RECURRENT_STRATEGY = "gpthf.generation.recurrent:LinearRecurrentStrategy"
 SPEC = ModelSpec(
     kind="linear",  # arch.feature_map=elu
+    rank=2,
     model=LinearTransformer,
     fields=_LINEAR_FIELDS,
     strategy=_RECURRENT_STRATEGY,
@@ -99,6 +100,7 @@ SPEC = ModelSpec(
 )
 T2R_SPEC = ModelSpec(
     kind="t2r",  # arch.feature_map=learned; usually converted from a GPT (init_from=CKPT)
+    rank=3,
     model=LinearTransformer,
     fields=_LINEAR_FIELDS,
     strategy=_RECURRENT_STRATEGY,

@@ -75,6 +75,7 @@ def lstm_row_flops(arch: ArchConfig, vocab_size: int, tokens: int, tokens_per_se
 
 SPEC = ModelSpec(
     kind="lstm",
+    rank=4,
     model=LSTMLanguageModel,
     fields=("n_layers", "lstm_hidden"),
     strategy="gpthf.generation.recurrent:LSTMRecurrentStrategy",

@@ -27,6 +27,7 @@ TokenFlops = Callable[[ArchConfig, int, int, float], float]
 @dataclass(frozen=True)
 class ModelSpec:
     kind: str  # the `arch.model` value that selects it
+    rank: int  # where tables, plots and sweeps list it (GPTHF 0, the GPT 1, then the others): stable
     model: type[LanguageModel]
     fields: tuple[str, ...]  # ArchConfig fields it reads besides SHARED_FIELDS
     strategy: str  # "module:Class" of its `cached` generation strategy (the class makes its state)

@@ -9,12 +9,13 @@ from gpthf.attention.sentences import sentence_end_positions  # noqa: F401  (doc
 from gpthf.data.special_tokens import EOS_ID
 from gpthf.generation import GenerationError, GenerationSettings, SamplingSettings, generate
 from gpthf.generation.strategies import sentence_ids_for
+from gpthf.models import SPECS
 from tests.models.helpers import synthetic_rows, trained_tiny_model
 
 GREEDY = SamplingSettings(temperature=0)
 
 
-@pytest.fixture(scope="module", params=["gpthf", "gpt", "linear", "t2r", "lstm", "block_recurrent"])
+@pytest.fixture(scope="module", params=list(SPECS))
 def model(request):
     return trained_tiny_model(request.param)
 

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from gpthf.generation import GenerationSettings, SamplingSettings, generate
+from gpthf.models import SPECS
 from tests.models.helpers import HostSyncs, synthetic_rows, tiny_model
 
-KINDS = ["gpthf", "gpt", "linear", "t2r", "lstm", "block_recurrent"]
+KINDS = list(SPECS)
 SAMPLINGS = {
     "greedy": SamplingSettings(temperature=0),
     "sampled": SamplingSettings(temperature=1.0, top_k=20, top_p=0.9),

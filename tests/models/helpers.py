@@ -10,7 +10,8 @@ from gpthf.data.special_tokens import EOS_ID, SPECIAL_TOKENS
 from gpthf.models import MODELS, LanguageModel
 
 VOCAB = 97
-# What each model kind needs besides the shared shape (d_model 32, 4 heads, SwiGLU 64).
+# What each model kind needs besides the shared shape (d_model 32, 4 heads, SwiGLU 64); a kind not
+# listed takes its own fields from its `<kind>-test` YAML.
 KIND_FIELDS = {
     "gpthf": {"n_enc": 2, "n_body": 2},
     "gpt": {"n_layers": 4},
@@ -26,6 +27,18 @@ KIND_FIELDS = {
 BACKEND_HEAD_DIM = 16
 
 
+def kind_fields(kind: str) -> dict:
+    """The fields only `kind` reads, at their tiny test values."""
+    if kind in KIND_FIELDS:
+        return KIND_FIELDS[kind]
+    from gpthf.config import load_config
+    from gpthf.measure.scaling import arch_name
+    from gpthf.models import spec_for
+
+    arch = load_config([f"arch={arch_name(kind, 'test')}"]).arch
+    return {name: arch[name] for name in spec_for(kind).fields}
+
+
 def tiny_arch(model: str, head_dim: int | None = None, **overrides) -> ArchConfig:
     """The tiny shape of `model`; `head_dim` sets the heads' width (d_model / head_dim heads)."""
     fields = {
@@ -33,7 +46,7 @@ def tiny_arch(model: str, head_dim: int | None = None, **overrides) -> ArchConfi
         "d_model": 32,
         "n_heads": 4,
         "mlp_hidden": 64,
-        **KIND_FIELDS[model],
+        **kind_fields(model),
         **overrides,
     }
     if head_dim is not None:

@@ -166,3 +166,9 @@ def test_the_registry_finds_every_spec_in_the_modules_of_its_classes():
     assert set(SPECS) == defined and len(SPECS) >= 6
     assert tuple(SPECS)[: len(COMPARED)] == COMPARED, "tables list GPTHF and the GPT first"
     assert all(spec.model.__module__.startswith("gpthf.models.") for spec in SPECS.values())
+
+
+def test_kinds_are_listed_by_their_ranks_whatever_their_modules_are_called():
+    ranks = [spec.rank for spec in SPECS.values()]
+    assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks)
+    assert list(SPECS) == ["gpthf", "gpt", "linear", "t2r", "lstm", "block_recurrent"]

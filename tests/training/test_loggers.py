@@ -233,6 +233,10 @@ def test_a_missing_tracker_package_is_one_line_naming_the_extra(data_cache, tmp_
             r"^logger.wandb.mode=offline sets the wandb logger, which is not chosen: add logger=\[jsonl,wandb\]$",
         ),
         (
+            "logger.wandb.bogus=1",
+            r"^unknown key 'logger.wandb.bogus' in override 'logger.wandb.bogus=1'; valid keys of logger.wandb: project, entity, mode$",
+        ),
+        (
             ["logger=tensorboard", "logger.wandb.project=p"],
             r"sets the wandb logger, which is not chosen: add logger=\[tensorboard,wandb\]$",
         ),
