@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -264,15 +264,19 @@ def _diagnose_override(override: str) -> str | None:
         valid = _valid_keys(schema)
         if part not in valid:
             where = ".".join(parts[:depth]) or "the top level"
-            return f"unknown key {key!r} in override {override!r}; valid keys of {where}: {', '.join(valid)}"
-        factory = {f.name: f for f in fields(schema)}[part].default_factory
-        if not is_dataclass(factory):
+            return f"unknown key {key!r} in override {override!r}; valid keys of {where}: {', '.join(valid) or 'none'}"
+        section = _section_schema(schema, part)
+        if section is None:
             return None
-        schema = factory
+        schema = section
     return None
 
 
-TRACKERS = {"tensorboard": TensorBoardConfig, "wandb": WandbConfig}  # LoggerConfig's optional sections
+def _section_schema(schema: type, name: str) -> type | None:
+    """The dataclass field `name` of `schema` holds, an optional one too (`WandbConfig | None`);
+    None for a plain value."""
+    hint = get_type_hints(schema)[name]
+    return next((t for t in (hint, *get_args(hint)) if is_dataclass(t)), None)
 
 
 def _default_loggers(config_name: str) -> set[str]:
@@ -297,11 +301,8 @@ def _tracker_not_chosen(overrides: Sequence[str], config_name: str) -> str | Non
             chosen = {v.strip() for v in value.strip("[]").split(",")}
     for override in overrides:
         parts = override.partition("=")[0].lstrip("+~").split(".")
-        if len(parts) < 3 or parts[0] != "logger" or parts[1] not in TRACKERS:
-            continue
-        if parts[2] not in _valid_keys(TRACKERS[parts[1]]):
-            valid = ", ".join(_valid_keys(TRACKERS[parts[1]])) or "none"
-            return f"unknown key {'.'.join(parts[:3])!r} in override {override!r}; valid keys of logger.{parts[1]}: {valid}"
+        if len(parts) < 3 or parts[0] != "logger":
+            continue  # (its keys are checked by `_diagnose_override`)
         chosen = _default_loggers(config_name) if chosen is None else chosen
         if parts[1] not in chosen:
             return (
