@@ -102,20 +102,26 @@ def check_comparable(runs: list[RunFacts]) -> None:
             f"the runs trained on {min(tokens):,} to {max(tokens):,} tokens; seeds compare at equal tokens "
             f"(within {EQUAL_TOKENS - 1:.0%}): train them all with the same train.max_tokens"
         )
-    groups: dict[tuple[str, int], list[RunFacts]] = {}
+    for members in by_group(runs).values():
+        first = members[0]
+        for i, r in enumerate(members):
+            differs = next((k for k in first.recipe if first.recipe[k] != r.recipe.get(k)), None)
+            if differs is not None:
+                raise ConfigError(
+                    f"{first.run} and {r.run} ({r.kind}, {r.parameters:,} parameters) differ in {differs} "
+                    f"({first.recipe[differs]!r} vs {r.recipe.get(differs)!r}): runs of one group may "
+                    f"differ in train.seed only"
+                )
+            if r.seed in {m.seed for m in members[:i]}:
+                raise ConfigError(f"two runs of {r.kind} ({r.parameters:,} parameters) with seed {r.seed}")
+
+
+def by_group(runs: list) -> dict[tuple[str, int], list]:
+    """Runs (`RunFacts` or `SeedRun`) by (kind, parameters), each group and its runs in the order given."""
+    groups: dict[tuple[str, int], list] = {}
     for r in runs:
-        members = groups.setdefault((r.kind, r.parameters), [])
-        first = members[0] if members else r
-        differs = next((k for k in first.recipe if first.recipe[k] != r.recipe.get(k)), None)
-        if differs is not None:
-            raise ConfigError(
-                f"{first.run} and {r.run} ({r.kind}, {r.parameters:,} parameters) differ in {differs} "
-                f"({first.recipe[differs]!r} vs {r.recipe.get(differs)!r}): runs of one group may differ "
-                f"in train.seed only"
-            )
-        if r.seed in {m.seed for m in members}:
-            raise ConfigError(f"two runs of {r.kind} ({r.parameters:,} parameters) with seed {r.seed}")
-        members.append(r)
+        groups.setdefault((r.kind, r.parameters), []).append(r)
+    return groups
 
 
 def score_run(facts: RunFacts, ood_data: Path, max_rows: int | None) -> SeedRun:
@@ -145,9 +151,6 @@ def spread(values: list[float]) -> dict:
 
 def group_rows(runs: list[SeedRun]) -> list[dict]:
     """One row per (kind, size), in the order the runs were given."""
-    groups: dict[tuple[str, int], list[SeedRun]] = {}
-    for r in runs:
-        groups.setdefault((r.kind, r.parameters), []).append(r)
     return [
         {
             "kind": kind,
@@ -159,7 +162,7 @@ def group_rows(runs: list[SeedRun]) -> list[dict]:
             "test": spread([r.test_bpb for r in members]),
             "ood": spread([r.ood_bpb for r in members]),
         }
-        for (kind, parameters), members in groups.items()
+        for (kind, parameters), members in by_group(runs).items()
     ]
 
 

@@ -26,26 +26,23 @@ COMPARED = ("gpthf", "gpt")  # the pair the framework compares (ranks 0 and 1: l
 def _registered_specs() -> dict[str, ModelSpec]:
     """Every spec defined in the module of its own model class, by kind, in the order of their
     ranks. A module whose name starts with "_" is not read."""
-    found: dict[str, ModelSpec] = {}
-    seen: dict[int, str] = {}  # every spec object met, by id, with the module it was met in
+    met: list[tuple[ModelSpec, str]] = []  # every spec in a module's namespace, with that module
     for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if module_info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{__name__}.{module_info.name}")
-        for value in vars(module).values():
-            if not isinstance(value, ModelSpec):
-                continue
-            seen.setdefault(id(value), module.__name__)
-            if value.model.__module__ != module.__name__:
-                continue  # imported from the module that defines it, or misplaced (refused below)
-            if value.kind in found and found[value.kind] is not value:
-                raise ConfigError(
-                    f"two model specs of kind {value.kind!r}: in {found[value.kind].model.__module__} and {module.__name__}"
-                )
-            found[value.kind] = value
-    registered = {id(spec) for spec in found.values()}
-    for spec_id, where in seen.items():
-        if spec_id not in registered:
+        if not module_info.name.startswith("_"):
+            module = importlib.import_module(f"{__name__}.{module_info.name}")
+            met += [
+                (value, module.__name__) for value in vars(module).values() if isinstance(value, ModelSpec)
+            ]
+    found: dict[str, ModelSpec] = {}
+    for spec, where in met:
+        if spec.model.__module__ != where:
+            continue  # imported from the module that defines it, or misplaced (refused below)
+        if found.setdefault(spec.kind, spec) is not spec:
+            raise ConfigError(
+                f"two model specs of kind {spec.kind!r}: in {found[spec.kind].model.__module__} and {where}"
+            )
+    for spec, where in met:
+        if found.get(spec.kind) is not spec:
             raise ConfigError(
                 f"a model spec in {where} whose model class lives in another module: define it beside its class"
             )

@@ -8,6 +8,8 @@ feature map, so positions still reach the attention.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from gpthf.attention.linear import CHUNK, LearnedFeatureMap, causal_linear_attention, elu_feature_map
@@ -85,27 +87,16 @@ def linear_forward_flops(
     return linear_token_flops(arch, vocab_size, chunk_keys=(min(CHUNK, seq_len) + 1) / 2)
 
 
-_LINEAR_FIELDS = ("n_layers", "feature_map", "feature_dim")
-_RECURRENT_STRATEGY = "gpthf.generation.recurrent:LinearRecurrentStrategy"
 SPEC = ModelSpec(
     kind="linear",  # arch.feature_map=elu
     rank=2,
     model=LinearTransformer,
-    fields=_LINEAR_FIELDS,
-    strategy=_RECURRENT_STRATEGY,
+    fields=("n_layers", "feature_map", "feature_dim"),
+    strategy="gpthf.generation.recurrent:LinearRecurrentStrategy",
     forward_flops=linear_forward_flops,
     decode_flops=linear_decode_flops,
     color="C3",
     marker="v",
 )
-T2R_SPEC = ModelSpec(
-    kind="t2r",  # arch.feature_map=learned; usually converted from a GPT (init_from=CKPT)
-    rank=3,
-    model=LinearTransformer,
-    fields=_LINEAR_FIELDS,
-    strategy=_RECURRENT_STRATEGY,
-    forward_flops=linear_forward_flops,
-    decode_flops=linear_decode_flops,
-    color="C4",
-    marker="<",
-)
+# The same model and strategy with learned feature maps; usually converted from a GPT (init_from=CKPT).
+T2R_SPEC = replace(SPEC, kind="t2r", rank=3, color="C4", marker="<")  # arch.feature_map=learned
