@@ -82,7 +82,7 @@ def measure_run(run, args, stream_cache: dict) -> dict:
     from gpthf.loading import load_model_from_checkpoint
     from gpthf.measure import flops
     from gpthf.measure.speed import batch_of_contexts, decode_stream
-    from gpthf.training.metrics import read_metrics
+    from gpthf.training.metrics import final_record, read_metrics
     from gpthf.training.run_dir import CONFIG_FILE
 
     checkpoint = run.folder / "checkpoints" / "final"
@@ -94,7 +94,7 @@ def measure_run(run, args, stream_cache: dict) -> dict:
     if scored is None:  # scored once per run; a rerun of this script reads it back
         scored = evaluate_checkpoint(checkpoint, max_rows=args.eval_rows, samples=0)
         save_result(checkpoint, key, scored)
-    final = [r for r in read_metrics(run.folder) if "val_loss" in r][-1]  # the end-of-run record
+    final = final_record(read_metrics(run.folder))
     run_cfg = OmegaConf.load(run.folder / CONFIG_FILE)
     data = prepare_data(run_cfg)  # the run's own prepared data set, found in its cache
     tokens_per_sentence = data.stats["splits"]["train"]["tokens_per_sentence_mean"]

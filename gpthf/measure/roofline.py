@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from gpthf.generation.packed import PackedLinear
 from gpthf.measure import flops
-from gpthf.measure.timing import best_seconds
+from gpthf.measure.timing import best_seconds, square_matmul_flop_s
 
 
 @dataclass
@@ -75,10 +75,8 @@ def measure_peaks(
     )
     b8_gflop_s = 2 * 8 * width * 4 * width * layers / b8_s / 1e9
 
-    n = SQUARE_SIDE[device.type]
-    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-    square_s = best_seconds(lambda: a @ b, repeats, device)
-    return MachinePeaks(name, copy_gb_s, b8_gflop_s, 2 * n**3 / square_s / 1e9)
+    square_flop_s = square_matmul_flop_s(SQUARE_SIDE[device.type], dtype, repeats, device)
+    return MachinePeaks(name, copy_gb_s, b8_gflop_s, square_flop_s / 1e9)
 
 
 def weight_bytes(model: torch.nn.Module) -> int:

@@ -64,6 +64,13 @@ def best_seconds(fn: Callable[[], object], repeats: int, device: str | torch.dev
     return min(timed_seconds(fn, device) for _ in range(repeats))
 
 
+def square_matmul_flop_s(side: int, dtype: torch.dtype, repeats: int, device: torch.device) -> float:
+    """FLOP/s of a (side × side) @ (side × side) product, the fastest of `repeats`: a machine's matmul
+    peak, for MFU and rooflines to divide by."""
+    a, b = (torch.randn(side, side, device=device).to(dtype) for _ in range(2))
+    return 2 * side**3 / best_seconds(lambda: a @ b, repeats, device)
+
+
 def peak_rss_mb() -> float:
     """The process's peak resident set so far (MiB): host memory, whatever device computes."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

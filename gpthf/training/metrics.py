@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from gpthf.atomic import append_whole, atomic_write
 from gpthf.measure.flops import training_flops_per_token
-from gpthf.measure.timing import best_seconds, peak_device_mb, peak_rss_mb
+from gpthf.measure.timing import peak_device_mb, peak_rss_mb, square_matmul_flop_s
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
@@ -108,9 +108,8 @@ def final_record(records: list[dict]) -> dict | None:
 @functools.cache
 def matmul_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
     """FLOP/s of a square matmul on `device` in `dtype`, the fastest of a few: the peak MFU divides by."""
-    n = PEAK_MATMUL_SIDE.get(device.type, PEAK_MATMUL_SIDE["cpu"])
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    return 2 * n**3 / best_seconds(lambda: a @ b, repeats=3, device=device)
+    side = PEAK_MATMUL_SIDE.get(device.type, PEAK_MATMUL_SIDE["cpu"])
+    return square_matmul_flop_s(side, dtype, repeats=3, device=device)
 
 
 class Utilization:

@@ -292,6 +292,8 @@ class Trainer:
                 save_checkpoint(target, self.model, meta, self.data.path / TOKENIZER_FILE, state, staged=True)
                 prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
         self.runtime.barrier()
+        if self.metrics:  # the trackers' records up to the checkpoint are on disk with it
+            self.metrics.flush()
         return target
 
     # -- the loop -------------------------------------------------------------------------------
@@ -412,8 +414,6 @@ class Trainer:
                 if checkpoint_due:  # the state after the last step, before the next one
                     self.save(f"step-{self.progress.step:08d}")
                     next_checkpoint_s += 60 * cfg.train.checkpoint_every_minutes
-                    if self.metrics:
-                        self.metrics.flush()
                 lr = lr_at(done, cfg.train)
                 tokens_before = self.progress.tokens
                 loss_sum, targets, grad_norm = self._train_step(lr)
@@ -431,8 +431,6 @@ class Trainer:
                 signal.signal(sig, handler)
         if interrupted:
             path = self.save(f"step-{self.progress.step:08d}")
-            if self.metrics:
-                self.metrics.flush()
             if runtime.is_main:
                 log.warning(
                     "stopped early at step %d; continue with resume=true (checkpoint %s)",

@@ -16,6 +16,7 @@ import pytest
 
 from gpthf.config import load_config
 from gpthf.loading import load_model_from_checkpoint
+from gpthf.training import metrics
 from gpthf.training.checkpoint import latest_checkpoint
 from gpthf.training.metrics import read_metrics
 from gpthf.training.trainer import train
@@ -30,7 +31,7 @@ def cli(*args: str, timeout: float = 240, **kwargs) -> subprocess.CompletedProce
 
 
 def final_record(run_dir: Path) -> dict:
-    return [r for r in read_metrics(run_dir) if "val_loss" in r][-1]
+    return metrics.final_record(read_metrics(run_dir))
 
 
 def test_budget_stops_on_time_with_lr_at_zero(data_cache, tmp_path):
